@@ -1,0 +1,67 @@
+// `npm run bench [-- section...]`: runs every benchmark section (or the named ones), prints
+// one table per section and writes bench-results.json. Sections live in scripts/bench/<name>.ts
+// and export `bench(): Promise<BenchSection>`.
+import { writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import type { BenchRow, BenchSection } from './bench/harness.js';
+
+const SECTIONS: Record<string, () => Promise<{ bench(): Promise<BenchSection> }>> = {
+  kernel: () => import('./bench/kernel.js'),
+  isolation: () => import('./bench/isolation.js'),
+  audit: () => import('./bench/audit.js'),
+};
+
+function fmt(n: number | undefined, digits = 1): string {
+  if (n === undefined || Number.isNaN(n)) return '';
+  if (Math.abs(n) >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
+  if (Math.abs(n) >= 1e4) return `${(n / 1e3).toFixed(1)}k`;
+  return n.toFixed(digits);
+}
+
+function printSection(s: BenchSection): void {
+  const header = ['benchmark', 'ops/s', 'p50 µs', 'p99 µs', 'ratio', 'vs', 'target', 'ok'];
+  const cells = s.rows.map((r: BenchRow) => [
+    r.name,
+    fmt(r.opsPerSec, 0),
+    fmt(r.p50Us, 1),
+    fmt(r.p99Us, 1),
+    r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}x`,
+    r.baseline ?? '',
+    r.target ?? '',
+    r.pass === undefined ? '' : r.pass ? 'yes' : 'NO',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+  const line = (c: string[]) => c.map((v, i) => (i === 0 ? v.padEnd(widths[i]!) : v.padStart(widths[i]!))).join('  ');
+  console.log(`\n== ${s.section}`);
+  console.log(line(header));
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const c of cells) console.log(line(c));
+  for (const r of s.rows) if (r.note) console.log(`  * ${r.name}: ${r.note}`);
+}
+
+async function main(): Promise<void> {
+  const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
+  const names = wanted.length > 0 ? wanted : Object.keys(SECTIONS);
+  const unknown = names.filter((n) => !(n in SECTIONS));
+  if (unknown.length > 0) {
+    console.error(`bench: unknown section(s) ${unknown.join(', ')}; known: ${Object.keys(SECTIONS).join(', ')}`);
+    process.exit(2);
+  }
+  console.log(`captrap bench — node ${process.version}, ${cpus().length} cpu(s) (${cpus()[0]?.model ?? '?'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB`);
+  const results: BenchSection[] = [];
+  for (const name of names) {
+    const mod = await SECTIONS[name]!();
+    const section = await mod.bench();
+    printSection(section);
+    results.push(section);
+  }
+  writeFileSync(
+    'bench-results.json',
+    JSON.stringify({ at: new Date().toISOString(), node: process.version, cpus: cpus().length, sections: results }, null, 2) + '\n',
+  );
+  console.log('\nwrote bench-results.json');
+  const failed = results.flatMap((s) => s.rows.filter((r) => r.pass === false).map((r) => `${s.section}: ${r.name}`));
+  if (failed.length > 0) console.log(`targets missed: ${failed.join('; ')}`);
+}
+
+await main();

@@ -1,0 +1,2 @@
+// The library API: re-exports from kernel, isolation and runner.
+export * from './kernel/events.js';

@@ -1,0 +1,57 @@
+// The audit event interface. The kernel (and later the runner) emits these; the
+// hash-chained log in audit.ts is one implementation of AuditSink, the in-memory sink
+// below another (for tests and for embedding without a log).
+
+export const AUDIT_EVENT_TYPES = [
+  'capability_requested',
+  'capability_granted',
+  'capability_denied',
+  'capability_delegated',
+  'capability_revoked',
+  'capability_validated',
+  'access_denied',
+  'principal_cleanup',
+  'sandbox_started',
+  'sandbox_exited',
+  'audit_rotated',
+  'audit_opened',
+  'audit_closed',
+] as const;
+
+export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
+
+/** A real process: pid plus field 22 of /proc/<pid>/stat (start time in clock ticks since boot). */
+export interface AuditProcessRef {
+  pid: number;
+  startTime: number;
+}
+
+export interface AuditEvent {
+  type: AuditEventType;
+  principal?: string;
+  capabilityId?: string;
+  process?: AuditProcessRef;
+  /** JSON-serialisable detail: reason codes, tool names, arguments judged, exit reasons. */
+  details?: Record<string, unknown>;
+}
+
+/**
+ * Where audit events go. `record` must not block and must not throw for a well-formed
+ * event: the kernel calls it on the hot path. Durability is the sink's business
+ * (buffer + flush + fsync in the file log).
+ */
+export interface AuditSink {
+  record(event: AuditEvent): void;
+}
+
+export const nullAuditSink: AuditSink = { record() {} };
+
+export class MemoryAuditSink implements AuditSink {
+  readonly events: AuditEvent[] = [];
+  record(event: AuditEvent): void {
+    this.events.push(event);
+  }
+  ofType(type: AuditEventType): AuditEvent[] {
+    return this.events.filter((e) => e.type === type);
+  }
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env node
+// `captrap <command> ...`: a thin dispatcher. Each command lives in ./commands/<name>.ts
+// and exports `main(argv): Promise<number>` (the process exit code), so one command's
+// dependencies are never loaded to run another.
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+type CommandModule = { main(argv: string[]): Promise<number> };
+
+const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandModule> }> = {
+  run: { summary: 'run a command in a sandbox: captrap run [options] -- cmd args...', load: () => import('./commands/run.js') },
+  doctor: { summary: 'report what this host provides and which guarantees hold', load: () => import('./commands/doctor.js') },
+  audit: { summary: 'audit log: verify | tail | show', load: () => import('./commands/audit.js') },
+};
+
+export function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return `usage: captrap <command> [options]\n\ncommands:\n${lines.join('\n')}\n\nRun 'captrap <command> --help' for a command's options.\n`;
+}
+
+/** Errors reach the user as one line; CAPTRAP_DEBUG=1 adds the stack. */
+export function describeError(err: unknown): string {
+  if (process.env.CAPTRAP_DEBUG && err instanceof Error && err.stack) return err.stack;
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return typeof code === 'string' ? `${err.message} [${code}]` : err.message;
+  }
+  return String(err);
+}
+
+export async function cli(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage());
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`captrap: unknown command '${name}'\n\n${usage()}`);
+    return 2;
+  }
+  const mod = await command.load();
+  return mod.main(rest);
+}
+
+function isEntryPoint(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  cli(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`captrap: ${describeError(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
