@@ -1,0 +1,78 @@
+// Secret key files (capability HMAC keys, the audit MAC key). A key file holds one secret
+// as base64 or hex text. captrap creates them 0600 and refuses to use one that group or
+// others can read: a leaked key forges capabilities or rewrites the audit log.
+import { randomBytes } from 'node:crypto';
+import { closeSync, fsyncSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { CaptrapError } from '../errors.js';
+
+export const MIN_SECRET_BYTES = 32;
+
+export class KeyError extends CaptrapError {}
+
+export function generateSecret(bytes = MIN_SECRET_BYTES): Buffer {
+  return randomBytes(bytes);
+}
+
+/** Parses a secret given as hex or base64 text; at least MIN_SECRET_BYTES bytes. */
+export function parseSecret(text: string, source = 'key'): Buffer {
+  const t = text.trim();
+  let buf: Buffer;
+  if (/^[0-9a-fA-F]+$/.test(t) && t.length % 2 === 0) buf = Buffer.from(t, 'hex');
+  else if (/^[A-Za-z0-9+/_-]+={0,2}$/.test(t)) buf = Buffer.from(t, t.includes('-') || t.includes('_') ? 'base64url' : 'base64');
+  else throw new KeyError('E_KEY_FORMAT', `${source}: not a hex or base64 secret`);
+  if (buf.length < MIN_SECRET_BYTES) {
+    throw new KeyError('E_KEY_TOO_SHORT', `${source}: secret is ${buf.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
+  }
+  return buf;
+}
+
+/** Reads a key file, refusing one that is missing, malformed, or readable by group/others. */
+export function readSecretFile(path: string): Buffer {
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch (err) {
+    throw new KeyError('E_KEY_MISSING', `key file ${path} cannot be read: ${(err as Error).message}`, { path }, { cause: err });
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new KeyError(
+      'E_KEY_PERMISSIONS',
+      `key file ${path} is accessible to group or others (mode ${(mode & 0o777).toString(8)}); run: chmod 600 ${path}`,
+      { path },
+    );
+  }
+  return parseSecret(readFileSync(path, 'utf8'), `key file ${path}`);
+}
+
+/** Writes a new key file with mode 0600; never overwrites an existing file. */
+export function writeSecretFile(path: string, secret: Buffer): void {
+  let fd: number;
+  try {
+    fd = openSync(path, 'wx', 0o600);
+  } catch (err) {
+    throw new KeyError('E_KEY_WRITE', `cannot create key file ${path}: ${(err as Error).message}`, { path }, { cause: err });
+  }
+  try {
+    writeSync(fd, secret.toString('base64') + '\n');
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Reads the key file at `path`, creating it (0600, fresh random secret) when it does not exist. */
+export function loadOrCreateSecretFile(path: string, bytes = MIN_SECRET_BYTES): { secret: Buffer; created: boolean } {
+  try {
+    statSync(path);
+  } catch {
+    const secret = generateSecret(bytes);
+    try {
+      writeSecretFile(path, secret);
+      return { secret, created: true };
+    } catch (err) {
+      // Lost a race with another creator: fall through and read theirs.
+      if (!(err instanceof KeyError)) throw err;
+    }
+  }
+  return { secret: readSecretFile(path), created: false };
+}
