@@ -42,6 +42,20 @@ export interface AuditEvent {
  */
 export interface AuditSink {
   record(event: AuditEvent): void;
+  /** Counters of a sink that keeps them (the file log does); `kernel.stats()` includes them as `audit`. */
+  stats?(): AuditStats;
+}
+
+/** What the file log reports about itself (issue: tamper-evident audit log). */
+export interface AuditStats {
+  eventsLogged: number;
+  eventsFlushed: number;
+  bytesWritten: number;
+  segments: number;
+  /** ISO time of the last completed flush, or null before the first. */
+  lastFlushAt: string | null;
+  /** Events recorded but not yet written. */
+  bufferDepth: number;
 }
 
 export const nullAuditSink: AuditSink = { record() {} };
