@@ -1,0 +1,161 @@
+// What this host offers for isolation: the cgroup layout and which controllers captrap can
+// write, cgroup.kill, setpriv/unshare/prlimit, namespaces and a reachable systemd manager.
+// Probed once per process (hosts do not change layout under a running captrap).
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+
+export type CgroupLayout = 'v2' | 'hybrid' | 'v1' | 'none';
+export const V1_CONTROLLERS = ['memory', 'pids', 'cpu', 'cpuacct', 'freezer'] as const;
+export type V1Controller = (typeof V1_CONTROLLERS)[number];
+
+export interface HostInfo {
+  layout: CgroupLayout;
+  /** Mount point of the cgroup2 tree (pure v2: /sys/fs/cgroup; hybrid: /sys/fs/cgroup/unified). */
+  unifiedRoot?: string;
+  /** Controllers enabled at the cgroup2 root (empty on a hybrid host). */
+  unifiedControllers: string[];
+  /** Whether a child of the cgroup2 tree has cgroup.kill (Linux >= 5.14). */
+  cgroupKill: boolean;
+  /** Mount point of each v1 controller hierarchy captrap can write. */
+  v1: Partial<Record<V1Controller, string>>;
+  /** v1 memory.memsw.* present (swap accounting). */
+  v1Memsw: boolean;
+  tools: { sh?: string; setpriv?: string; unshare?: string; prlimit?: string; systemdRun?: string; bwrap?: string };
+  /** systemd is the init and its manager answers (systemd-run --scope can work). */
+  systemdManager: boolean;
+  /** Namespaces `unshare` can create here, tested for real. */
+  namespaces: Record<'pid' | 'mount' | 'net' | 'ipc' | 'uts' | 'user', boolean>;
+  isRoot: boolean;
+}
+
+interface Mount {
+  dir: string;
+  type: string;
+  options: string[];
+}
+
+function readMounts(): Mount[] {
+  try {
+    return readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        const f = l.split(' ');
+        return { dir: (f[1] ?? '').replace(/\\040/g, ' '), type: f[2] ?? '', options: (f[3] ?? '').split(',') };
+      });
+  } catch {
+    return [];
+  }
+}
+
+function writable(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function which(name: string, path = process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'): string | undefined {
+  if (name.includes('/')) return isExecutable(name) ? name : undefined;
+  for (const dir of path.split(':')) {
+    if (!dir) continue;
+    const p = `${dir}/${name}`;
+    if (isExecutable(p)) return p;
+  }
+  return undefined;
+}
+
+function isExecutable(p: string): boolean {
+  try {
+    accessSync(p, constants.X_OK);
+    return !existsSync(`${p}/.`);
+  } catch {
+    return false;
+  }
+}
+
+const SYS_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+function canUnshare(unshare: string | undefined, flag: string): boolean {
+  if (!unshare) return false;
+  const r = spawnSync(unshare, [flag, ...(flag === '--pid' ? ['--fork'] : []), '--', '/bin/true'], { stdio: 'ignore', timeout: 3000 });
+  return r.status === 0;
+}
+
+let cached: HostInfo | undefined;
+
+export function probeHost(refresh = false): HostInfo {
+  if (cached && !refresh) return cached;
+  const mounts = readMounts();
+  const v1: Partial<Record<V1Controller, string>> = {};
+  let unifiedRoot: string | undefined;
+  for (const m of mounts) {
+    if (m.type === 'cgroup2' && (unifiedRoot === undefined || m.dir === '/sys/fs/cgroup')) unifiedRoot = m.dir;
+    if (m.type === 'cgroup') {
+      for (const c of V1_CONTROLLERS) if (m.options.includes(c) && v1[c] === undefined && writable(m.dir)) v1[c] = m.dir;
+    }
+  }
+  let unifiedControllers: string[] = [];
+  let cgroupKill = false;
+  if (unifiedRoot && writable(unifiedRoot)) {
+    try {
+      unifiedControllers = readFileSync(`${unifiedRoot}/cgroup.controllers`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    } catch {
+      unifiedControllers = [];
+    }
+    // The root cgroup has no cgroup.kill; the feature exists iff the kernel is >= 5.14, which
+    // also added it to every non-root cgroup. cgroup.stat.local / memory.peak are not enough, so
+    // test the kernel's file list through any existing child, else the kernel version.
+    cgroupKill = kernelAtLeast(5, 14);
+  } else {
+    unifiedRoot = undefined;
+  }
+  const v1Count = Object.keys(v1).length;
+  let layout: CgroupLayout;
+  if (unifiedRoot && unifiedControllers.length > 0 && v1Count === 0) layout = 'v2';
+  else if (unifiedRoot && v1Count > 0) layout = 'hybrid';
+  else if (v1Count > 0) layout = 'v1';
+  else if (unifiedRoot) layout = 'v2';
+  else layout = 'none';
+  const tools: HostInfo['tools'] = {};
+  for (const [key, bin] of [['sh', 'sh'], ['setpriv', 'setpriv'], ['unshare', 'unshare'], ['prlimit', 'prlimit'], ['systemdRun', 'systemd-run'], ['bwrap', 'bwrap']] as const) {
+    const p = which(bin, SYS_PATH);
+    if (p) tools[key] = p;
+  }
+  const systemdManager = existsSync('/run/systemd/system') && tools.systemdRun !== undefined;
+  const namespaces = {
+    pid: canUnshare(tools.unshare, '--pid'),
+    mount: canUnshare(tools.unshare, '--mount'),
+    net: canUnshare(tools.unshare, '--net'),
+    ipc: canUnshare(tools.unshare, '--ipc'),
+    uts: canUnshare(tools.unshare, '--uts'),
+    user: canUnshare(tools.unshare, '--user'),
+  };
+  const host: HostInfo = {
+    layout,
+    unifiedControllers,
+    cgroupKill,
+    v1,
+    v1Memsw: v1.memory !== undefined && existsSync(`${v1.memory}/memory.memsw.limit_in_bytes`),
+    tools,
+    systemdManager,
+    namespaces,
+    isRoot: process.getuid?.() === 0,
+  };
+  if (unifiedRoot) host.unifiedRoot = unifiedRoot;
+  cached = host;
+  return host;
+}
+
+function kernelAtLeast(major: number, minor: number): boolean {
+  try {
+    const m = /^(\d+)\.(\d+)/.exec(readFileSync('/proc/sys/kernel/osrelease', 'utf8'));
+    if (!m) return false;
+    const [a, b] = [Number(m[1]), Number(m[2])];
+    return a > major || (a === major && b >= minor);
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,430 @@
+// Runs one command in a sandbox: cgroup(s) with limits, a trampoline that joins them before the
+// command's first instruction, a parent-death signal, a scrubbed environment, capped output, a
+// timeout, a whole-tree kill, an exit reason read from the kernel's counters, and cleanup.
+//
+// The launch chain (every step execs the next, so the pid stays the same):
+//   setpriv --pdeathsig KILL [--no-new-privs] -- sh -c TRAMPOLINE <captrap pid> <cgroup.procs...> --
+//     [unshare ... --] [setpriv --reuid/--regid ... --] [prlimit ... --] command args
+// The trampoline checks its parent is still captrap (closing the window before the parent-death
+// signal was armed), writes its own pid into every cgroup.procs, then execs: the command is in
+// its cgroups before it runs anything, and everything it forks is born inside them.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { statSync } from 'node:fs';
+import { isMainThread } from 'node:worker_threads';
+import type { Readable, Writable } from 'node:stream';
+import pidusage from 'pidusage';
+import { log } from '../log.js';
+import { autoBackend, cgroupBackend, newCgroupName, type CgroupUsage, type Counters, type Degradation, type SandboxCgroup } from './cgroup.js';
+import { LimitUnenforceableError, SandboxOptionError, SandboxSpawnError } from './errors.js';
+import { probeHost, which, type HostInfo } from './host.js';
+import { normalizeOptions, type BackendName, type NormalizedOptions, type SandboxOptions } from './limits.js';
+import { processRef, type ProcessRef } from './proc.js';
+
+export type KillReason = 'killed' | 'revoked' | 'owner-exited';
+export type ExitReason =
+  | { kind: 'exited'; code: number }
+  | { kind: 'signaled'; signal: NodeJS.Signals }
+  | { kind: 'oom' }
+  | { kind: 'timeout' }
+  | { kind: 'pids-limit' }
+  | { kind: KillReason };
+
+export interface SandboxUsage {
+  cgroup: CgroupUsage;
+  processes: { pid: number; cpuPercent: number; memoryBytes: number; elapsedMs: number }[];
+}
+
+export interface SandboxResult {
+  reason: ExitReason;
+  /** The leader's raw exit status. */
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  pid: number;
+  durationMs: number;
+  backend: BackendName;
+  killMechanism: string;
+  /** Requested limits or guarantees that did not hold (only with allowDegraded). */
+  degraded: Degradation[];
+  /** Counter deltas over the sandbox's life. */
+  counters: Counters;
+  /** Final cgroup figures (peak memory, total CPU time). */
+  usage: CgroupUsage;
+  /** False if a cgroup directory could not be removed (stale cleanup will retry). */
+  cleanedUp: boolean;
+}
+
+export interface Sandbox extends Promise<SandboxResult> {
+  readonly pid: number;
+  readonly ref: ProcessRef | undefined;
+  readonly child: ChildProcess;
+  readonly stdout: Readable | null;
+  readonly stderr: Readable | null;
+  readonly stdin: Writable | null;
+  readonly backend: BackendName;
+  readonly cgroupName: string;
+  readonly degraded: readonly Degradation[];
+  /** Stops the sandbox: SIGTERM to the leader, killGrace, then the whole tree. The reason is recorded before any signal. */
+  kill(reason?: KillReason): void;
+  usage(): Promise<SandboxUsage>;
+}
+
+const TRAMPOLINE = [
+  'p=$1; shift',
+  // Parent-death was armed by setpriv before this shell started: if captrap is already gone
+  // ($PPID is no longer it), the signal would never come, so do not run the command at all.
+  '[ "$PPID" = "$p" ] || exit 125',
+  'while [ "$1" != -- ]; do echo $$ > "$1" || { echo "captrap: cannot join cgroup $1" >&2; exit 125; }; shift; done',
+  'shift',
+  'exec "$@"',
+].join('\n');
+
+const SIGNUMS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGILL: 4, SIGTRAP: 5, SIGABRT: 6, SIGBUS: 7, SIGFPE: 8, SIGKILL: 9, SIGUSR1: 10, SIGSEGV: 11, SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15, SIGXCPU: 24, SIGXFSZ: 25 };
+
+/** The shell-style exit status of a result: the code, or 128 + signal number. */
+export function exitStatusOf(r: Pick<SandboxResult, 'exitCode' | 'signal'>): number {
+  if (r.exitCode !== null) return r.exitCode;
+  return 128 + (r.signal ? (SIGNUMS[r.signal] ?? 1) : 1);
+}
+
+export function describeExitReason(r: ExitReason): string {
+  switch (r.kind) {
+    case 'exited':
+      return `exited(${r.code})`;
+    case 'signaled':
+      return `signaled(${r.signal})`;
+    default:
+      return r.kind;
+  }
+}
+
+const live = new Set<SandboxCgroup>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // A normal captrap exit: kill every live tree synchronously (cgroup.kill is one write). The
+  // directories are left for stale cleanup; a SIGKILLed captrap relies on parent-death instead.
+  process.once('exit', () => {
+    for (const cg of live) {
+      try {
+        cg.killAll();
+      } catch {
+        // best effort on the way out
+      }
+    }
+  });
+}
+
+function resolveCommand(command: string, env: Record<string, string>, cwd: string | undefined): string {
+  if (typeof command !== 'string' || command === '') throw new SandboxOptionError('command must be a non-empty string');
+  const found = command.includes('/') ? which(command.startsWith('/') || !cwd ? command : `${cwd}/${command}`) : which(command, env.PATH ?? '');
+  if (!found) throw new SandboxSpawnError('E_COMMAND_NOT_FOUND', `command '${command}' not found or not executable (PATH=${env.PATH ?? ''})`, { command });
+  return found;
+}
+
+function checkCwd(cwd: string | undefined): void {
+  if (cwd === undefined) return;
+  let ok = false;
+  try {
+    ok = statSync(cwd).isDirectory();
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new SandboxSpawnError('E_CWD', `working directory '${cwd}' does not exist or is not a directory`, { cwd });
+}
+
+function checkIds(o: NormalizedOptions, host: HostInfo): void {
+  if (o.uid === undefined && o.gid === undefined) return;
+  const myUid = process.getuid?.();
+  const myGid = process.getgid?.();
+  const switching = (o.uid !== undefined && o.uid !== myUid) || (o.gid !== undefined && o.gid !== myGid);
+  if (switching && !host.isRoot) {
+    throw new SandboxSpawnError('E_UID', `cannot switch to uid ${o.uid ?? myUid} / gid ${o.gid ?? myGid}: captrap runs as uid ${myUid} without CAP_SETUID; run captrap as root or drop the uid/gid option`, { uid: o.uid, gid: o.gid });
+  }
+  if (switching && !host.tools.setpriv) throw new SandboxSpawnError('E_UID', 'cannot switch uid/gid: setpriv (util-linux) is not installed', { uid: o.uid, gid: o.gid });
+}
+
+interface Plan {
+  options: NormalizedOptions;
+  host: HostInfo;
+  backend: BackendName;
+  degraded: Degradation[];
+  file: string;
+}
+
+/** Everything that can be refused is refused here, before any cgroup or process exists. */
+function plan(command: string, args: readonly string[], input: SandboxOptions | undefined): Plan {
+  if (!isMainThread) {
+    throw new SandboxOptionError('sandboxes must be started from the main thread: a parent-death signal fires when the spawning thread exits');
+  }
+  if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new SandboxOptionError('args must be an array of strings');
+  const options = normalizeOptions(input);
+  const host = probeHost();
+  checkCwd(options.cwd);
+  const file = resolveCommand(command, options.env, options.cwd);
+  checkIds(options, host);
+  let backend = options.backend === 'auto' ? autoBackend(host) : options.backend;
+  const degraded: Degradation[] = [];
+  if (backend === 'systemd-run') {
+    const why = host.systemdManager ? 'the systemd-run backend only builds its arguments in this version (buildSystemdRunArgs)' : 'no systemd manager is running on this host (/run/systemd/system is missing)';
+    if (!options.allowDegraded || options.backend === 'systemd-run') {
+      throw new LimitUnenforceableError(`backend 'systemd-run' cannot be used: ${why}`, { limit: 'backend', reason: why, fix: "use backend 'auto', 'cgroup-v2' or 'cgroup-v1'", backend });
+    }
+    degraded.push({ limit: 'backend', reason: why, fix: "use backend 'cgroup-v1' or 'cgroup-v2'" });
+    backend = 'none';
+  }
+  degraded.push(...cgroupBackend(backend, host).check(options.limits));
+  if (!host.tools.setpriv) degraded.push({ limit: 'parent-death', reason: 'setpriv (util-linux) is not installed, so the command gets no parent-death signal', fix: 'install util-linux' });
+  const missingNs = options.namespaces.filter((n) => !host.namespaces[n]);
+  if (missingNs.length > 0) degraded.push({ limit: 'namespaces', reason: `this host cannot create ${missingNs.join(', ')} namespace(s)`, fix: 'run captrap as root, or allow unprivileged user namespaces' });
+  if (degraded.length > 0 && !options.allowDegraded) {
+    const d = degraded[0]!;
+    const all = degraded.map((x) => `${x.limit} (${x.reason})`).join('; ');
+    throw new LimitUnenforceableError(
+      `refusing to start: ${all}. Fix: ${d.fix}. Pass allowDegraded to run anyway.`,
+      { limit: d.limit, reason: d.reason, fix: d.fix, backend },
+    );
+  }
+  if (degraded.length > 0) log.warn({ backend, degraded }, 'sandbox runs degraded');
+  return { options, host, backend, degraded, file };
+}
+
+function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[] {
+  const { options: o, host } = p;
+  const tail: string[] = [];
+  const ns = o.namespaces.filter((n) => host.namespaces[n]);
+  if (ns.length > 0) {
+    tail.push(host.tools.unshare!);
+    if (ns.includes('pid')) tail.push('--pid', '--fork', '--kill-child');
+    if (ns.includes('mount')) tail.push('--mount', ...(ns.includes('pid') ? ['--mount-proc'] : []));
+    for (const n of ['net', 'ipc', 'uts'] as const) if (ns.includes(n)) tail.push(`--${n}`);
+    tail.push('--');
+  }
+  const switchIds = o.uid !== undefined || o.gid !== undefined;
+  if (switchIds && host.tools.setpriv) {
+    // A credential change clears the parent-death signal, so this setpriv re-arms it after switching.
+    tail.push(host.tools.setpriv, '--pdeathsig', 'KILL');
+    if (o.uid !== undefined) tail.push('--reuid', String(o.uid));
+    if (o.gid !== undefined) tail.push('--regid', String(o.gid));
+    tail.push('--clear-groups');
+    if (o.noNewPrivs) tail.push('--no-new-privs');
+    tail.push('--');
+  }
+  if (p.backend === 'none' && host.tools.prlimit && (o.limits.memoryBytes !== undefined || o.limits.pids !== undefined)) {
+    tail.push(host.tools.prlimit);
+    if (o.limits.memoryBytes !== undefined) tail.push(`--as=${o.limits.memoryBytes}`);
+    if (o.limits.pids !== undefined) tail.push(`--nproc=${o.limits.pids}`);
+    tail.push('--');
+  }
+  tail.push(p.file, ...args);
+  const sh = host.tools.sh ?? '/bin/sh';
+  const trampoline = [sh, '-c', TRAMPOLINE, 'captrap-trampoline', String(process.pid), ...cg.joinFiles, '--', ...tail];
+  if (!host.tools.setpriv) return trampoline;
+  return [host.tools.setpriv, '--pdeathsig', 'KILL', ...(o.noNewPrivs && !switchIds ? ['--no-new-privs'] : []), '--', ...trampoline];
+}
+
+class OutputCapture {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  truncated = false;
+  constructor(private readonly cap: number) {}
+  add(chunk: Buffer): void {
+    if (this.size >= this.cap) {
+      this.truncated = true;
+      return;
+    }
+    const room = this.cap - this.size;
+    const part = chunk.length > room ? chunk.subarray(0, room) : chunk;
+    if (part.length < chunk.length) this.truncated = true;
+    this.chunks.push(part);
+    this.size += part.length;
+  }
+  text(): string {
+    const s = Buffer.concat(this.chunks).toString('utf8');
+    return this.truncated ? `${s}\n[captrap: output truncated at ${this.cap} bytes]\n` : s;
+  }
+}
+
+function streamDone(s: Readable | null, ms: number): Promise<void> {
+  if (!s || s.destroyed || s.readableEnded) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      s.destroy();
+      resolve();
+    }, ms);
+    s.once('close', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * Starts `command args` in a sandbox. Throws a typed error synchronously (before creating
+ * anything) for bad options, a missing command or cwd, an unswitchable uid, or a limit this host
+ * cannot enforce. The returned object is a promise for the result and exposes the live child.
+ */
+export function runSandboxed(command: string, args: readonly string[] = [], options?: SandboxOptions): Sandbox {
+  const p = plan(command, args, options);
+  const o = p.options;
+  const backend = cgroupBackend(p.backend, p.host);
+  let child: ChildProcess | undefined;
+  const cg = backend.create(o.cgroupBase, newCgroupName(), o.limits, () => child?.pid);
+  installExitHook();
+  live.add(cg);
+  const start = cg.counters();
+  const t0 = performance.now();
+  try {
+    const argv = buildArgv(p, cg, args);
+    child = spawn(argv[0]!, argv.slice(1), {
+      cwd: o.cwd,
+      env: o.env,
+      stdio: [o.stdin, 'pipe', 'pipe'],
+      // Without a cgroup the process group is the only handle on the tree.
+      detached: p.backend === 'none',
+      argv0: command,
+    });
+  } catch (err) {
+    live.delete(cg);
+    cg.remove();
+    throw new SandboxSpawnError('E_SPAWN', `cannot start '${command}': ${(err as Error).message}`, { command });
+  }
+  const proc = child;
+  const ref = proc.pid !== undefined ? processRef(proc.pid) : undefined;
+  const out = new OutputCapture(o.maxOutputBytes);
+  const err = new OutputCapture(o.maxOutputBytes);
+  proc.stdout?.on('data', (c: Buffer) => out.add(c));
+  proc.stderr?.on('data', (c: Buffer) => err.add(c));
+
+  let ownKill: 'timeout' | KillReason | undefined;
+  let leaderExit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  let graceTimer: NodeJS.Timeout | undefined;
+  let finished = false;
+  let spawnError: Error | undefined;
+
+  const killTree = () => {
+    try {
+      if (cg.populated()) cg.killAll();
+    } catch (e) {
+      log.error({ err: e, cgroup: cg.name }, 'whole-tree kill failed');
+    }
+  };
+
+  const stop = (reason: 'timeout' | KillReason) => {
+    if (finished || ownKill !== undefined) return;
+    // Recorded before any signal, so the exit is classified as ours and not as a crash.
+    ownKill = reason;
+    if (!leaderExit && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+    graceTimer = setTimeout(killTree, o.killGraceMs);
+  };
+  const timer = o.timeoutMs !== undefined ? setTimeout(() => stop('timeout'), o.timeoutMs) : undefined;
+
+  const done = new Promise<SandboxResult>((resolve, reject) => {
+    const finish = async () => {
+      if (timer) clearTimeout(timer);
+      if (graceTimer) clearTimeout(graceTimer);
+      // The leader is gone: nothing of its tree may outlive it.
+      killTree();
+      let empty = await cg.waitEmpty(5000);
+      if (!empty) {
+        killTree();
+        empty = await cg.waitEmpty(5000);
+      }
+      await Promise.all([streamDone(proc.stdout, 1000), streamDone(proc.stderr, 1000)]);
+      const end = cg.counters();
+      const usage = cg.usage();
+      let cleanedUp = false;
+      for (let i = 0; i < 20 && !cleanedUp; i++) {
+        try {
+          cg.remove();
+          cleanedUp = true;
+        } catch (e) {
+          if (i === 19) log.error({ err: e, cgroup: cg.name }, 'cannot remove sandbox cgroup; stale cleanup will retry');
+          else await sleep(5);
+        }
+      }
+      finished = true;
+      live.delete(cg);
+      if (spawnError) {
+        reject(new SandboxSpawnError('E_SPAWN', `cannot start '${command}': ${spawnError.message}`, { command }));
+        return;
+      }
+      const counters = { oomKills: end.oomKills - start.oomKills, pidsMax: end.pidsMax - start.pidsMax };
+      const exitCode = leaderExit?.code ?? null;
+      const signal = leaderExit?.signal ?? null;
+      let reason: ExitReason;
+      if (ownKill === 'killed' || ownKill === 'revoked' || ownKill === 'owner-exited') reason = { kind: ownKill };
+      else if (counters.oomKills > 0) reason = { kind: 'oom' };
+      else if (counters.pidsMax > 0 && exitCode !== 0) reason = { kind: 'pids-limit' };
+      else if (ownKill === 'timeout') reason = { kind: 'timeout' };
+      else if (signal) reason = { kind: 'signaled', signal };
+      else reason = { kind: 'exited', code: exitCode ?? 0 };
+      resolve({
+        reason,
+        exitCode,
+        signal,
+        stdout: out.text(),
+        stderr: err.text(),
+        stdoutTruncated: out.truncated,
+        stderrTruncated: err.truncated,
+        pid: proc.pid ?? -1,
+        durationMs: performance.now() - t0,
+        backend: p.backend,
+        killMechanism: cg.killMechanism,
+        degraded: p.degraded,
+        counters,
+        usage,
+        cleanedUp,
+      });
+    };
+    proc.once('error', (e) => {
+      spawnError = e;
+      if (!leaderExit) {
+        leaderExit = { code: null, signal: null };
+        void finish();
+      }
+    });
+    proc.once('exit', (code, signal) => {
+      if (leaderExit) return;
+      leaderExit = { code, signal };
+      void finish();
+    });
+  });
+
+  const sandbox = Object.assign(done, {
+    pid: proc.pid ?? -1,
+    ref,
+    child: proc,
+    stdout: proc.stdout,
+    stderr: proc.stderr,
+    stdin: proc.stdin,
+    backend: p.backend,
+    cgroupName: cg.name,
+    degraded: p.degraded,
+    kill: (reason: KillReason = 'killed') => stop(reason),
+    usage: async (): Promise<SandboxUsage> => {
+      const pids = finished ? [] : cg.pids();
+      const processes: SandboxUsage['processes'] = [];
+      await Promise.all(
+        pids.map(async (pid) => {
+          try {
+            const s = await pidusage(pid);
+            processes.push({ pid, cpuPercent: s.cpu, memoryBytes: s.memory, elapsedMs: s.elapsed });
+          } catch {
+            // exited between listing and reading
+          }
+        }),
+      );
+      return { cgroup: finished ? {} : cg.usage(), processes };
+    },
+  });
+  return sandbox as Sandbox;
+}
+
+export type { SandboxOptions } from './limits.js';
