@@ -1,0 +1,200 @@
+// The capability: one zod schema (the TypeScript type is inferred from it), its canonical
+// encoding, HMAC-SHA256 signing and verification, tokens, and the pure `permits` check.
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
+import { checkArguments, ConstraintsSchema, type AccessArguments, type CheckedArguments, type Constraints } from './constraints.js';
+import { AccessDeniedError } from './errors.js';
+import type { Keyring } from './keyring.js';
+import { matchPattern } from './pattern.js';
+import { resolveRealPath } from './paths.js';
+
+export const RESOURCE_TYPES = ['tool', 'file', 'network', 'process'] as const;
+export type ResourceType = (typeof RESOURCE_TYPES)[number];
+
+export const ProcessRefSchema = z
+  .object({ pid: z.number().int().positive(), startTime: z.number().int().nonnegative() })
+  .strict();
+/** A real process: pid plus field 22 of /proc/<pid>/stat. Callers read /proc; the kernel only compares. */
+export type ProcessRef = z.infer<typeof ProcessRefSchema>;
+
+const ID = /^cap_[A-Za-z0-9_-]{16,64}$/;
+
+export const CapabilitySchema = z
+  .object({
+    /** Encoding version; bumps when the canonical encoding changes. */
+    v: z.literal(1),
+    id: z.string().regex(ID),
+    principal: z.string().min(1).max(256),
+    resourceType: z.enum(RESOURCE_TYPES),
+    /** Resource pattern, see pattern.ts for the grammar. */
+    resource: z.string().min(1).max(4096),
+    operations: z.array(z.string().min(1)).min(1),
+    constraints: ConstraintsSchema,
+    parentId: z.string().regex(ID).nullable(),
+    /** Every ancestor id, root first: lets any kernel refuse a token whose ancestor was revoked. */
+    ancestors: z.array(z.string().regex(ID)),
+    depth: z.number().int().nonnegative(),
+    issuedAt: z.number().int().nonnegative(),
+    expiresAt: z.number().int().nonnegative(),
+    holder: ProcessRefSchema.nullable(),
+    keyId: z.string().min(1).max(64),
+    signature: z.string().regex(/^[A-Za-z0-9_-]{43}$/),
+  })
+  .strict()
+  .refine((c) => c.depth === c.ancestors.length && c.parentId === (c.ancestors[c.ancestors.length - 1] ?? null), {
+    message: 'depth and parentId must agree with ancestors',
+  });
+export type Capability = z.infer<typeof CapabilitySchema>;
+export type UnsignedCapability = Omit<Capability, 'signature'>;
+
+export function newCapabilityId(): string {
+  return 'cap_' + randomBytes(16).toString('base64url');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Canonical encoding, version 1: a JSON array with the fields in this fixed order, constraints
+// and limits as nested arrays in fixed order (absent = null), lists in their stored order.
+// Numbers are integers except limits.cpu, written with ECMAScript's shortest round-trip
+// formatting (JSON.stringify), which is deterministic; the schema rejects NaN and Infinity.
+
+function canonicalConstraints(c: Constraints): unknown[] {
+  const l = c.limits;
+  return [
+    c.allowedTools ?? null,
+    c.paths ?? null,
+    c.maxFileSize ?? null,
+    c.allowedDomains ?? null,
+    c.allowedCommands ?? null,
+    c.maxDelegationDepth ?? null,
+    l ? [l.memoryBytes ?? null, l.pids ?? null, l.cpu ?? null, l.timeoutMs ?? null] : null,
+  ];
+}
+
+export function canonicalEncoding(c: UnsignedCapability): string {
+  return (
+    'captrap-cap-v1\n' +
+    JSON.stringify([
+      c.v,
+      c.id,
+      c.principal,
+      c.resourceType,
+      c.resource,
+      c.operations,
+      canonicalConstraints(c.constraints),
+      c.parentId,
+      c.ancestors,
+      c.depth,
+      c.issuedAt,
+      c.expiresAt,
+      c.holder ? [c.holder.pid, c.holder.startTime] : null,
+      c.keyId,
+    ])
+  );
+}
+
+function mac(secret: Buffer, c: UnsignedCapability): Buffer {
+  return createHmac('sha256', secret).update(canonicalEncoding(c)).digest();
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+/** Signs with the keyring's active key; the result is deeply frozen. */
+export function signCapability(c: Omit<UnsignedCapability, 'keyId'>, keys: Keyring): Capability {
+  const keyId = keys.activeId;
+  const unsigned: UnsignedCapability = { ...c, keyId };
+  const signature = mac(keys.get(keyId)!, unsigned).toString('base64url');
+  return deepFreeze({ ...unsigned, signature });
+}
+
+export type SignatureVerdict = 'ok' | 'E_UNKNOWN_KEY' | 'E_BAD_SIGNATURE';
+
+/** Constant-time check of the signature against the key named by `keyId`. */
+export function verifySignature(c: Capability, keys: Keyring): SignatureVerdict {
+  const secret = keys.get(c.keyId);
+  if (!secret) return 'E_UNKNOWN_KEY';
+  const given = Buffer.from(c.signature, 'base64url');
+  const want = mac(secret, c);
+  return given.length === want.length && timingSafeEqual(given, want) ? 'ok' : 'E_BAD_SIGNATURE';
+}
+
+/** Schema-checks an untrusted value; the result is deeply frozen. */
+export function parseCapability(value: unknown): Capability {
+  const r = CapabilitySchema.safeParse(value);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    throw new AccessDeniedError('E_MALFORMED_CAPABILITY', `malformed capability at ${issue.path.join('.') || '(root)'}: ${issue.message}`, {
+      path: issue.path,
+    });
+  }
+  return deepFreeze(r.data);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens: `ct1.` + base64url(JSON of the signed capability). A token carries everything needed
+// to verify it, so a kernel holding the key (and the revocation store) can validate a
+// capability it never stored. Tokens are bearer-proof only up to the principal and holder
+// checks: a stolen token is useless from another principal or another process when bound.
+
+export const TOKEN_PREFIX = 'ct1.';
+
+export function toToken(c: Capability): string {
+  return TOKEN_PREFIX + Buffer.from(JSON.stringify(c)).toString('base64url');
+}
+
+export function isToken(s: string): boolean {
+  return s.startsWith(TOKEN_PREFIX);
+}
+
+export function parseToken(token: string): Capability {
+  if (!isToken(token) || token.length > 64 * 1024) throw new AccessDeniedError('E_MALFORMED_CAPABILITY', 'not a captrap capability token');
+  let json: unknown;
+  try {
+    json = JSON.parse(Buffer.from(token.slice(TOKEN_PREFIX.length), 'base64url').toString('utf8'));
+  } catch {
+    throw new AccessDeniedError('E_MALFORMED_CAPABILITY', 'capability token is not base64url JSON');
+  }
+  return parseCapability(json);
+}
+
+// ---------------------------------------------------------------------------------------------
+// permits: the pure part of validation (no signature, revocation or holder state)
+
+export interface PermitRequest extends AccessArguments {
+  operation: string;
+  /** The resource the action names (a tool name, a file path, a host...). */
+  resource: string;
+}
+
+/**
+ * Throws AccessDeniedError unless `c` allows `operation` on `resource` with these arguments;
+ * checks the operation, the resource pattern and every constraint. Returns the real paths of
+ * file arguments. Integrity, expiry and holder checks are the kernel's (validateCapability).
+ */
+export function permits(c: Capability, req: PermitRequest): CheckedArguments {
+  if (!c.operations.includes(req.operation)) {
+    throw new AccessDeniedError('E_OPERATION_NOT_PERMITTED', `operation '${req.operation}' is not among [${c.operations.join(', ')}]`, {
+      operation: req.operation,
+    });
+  }
+  let resource = req.resource;
+  if (c.resourceType === 'file') {
+    // File patterns are judged on the real path, so a symlink cannot smuggle a path in.
+    const v = resolveRealPath(resource);
+    if (!v.ok) throw new AccessDeniedError('E_RESOURCE_NOT_PERMITTED', `file resource: ${v.reason}`, { resource });
+    resource = v.realPath;
+  }
+  if (!matchPattern(c.resource, resource)) {
+    const code = c.resourceType === 'tool' ? 'E_TOOL_NOT_ALLOWED' : 'E_RESOURCE_NOT_PERMITTED';
+    throw new AccessDeniedError(code, `${c.resourceType} '${req.resource}' does not match the capability's pattern '${c.resource}'`, {
+      resource: req.resource,
+      pattern: c.resource,
+    });
+  }
+  return checkArguments(c.constraints, req);
+}

@@ -1,0 +1,526 @@
+// SecurityKernel: issues, delegates, validates and revokes capabilities, tracks the
+// delegation tree and process bindings, persists revocations, and audits every decision.
+// It never spawns or inspects processes: callers pass process refs in.
+import {
+  isToken,
+  newCapabilityId,
+  parseCapability,
+  parseToken,
+  permits,
+  signCapability,
+  toToken,
+  verifySignature,
+  type Capability,
+  type ProcessRef,
+  type ResourceType,
+  RESOURCE_TYPES,
+} from './capability.js';
+import { checkNarrowing, checkTool, intersectConstraints, normalizeConstraints, type AccessArguments, type Constraints, type Limits } from './constraints.js';
+import { AccessDeniedError, DelegationError, InvalidRequestError, type DenyCode } from './errors.js';
+import { nullAuditSink, type AuditEvent, type AuditSink, type AuditStats } from './events.js';
+import type { Keyring } from './keyring.js';
+import { compilePattern, patternCovers } from './pattern.js';
+import { effectiveLimits, type Tool, type ToolArgs, type ToolPolicy } from './policy.js';
+import { RevocationStore } from './revocations.js';
+
+/** A capability given by id (`cap_...`), as a token (`ct1....`) or as the signed object. */
+export type CapabilityRef = string | Capability;
+
+export interface KernelOptions {
+  keys: Keyring;
+  /** Where revocations persist. Without it they last only as long as this kernel. */
+  stateDir?: string;
+  audit?: AuditSink;
+  policy?: ToolPolicy;
+  /** Milliseconds since the epoch; injectable for expiry tests. */
+  clock?: () => number;
+  /** Lifetime of a root capability when the request names none. Default one hour. */
+  defaultTtlMs?: number;
+  /** Kernel-wide ceiling on delegation depth (root = 0). Default 8. */
+  maxDelegationDepth?: number;
+  /** Remember signatures already verified for frozen capability objects and tokens. Default true. */
+  verificationCache?: boolean;
+}
+
+/** Who is asking: the principal and, when known, its process. Nothing the caller claims about itself belongs here. */
+export interface Caller {
+  principal: string;
+  process?: ProcessRef;
+}
+
+export interface ValidationContext extends Caller, AccessArguments {}
+
+export interface ResourceSpec {
+  type: ResourceType;
+  /** Resource pattern (pattern.ts). */
+  pattern: string;
+}
+
+export interface RequestOptions {
+  ttlMs?: number;
+  expiresAt?: number;
+  holder?: ProcessRef;
+}
+
+export interface DelegationRequest {
+  resourceType?: ResourceType;
+  resource?: string;
+  operations?: string[];
+  constraints?: Constraints;
+  ttlMs?: number;
+  expiresAt?: number;
+  holder?: ProcessRef;
+}
+
+export interface Validated {
+  capability: Capability;
+  /** Real paths of file arguments, by argument name: pass these to the tool, not the spelling given. */
+  realPaths: Record<string, string>;
+}
+
+export interface ToolAuthorization extends Validated {
+  tool: Tool;
+  args: ToolArgs;
+  argv: string[];
+  /** The tighter of the tool's defaults and the capability's limits. */
+  limits: Limits;
+}
+
+export interface KernelStats {
+  issued: number;
+  delegated: number;
+  revoked: number;
+  validations: number;
+  denials: number;
+  live: number;
+  bound: number;
+  verifyCacheHits: number;
+  auditFailures: number;
+  audit?: AuditStats;
+}
+
+const refKey = (r: ProcessRef): string => `${r.pid}:${r.startTime}`;
+
+export class SecurityKernel {
+  private readonly keys: Keyring;
+  private readonly audit: AuditSink;
+  private readonly clock: () => number;
+  private readonly defaultTtlMs: number;
+  private readonly maxDepth: number;
+  private readonly useCache: boolean;
+  private readonly revocations: RevocationStore;
+  private policy: ToolPolicy | undefined;
+
+  private readonly store = new Map<string, Capability>();
+  private readonly children = new Map<string, Set<string>>();
+  private readonly bindings = new Map<string, Set<string>>();
+  /** Objects this kernel built or schema-checked (frozen, so they cannot change afterwards). */
+  private readonly wellFormed = new WeakSet<Capability>();
+  /** Frozen objects whose signature verified; never skips expiry, revocation or holder checks. */
+  private readonly verified = new WeakSet<Capability>();
+  private readonly tokenCache = new Map<string, Capability>();
+
+  private readonly counters = { issued: 0, delegated: 0, validations: 0, denials: 0, verifyCacheHits: 0, auditFailures: 0 };
+
+  constructor(opts: KernelOptions) {
+    this.keys = opts.keys;
+    this.audit = opts.audit ?? nullAuditSink;
+    this.clock = opts.clock ?? Date.now;
+    this.defaultTtlMs = opts.defaultTtlMs ?? 3_600_000;
+    this.maxDepth = opts.maxDelegationDepth ?? 8;
+    this.useCache = opts.verificationCache ?? true;
+    this.policy = opts.policy;
+    this.revocations = new RevocationStore(opts.stateDir);
+  }
+
+  setPolicy(policy: ToolPolicy): void {
+    this.policy = policy;
+  }
+
+  private emit(event: AuditEvent): void {
+    try {
+      this.audit.record(event);
+    } catch {
+      // The sink promised not to throw; if it does anyway, a decision must not flip because of it.
+      this.counters.auditFailures++;
+    }
+  }
+
+  private remember(c: Capability): Capability {
+    this.store.set(c.id, c);
+    this.wellFormed.add(c);
+    this.verified.add(c);
+    return c;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Issuing
+
+  requestCapability(principal: string, resource: ResourceSpec, operations: string[], constraints: Constraints = {}, opts: RequestOptions = {}): Capability {
+    this.emit({ type: 'capability_requested', principal, details: { resourceType: resource.type, resource: resource.pattern, operations } });
+    try {
+      if (typeof principal !== 'string' || principal.length === 0) throw new InvalidRequestError('principal: expected a non-empty string');
+      if (!RESOURCE_TYPES.includes(resource.type)) throw new InvalidRequestError(`resource.type: expected one of ${RESOURCE_TYPES.join(', ')}`);
+      compilePattern(resource.pattern);
+      const now = this.clock();
+      const cap = signCapability(
+        {
+          v: 1,
+          id: newCapabilityId(),
+          principal,
+          resourceType: resource.type,
+          resource: resource.pattern,
+          operations: [...operations],
+          constraints: normalizeConstraints(constraints),
+          parentId: null,
+          ancestors: [],
+          depth: 0,
+          issuedAt: now,
+          expiresAt: opts.expiresAt ?? now + (opts.ttlMs ?? this.defaultTtlMs),
+          holder: opts.holder ?? null,
+        },
+        this.keys,
+      );
+      const checked = parseCapability(cap); // the same schema tokens go through
+      this.remember(checked);
+      if (checked.holder) this.index(checked);
+      this.counters.issued++;
+      this.emit({ type: 'capability_granted', principal, capabilityId: checked.id, details: { resourceType: resource.type, resource: resource.pattern, expiresAt: checked.expiresAt } });
+      return checked;
+    } catch (err) {
+      this.emit({ type: 'capability_denied', principal, details: { code: (err as { code?: string }).code ?? 'E_INVALID_REQUEST', message: (err as Error).message } });
+      if (err instanceof AccessDeniedError) throw new InvalidRequestError(err.message, err.details);
+      throw err;
+    }
+  }
+
+  private index(c: Capability): void {
+    if (!c.holder) return;
+    const k = refKey(c.holder);
+    let s = this.bindings.get(k);
+    if (!s) this.bindings.set(k, (s = new Set()));
+    s.add(c.id);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Resolving and checking integrity
+
+  /** Turns a reference into a capability whose signature has verified; the stored record wins for known ids. */
+  private resolve(ref: CapabilityRef): Capability {
+    if (typeof ref === 'string') {
+      if (isToken(ref)) {
+        const hit = this.useCache ? this.tokenCache.get(ref) : undefined;
+        if (hit) {
+          this.counters.verifyCacheHits++;
+          return this.store.get(hit.id) ?? hit;
+        }
+        const parsed = parseToken(ref);
+        this.wellFormed.add(parsed);
+        this.checkSignature(parsed);
+        if (this.useCache) {
+          if (this.tokenCache.size >= 10_000) this.tokenCache.clear();
+          this.tokenCache.set(ref, parsed);
+        }
+        return this.store.get(parsed.id) ?? parsed;
+      }
+      const stored = this.store.get(ref);
+      if (!stored) throw new AccessDeniedError('E_UNKNOWN_CAPABILITY', `no capability with id ${ref} is known to this kernel; present it as a token`, { id: ref });
+      this.checkSignature(stored);
+      return stored;
+    }
+    const cap = this.wellFormed.has(ref) ? ref : parseCapability(ref);
+    this.wellFormed.add(cap);
+    this.checkSignature(cap);
+    // A binding made after this object was handed out lives in the stored record.
+    return this.store.get(cap.id) ?? cap;
+  }
+
+  private checkSignature(c: Capability): void {
+    if (this.useCache && this.verified.has(c) && this.keys.get(c.keyId)) {
+      this.counters.verifyCacheHits++;
+      return;
+    }
+    const v = verifySignature(c, this.keys);
+    if (v === 'E_UNKNOWN_KEY') throw new AccessDeniedError('E_UNKNOWN_KEY', `capability ${c.id} is signed with key '${c.keyId}', which this kernel does not hold (unknown or retired)`, { keyId: c.keyId });
+    if (v === 'E_BAD_SIGNATURE') throw new AccessDeniedError('E_BAD_SIGNATURE', `capability ${c.id} has a bad signature: it was altered or forged`, { id: c.id });
+    if (this.useCache) this.verified.add(c);
+  }
+
+  /** Revocation (own and ancestors') and expiry: everything about a capability that changes with time. */
+  private checkLive(c: Capability, now: number): void {
+    if (this.revocations.has(c.id)) throw new AccessDeniedError('E_REVOKED', `capability ${c.id} was revoked`, { id: c.id });
+    for (const a of c.ancestors) {
+      if (this.revocations.has(a)) throw new AccessDeniedError('E_ANCESTOR_REVOKED', `capability ${c.id} descends from revoked capability ${a}`, { id: c.id, ancestor: a });
+    }
+    if (now >= c.expiresAt) throw new AccessDeniedError('E_EXPIRED', `capability ${c.id} expired at ${new Date(c.expiresAt).toISOString()}`, { id: c.id, expiresAt: c.expiresAt });
+  }
+
+  private checkCaller(c: Capability, caller: Caller): void {
+    if (caller.principal !== c.principal) {
+      throw new AccessDeniedError('E_WRONG_PRINCIPAL', `capability ${c.id} belongs to '${c.principal}', not '${caller.principal}'`, { id: c.id, principal: caller.principal });
+    }
+    if (c.holder) {
+      const p = caller.process;
+      if (!p || p.pid !== c.holder.pid || p.startTime !== c.holder.startTime) {
+        throw new AccessDeniedError('E_WRONG_HOLDER', `capability ${c.id} is bound to process ${c.holder.pid} (start ${c.holder.startTime}); the caller is ${p ? `${p.pid} (start ${p.startTime})` : 'not a known process'}`, {
+          id: c.id,
+          holder: c.holder,
+          process: p,
+        });
+      }
+    }
+  }
+
+  private denied(err: unknown, ref: CapabilityRef | undefined, caller: Caller | undefined, details: Record<string, unknown>): never {
+    this.counters.denials++;
+    const code = (err as { code?: string }).code ?? 'E_INTERNAL';
+    const capabilityId = typeof ref === 'object' ? ref.id : typeof ref === 'string' && !isToken(ref) ? ref : undefined;
+    this.emit({
+      type: 'access_denied',
+      ...(caller ? { principal: caller.principal } : {}),
+      ...(capabilityId ? { capabilityId } : {}),
+      ...(caller?.process ? { process: caller.process } : {}),
+      details: { code, message: (err as Error).message, ...details },
+    });
+    throw err;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Validation
+
+  /**
+   * Checks, in order: form, key, signature, revocation (own, then ancestors), expiry, principal,
+   * holder process, operation, resource pattern, allowedTools, then each argument against the
+   * constraints. Throws AccessDeniedError with the first failing reason (audited as access_denied).
+   */
+  validateCapability(ref: CapabilityRef, operation: string, resource: string, context: ValidationContext): Validated {
+    this.counters.validations++;
+    let cap: Capability | undefined;
+    try {
+      cap = this.resolve(ref);
+      this.checkLive(cap, this.clock());
+      this.checkCaller(cap, context);
+      const { realPaths } = permits(cap, { ...context, operation, resource });
+      this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation, resource } });
+      return { capability: cap, realPaths };
+    } catch (err) {
+      return this.denied(err, cap ?? ref, context, { operation, resource });
+    }
+  }
+
+  /**
+   * Decides a tool call before anything is spawned: capability integrity and liveness, the
+   * caller, a known tool, allowedTools and the capability's pattern, the argument schema, then
+   * every argument the policy maps to a resource against the constraints.
+   */
+  authorizeToolCall(ref: CapabilityRef, toolName: string, args: unknown, context: Caller): ToolAuthorization {
+    this.counters.validations++;
+    let cap: Capability | undefined;
+    try {
+      cap = this.resolve(ref);
+      this.checkLive(cap, this.clock());
+      this.checkCaller(cap, context);
+      const tool = this.policy?.tool(toolName);
+      if (!tool) throw new AccessDeniedError('E_UNKNOWN_TOOL', `no tool named '${toolName}' in the catalogue`, { tool: toolName });
+      if (cap.resourceType !== 'tool') throw new AccessDeniedError('E_RESOURCE_NOT_PERMITTED', `capability ${cap.id} grants ${cap.resourceType} access, not tool calls`, { resourceType: cap.resourceType });
+      checkTool(cap.constraints, toolName);
+      const parsed = tool.parseArgs(args);
+      const { realPaths } = permits(cap, { ...tool.accessOf(parsed), operation: 'invoke', resource: toolName });
+      this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation: 'invoke', tool: toolName } });
+      return { capability: cap, realPaths, tool, args: parsed, argv: tool.argv(parsed, realPaths), limits: effectiveLimits(tool.spec.limits, cap.constraints.limits) };
+    } catch (err) {
+      return this.denied(err, cap ?? ref, context, { operation: 'invoke', tool: toolName });
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Delegation
+
+  /**
+   * Issues a child of `parentRef` for `toPrincipal`. The request may only narrow: any dimension
+   * that would widen is refused with DelegationError('E_WIDENS', details.dimension). Dimensions
+   * the request leaves out are inherited. When `caller` is given, it must be able to use the parent.
+   */
+  delegate(parentRef: CapabilityRef, toPrincipal: string, narrowing: DelegationRequest = {}, caller?: Caller): Capability {
+    const now = this.clock();
+    let parent: Capability;
+    try {
+      parent = this.resolve(parentRef);
+      this.checkLive(parent, now);
+      if (caller) this.checkCaller(parent, caller);
+    } catch (err) {
+      return this.denied(err, parentRef, caller, { operation: 'delegate' });
+    }
+    const details = { parentId: parent.id, to: toPrincipal };
+    try {
+      if (typeof toPrincipal !== 'string' || toPrincipal.length === 0) throw new InvalidRequestError('toPrincipal: expected a non-empty string');
+      const depth = parent.depth + 1;
+      const limit = Math.min(this.maxDepth, parent.constraints.maxDelegationDepth ?? Infinity);
+      if (depth > limit) {
+        throw new DelegationError('E_DEPTH_EXCEEDED', `delegating ${parent.id} would reach depth ${depth}; the limit is ${limit}`, { depth, limit });
+      }
+      if (narrowing.resourceType !== undefined && narrowing.resourceType !== parent.resourceType) {
+        throw new DelegationError('E_WIDENS', `delegation would widen resourceType: ${narrowing.resourceType} is not ${parent.resourceType}`, { dimension: 'resourceType' });
+      }
+      const resource = narrowing.resource ?? parent.resource;
+      compilePattern(resource);
+      if (!patternCovers(parent.resource, resource)) {
+        throw new DelegationError('E_WIDENS', `delegation would widen resource: '${resource}' is not within '${parent.resource}'`, { dimension: 'resource' });
+      }
+      const operations = narrowing.operations ?? [...parent.operations];
+      const extra = operations.filter((o) => !parent.operations.includes(o));
+      if (extra.length > 0 || operations.length === 0) {
+        throw new DelegationError('E_WIDENS', `delegation would widen operations: ${extra.join(', ') || '(none requested)'} not granted by the parent`, { dimension: 'operations', extra });
+      }
+      const requested = normalizeConstraints(narrowing.constraints ?? {});
+      checkNarrowing(parent.constraints, requested);
+      const expiresAt = narrowing.expiresAt ?? (narrowing.ttlMs !== undefined ? now + narrowing.ttlMs : parent.expiresAt);
+      if (expiresAt > parent.expiresAt) {
+        throw new DelegationError('E_WIDENS', `delegation would widen expiresAt: ${new Date(expiresAt).toISOString()} is after the parent's ${new Date(parent.expiresAt).toISOString()}`, { dimension: 'expiresAt' });
+      }
+      const constraints = intersectConstraints(parent.constraints, requested);
+      // A child may delegate no deeper than its ancestors allow.
+      if (parent.constraints.maxDelegationDepth !== undefined) constraints.maxDelegationDepth = Math.min(constraints.maxDelegationDepth ?? Infinity, parent.constraints.maxDelegationDepth);
+      const child = this.remember(
+        parseCapability(
+          signCapability(
+            {
+              v: 1,
+              id: newCapabilityId(),
+              principal: toPrincipal,
+              resourceType: parent.resourceType,
+              resource,
+              operations: [...new Set(operations)],
+              constraints,
+              parentId: parent.id,
+              ancestors: [...parent.ancestors, parent.id],
+              depth,
+              issuedAt: now,
+              expiresAt,
+              holder: narrowing.holder ?? null,
+            },
+            this.keys,
+          ),
+        ),
+      );
+      let kids = this.children.get(parent.id);
+      if (!kids) this.children.set(parent.id, (kids = new Set()));
+      kids.add(child.id);
+      this.index(child);
+      this.counters.delegated++;
+      this.emit({ type: 'capability_delegated', principal: toPrincipal, capabilityId: child.id, details: { ...details, depth } });
+      return child;
+    } catch (err) {
+      this.emit({ type: 'capability_denied', principal: toPrincipal, ...(caller?.process ? { process: caller.process } : {}), details: { ...details, code: (err as { code?: string }).code, message: (err as Error).message, dimension: (err as DelegationError).details?.['dimension'] } });
+      throw err;
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Revocation and process lifecycle
+
+  /** Every known descendant of `id` (not including it), depth-first. */
+  descendants(id: string): string[] {
+    const out: string[] = [];
+    const stack = [...(this.children.get(id) ?? [])];
+    while (stack.length > 0) {
+      const c = stack.pop()!;
+      out.push(c);
+      for (const k of this.children.get(c) ?? []) stack.push(k);
+    }
+    return out;
+  }
+
+  /**
+   * Revokes `id` and every descendant this kernel knows, persisting them before returning.
+   * Descendants it does not know (tokens issued elsewhere) are refused anyway: they carry their
+   * ancestors. Returns the ids newly revoked.
+   */
+  revokeCapability(id: string, reason = 'revoked'): string[] {
+    const ids = [id, ...this.descendants(id)];
+    const fresh = this.revocations.add(ids, reason, this.clock());
+    for (const r of fresh) {
+      const c = this.store.get(r);
+      this.emit({ type: 'capability_revoked', capabilityId: r, ...(c ? { principal: c.principal } : {}), details: { reason, cascadeFrom: id } });
+    }
+    return fresh;
+  }
+
+  /** Revokes every capability held by `principal` and, through them, every descendant. */
+  revokeAllForPrincipal(principal: string, reason = 'principal revoked'): string[] {
+    const out: string[] = [];
+    for (const c of this.store.values()) if (c.principal === principal) out.push(...this.revokeCapability(c.id, reason));
+    return out;
+  }
+
+  /**
+   * Binds a stored capability to a live process: from now on only that process (same pid AND
+   * start time) can use it, and `processExited` revokes it. Returns the re-signed capability.
+   */
+  bindToProcess(id: string, ref: ProcessRef): Capability {
+    const cap = this.store.get(id);
+    if (!cap) throw new AccessDeniedError('E_UNKNOWN_CAPABILITY', `no capability with id ${id} is known to this kernel`, { id });
+    this.checkLive(cap, this.clock());
+    if (cap.holder) {
+      if (cap.holder.pid === ref.pid && cap.holder.startTime === ref.startTime) return cap;
+      throw new DelegationError('E_ALREADY_BOUND', `capability ${id} is already bound to process ${cap.holder.pid}`, { id, holder: cap.holder });
+    }
+    const { signature: _sig, keyId: _key, ...rest } = cap;
+    const bound = this.remember(parseCapability(signCapability({ ...rest, holder: { pid: ref.pid, startTime: ref.startTime } }, this.keys)));
+    this.index(bound);
+    return bound;
+  }
+
+  /** The process is gone: revoke everything bound to it and every descendant; audit the cleanup. */
+  processExited(ref: ProcessRef, reason = 'holder process exited'): string[] {
+    const k = refKey(ref);
+    const ids = [...(this.bindings.get(k) ?? [])];
+    this.bindings.delete(k);
+    const principals = [...new Set(ids.map((i) => this.store.get(i)?.principal).filter((p): p is string => p !== undefined))];
+    const revoked: string[] = [];
+    for (const id of ids) revoked.push(...this.revokeCapability(id, reason));
+    this.emit({ type: 'principal_cleanup', process: { pid: ref.pid, startTime: ref.startTime }, ...(principals.length === 1 ? { principal: principals[0]! } : {}), details: { principals, revoked: revoked.length, ids: revoked } });
+    return revoked;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Inspection
+
+  getCapability(id: string): Capability | undefined {
+    return this.store.get(id);
+  }
+
+  isRevoked(id: string): boolean {
+    return this.revocations.has(id);
+  }
+
+  /** The token for a stored capability (carries any binding). */
+  token(id: string): string {
+    const c = this.store.get(id);
+    if (!c) throw new AccessDeniedError('E_UNKNOWN_CAPABILITY', `no capability with id ${id} is known to this kernel`, { id });
+    return toToken(c);
+  }
+
+  stats(): KernelStats {
+    const now = this.clock();
+    let live = 0;
+    let bound = 0;
+    for (const c of this.store.values()) {
+      if (now < c.expiresAt && !this.revocations.has(c.id) && !c.ancestors.some((a) => this.revocations.has(a))) {
+        live++;
+        if (c.holder) bound++;
+      }
+    }
+    const s: KernelStats = { ...this.counters, revoked: this.revocations.size, live, bound };
+    const audit = this.audit.stats?.();
+    if (audit) s.audit = audit;
+    return s;
+  }
+
+  /** Closes the revocation file. */
+  close(): void {
+    this.revocations.close();
+  }
+}
+
+export type { DenyCode };

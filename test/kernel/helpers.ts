@@ -1,0 +1,34 @@
+// Shared fixtures for kernel tests: a fresh key, a temp state dir, a kernel with a memory sink.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Keyring } from '../../src/kernel/keyring.js';
+import { SecurityKernel, type KernelOptions } from '../../src/kernel/kernel.js';
+import { MemoryAuditSink } from '../../src/kernel/events.js';
+
+export function tempDir(prefix: string): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), `captrap-${prefix}-`));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export function freshKeyring(id = 'k1'): Keyring {
+  return new Keyring({ id, secret: randomBytes(32) });
+}
+
+export function makeKernel(opts: Partial<KernelOptions> = {}): { kernel: SecurityKernel; audit: MemoryAuditSink; keys: Keyring } {
+  const audit = new MemoryAuditSink();
+  const keys = opts.keys ?? freshKeyring();
+  const kernel = new SecurityKernel({ keys, audit, ...opts });
+  return { kernel, audit, keys };
+}
+
+/** Runs fn and returns the thrown error's code (fails the test if nothing was thrown). */
+export function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    return (e as { code?: string }).code ?? `(no code: ${(e as Error).message})`;
+  }
+  throw new Error('expected an error, none was thrown');
+}
