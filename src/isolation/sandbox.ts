@@ -79,6 +79,9 @@ const TRAMPOLINE = [
   '[ "$PPID" = "$p" ] || exit 125',
   'while [ "$1" != -- ]; do echo $$ > "$1" || { echo "captrap: cannot join cgroup $1" >&2; exit 125; }; shift; done',
   'shift',
+  // The shell sets PWD itself; the command's environment is exactly what captrap passed.
+  '[ "$1" = keep-pwd ] || unset PWD',
+  'shift',
   'exec "$@"',
 ].join('\n');
 
@@ -222,7 +225,7 @@ function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[
   }
   tail.push(p.file, ...args);
   const sh = host.tools.sh ?? '/bin/sh';
-  const trampoline = [sh, '-c', TRAMPOLINE, 'captrap-trampoline', String(process.pid), ...cg.joinFiles, '--', ...tail];
+  const trampoline = [sh, '-c', TRAMPOLINE, 'captrap-trampoline', String(process.pid), ...cg.joinFiles, '--', o.env.PWD !== undefined ? 'keep-pwd' : 'drop-pwd', ...tail];
   if (!host.tools.setpriv) return trampoline;
   return [host.tools.setpriv, '--pdeathsig', 'KILL', ...(o.noNewPrivs && !switchIds ? ['--no-new-privs'] : []), '--', ...trampoline];
 }
@@ -361,7 +364,9 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
       let reason: ExitReason;
       if (ownKill === 'killed' || ownKill === 'revoked' || ownKill === 'owner-exited') reason = { kind: ownKill };
       else if (counters.oomKills > 0) reason = { kind: 'oom' };
-      else if (counters.pidsMax > 0 && exitCode !== 0) reason = { kind: 'pids-limit' };
+      // A refused fork is the sandbox hitting its limit even if the command coped and exited 0;
+      // the raw status stays in exitCode.
+      else if (counters.pidsMax > 0) reason = { kind: 'pids-limit' };
       else if (ownKill === 'timeout') reason = { kind: 'timeout' };
       else if (signal) reason = { kind: 'signaled', signal };
       else reason = { kind: 'exited', code: exitCode ?? 0 };
