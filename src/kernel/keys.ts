@@ -1,8 +1,8 @@
 // Secret key files (capability HMAC keys, the audit MAC key). A key file holds one secret
 // as base64 or hex text. captrap creates them 0600 and refuses to use one that group or
 // others can read: a leaked key forges capabilities or rewrites the audit log.
-import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { closeSync, fsyncSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { CaptrapError } from '../errors.js';
 
 export const MIN_SECRET_BYTES = 32;
@@ -75,4 +75,107 @@ export function loadOrCreateSecretFile(path: string, bytes = MIN_SECRET_BYTES): 
     }
   }
   return { secret: readSecretFile(path), created: false };
+}
+
+// Ed25519 key pairs sign audit checkpoints. The private key lives in a 0600 PEM file (like
+// the secrets above); the public key is world-readable so anyone can check checkpoints.
+
+function readPemFile(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new KeyError('E_KEY_MISSING', `key file ${path} cannot be read: ${(err as Error).message}`, { path }, { cause: err });
+  }
+}
+
+/** Reads an Ed25519 private key (PKCS#8 PEM), refusing a file readable by group/others. */
+export function readEd25519PrivateKey(path: string): KeyObject {
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch (err) {
+    throw new KeyError('E_KEY_MISSING', `key file ${path} cannot be read: ${(err as Error).message}`, { path }, { cause: err });
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new KeyError(
+      'E_KEY_PERMISSIONS',
+      `key file ${path} is accessible to group or others (mode ${(mode & 0o777).toString(8)}); run: chmod 600 ${path}`,
+      { path },
+    );
+  }
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(readPemFile(path));
+  } catch (err) {
+    if (err instanceof KeyError) throw err;
+    throw new KeyError('E_KEY_FORMAT', `key file ${path}: not a PEM private key`, { path }, { cause: err });
+  }
+  if (key.asymmetricKeyType !== 'ed25519') {
+    throw new KeyError('E_KEY_FORMAT', `key file ${path}: expected an Ed25519 key, found ${key.asymmetricKeyType ?? 'unknown'}`, { path });
+  }
+  return key;
+}
+
+/** Reads an Ed25519 public key (SPKI PEM). */
+export function readEd25519PublicKey(path: string): KeyObject {
+  let key: KeyObject;
+  try {
+    key = createPublicKey(readPemFile(path));
+  } catch (err) {
+    if (err instanceof KeyError) throw err;
+    throw new KeyError('E_KEY_FORMAT', `key file ${path}: not a PEM public key`, { path }, { cause: err });
+  }
+  if (key.asymmetricKeyType !== 'ed25519') {
+    throw new KeyError('E_KEY_FORMAT', `key file ${path}: expected an Ed25519 key, found ${key.asymmetricKeyType ?? 'unknown'}`, { path });
+  }
+  return key;
+}
+
+/**
+ * Reads the Ed25519 key pair at `privatePath`/`publicPath`, creating both when the private
+ * key does not exist (private 0600, public 0644). An existing private key always wins: the
+ * public file is rewritten from it if missing, so the pair can never disagree silently.
+ */
+export function loadOrCreateEd25519KeyPair(
+  privatePath: string,
+  publicPath: string,
+): { privateKey: KeyObject; publicKey: KeyObject; created: boolean } {
+  let created = false;
+  try {
+    statSync(privatePath);
+  } catch {
+    const pair = generateKeyPairSync('ed25519');
+    const pem = pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    let fd: number | undefined;
+    try {
+      fd = openSync(privatePath, 'wx', 0o600);
+      writeSync(fd, pem);
+      fsyncSync(fd);
+      created = true;
+    } catch (err) {
+      // Lost a race with another creator (EEXIST): read theirs below.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        throw new KeyError('E_KEY_WRITE', `cannot create key file ${privatePath}: ${(err as Error).message}`, { path: privatePath }, { cause: err });
+      }
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+  const privateKey = readEd25519PrivateKey(privatePath);
+  const publicKey = createPublicKey(privateKey);
+  const publicPem = publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  let existing: string | undefined;
+  try {
+    existing = readFileSync(publicPath, 'utf8');
+  } catch {
+    existing = undefined;
+  }
+  if (existing !== publicPem) {
+    try {
+      writeFileSync(publicPath, publicPem, { mode: 0o644 });
+    } catch (err) {
+      throw new KeyError('E_KEY_WRITE', `cannot write public key file ${publicPath}: ${(err as Error).message}`, { path: publicPath }, { cause: err });
+    }
+  }
+  return { privateKey, publicKey, created };
 }

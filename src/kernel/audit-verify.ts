@@ -1,0 +1,477 @@
+// Verifies an audit log directory: integrity (every MAC right, every chain link holds) and
+// completeness (no seq gaps, segments in order with matching headers, the tail covered by a
+// signed checkpoint) are judged and reported separately. Works on raw bytes: a record's MAC
+// is computed over the exact bytes on disk, and only the rare lines that need it are parsed.
+import { createHmac, type KeyObject } from 'node:crypto';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  AuditError,
+  CHECKPOINT_FILE,
+  CHECKPOINT_PREFIX,
+  HEADER_PREFIX,
+  MAC_HEX_LEN,
+  MAC_SUFFIX_LEN,
+  PREV_FIELD_LEN,
+  RECORD_PREFIX,
+  SEGMENT_FILE_RE,
+  ZERO_MAC,
+  auditKeyId,
+  checkCheckpointLine,
+  publicKeyId,
+  segmentFileName,
+  type AuditRecord,
+  type Checkpoint,
+  type SegmentHeader,
+} from './audit-record.js';
+
+export interface VerifyOptions {
+  /** The HMAC audit key. */
+  key: Buffer;
+  /** The Ed25519 public key that checks checkpoints. */
+  publicKey: KeyObject;
+}
+
+export type ProblemKind =
+  | 'modified'
+  | 'inserted'
+  | 'reordered'
+  | 'deleted'
+  | 'gap'
+  | 'segment'
+  | 'checkpoint'
+  | 'truncated'
+  | 'unverifiable'
+  | 'torn';
+
+export interface VerifyProblem {
+  kind: ProblemKind;
+  message: string;
+  segment?: number;
+  file?: string;
+  /** 1-based line within the file. */
+  line?: number;
+  seq?: number;
+}
+
+export interface VerifyReport {
+  dir: string;
+  ok: boolean;
+  segments: number[];
+  records: number;
+  firstSeq: number | null;
+  lastSeq: number | null;
+  checkpoints: number;
+  lastCheckpointSeq: number | null;
+  /** The log ends with `audit_closed` covered by a final checkpoint. */
+  closed: boolean;
+  integrity: { ok: boolean; firstBad: VerifyProblem | null; problems: VerifyProblem[]; problemCount: number };
+  completeness: { ok: boolean; problems: VerifyProblem[]; unverifiedTail: { fromSeq: number; toSeq: number; count: number } | null };
+  /** A last line cut short by a crash: reported, not counted as tampering. */
+  torn: VerifyProblem | null;
+}
+
+const MAX_LISTED = 100;
+const RECORD_PREFIX_B = Buffer.from(RECORD_PREFIX);
+const HEADER_PREFIX_B = Buffer.from(HEADER_PREFIX);
+const CHECKPOINT_PREFIX_B = Buffer.from(CHECKPOINT_PREFIX);
+const ROTATED_B = Buffer.from('"type":"audit_rotated"');
+const CLOSED_B = Buffer.from('"type":"audit_closed"');
+
+interface Link {
+  seq: number;
+  mac: Buffer; // hex bytes
+  segment: number;
+  line: number;
+}
+
+interface Pending {
+  problemIndex: number;
+  lastBefore: Link;
+}
+
+function startsWith(buf: Buffer, start: number, end: number, prefix: Buffer): boolean {
+  return end - start >= prefix.length && buf.compare(prefix, 0, prefix.length, start, start + prefix.length) === 0;
+}
+
+function parseSeqAt(buf: Buffer, pos: number, end: number): number {
+  let n = 0;
+  let digits = 0;
+  while (pos < end) {
+    const c = buf[pos]!;
+    if (c < 0x30 || c > 0x39) break;
+    n = n * 10 + (c - 0x30);
+    pos++;
+    digits++;
+  }
+  return digits === 0 ? -1 : n;
+}
+
+function hexEquals(a: Buffer, b: Buffer): boolean {
+  return a.length === b.length && a.equals(b);
+}
+
+export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyReport {
+  let st;
+  try {
+    st = statSync(dir);
+  } catch {
+    throw new AuditError('E_AUDIT_NO_DIR', `audit directory ${dir} does not exist`, { dir });
+  }
+  if (!st.isDirectory()) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} is not a directory (give the audit log directory, not a file)`, { dir });
+  const segments = readdirSync(dir)
+    .map((n) => SEGMENT_FILE_RE.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .sort((a, b) => a - b);
+  if (segments.length === 0) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} holds no captrap audit segments (audit-NNNNNN.jsonl)`, { dir });
+
+  const key = options.key;
+  const keyId = auditKeyId(key);
+  const pk = publicKeyId(options.publicKey);
+  const integrity: VerifyProblem[] = [];
+  let integrityCount = 0;
+  const completeness: VerifyProblem[] = [];
+  const addIntegrity = (p: VerifyProblem): number => {
+    integrityCount++;
+    if (integrity.length < MAX_LISTED) integrity.push(p);
+    return integrity.length - 1;
+  };
+  const addCompleteness = (p: VerifyProblem) => {
+    if (completeness.length < MAX_LISTED) completeness.push(p);
+  };
+
+  const validSeqs: number[] = [];
+  const badSeqs = new Set<number>();
+  const missingRanges: { from: number; to: number; problemIndex: number }[] = [];
+  let retainedThrough = 0;
+  const inLogCheckpoints = new Map<number, { head: string; line: string }>();
+  let lastCp: (Checkpoint & { where: string }) | null = null;
+  let headersOurs = 0;
+  let headersOther = 0;
+  let macsOk = 0;
+  let cpSigOk = 0;
+  let cpSigBad = 0;
+  let logLike = false;
+  let torn: VerifyProblem | null = null;
+  let last: Link = { seq: 0, mac: Buffer.from(ZERO_MAC), segment: 0, line: 0 };
+  let pending: Pending | null = null;
+  let lastRecordClosed = false;
+  let records = 0;
+  let firstChained = true;
+
+  for (let si = 0; si < segments.length; si++) {
+    const segment = segments[si]!;
+    const file = segmentFileName(segment);
+    if (si > 0 && segment !== segments[si - 1]! + 1) {
+      addCompleteness({ kind: 'segment', segment, file, message: `segment(s) ${segments[si - 1]! + 1}..${segment - 1} missing before ${file}` });
+    }
+    const buf = readFileSync(join(dir, file));
+    let pos = 0;
+    let lineNo = 0;
+    let sawHeader = false;
+    while (pos < buf.length) {
+      let end = buf.indexOf(0x0a, pos);
+      const terminated = end >= 0;
+      if (!terminated) end = buf.length;
+      lineNo++;
+      const start = pos;
+      pos = end + 1;
+      const where = { segment, file, line: lineNo };
+      if (!terminated) {
+        const t: VerifyProblem = { kind: 'torn', ...where, message: `${file} line ${lineNo}: last line is incomplete (${end - start} bytes, no newline): a write cut short by a crash` };
+        if (si === segments.length - 1) torn = t;
+        else addCompleteness({ ...t, message: t.message + ', in a segment that is not the last' });
+        break;
+      }
+      if (startsWith(buf, start, end, CHECKPOINT_PREFIX_B)) {
+        logLike = true;
+        const text = buf.toString('utf8', start, end);
+        const res = checkCheckpointLine(text, options.publicKey);
+        if (!res.ok) {
+          cpSigBad++;
+          addIntegrity({ kind: 'modified', ...where, message: `${file} line ${lineNo}: checkpoint ${res.why}` });
+          continue;
+        }
+        cpSigOk++;
+        const cp = res.cp;
+        if (cp.seq !== last.seq || cp.head !== last.mac.toString('latin1')) {
+          addIntegrity({ kind: 'modified', ...where, seq: cp.seq, message: `${file} line ${lineNo}: checkpoint for seq ${cp.seq} does not match the chain at this point (seq ${last.seq})` });
+        }
+        inLogCheckpoints.set(cp.seq, { head: cp.head, line: text });
+        if (!lastCp || cp.seq >= lastCp.seq) lastCp = { ...cp, where: `${file} line ${lineNo}` };
+        continue;
+      }
+      const isRecord = startsWith(buf, start, end, RECORD_PREFIX_B);
+      const isHeader = !isRecord && startsWith(buf, start, end, HEADER_PREFIX_B);
+      if (isRecord || isHeader) logLike = true;
+      const macStart = end - MAC_SUFFIX_LEN + 8;
+      const shapeOk = (isRecord || isHeader) && end - start > MAC_SUFFIX_LEN + PREV_FIELD_LEN && buf[end - 1] === 0x7d;
+      const macOk =
+        shapeOk && createHmac('sha256', key).update(buf.subarray(start, end - MAC_SUFFIX_LEN)).digest('hex') === buf.toString('latin1', macStart, macStart + MAC_HEX_LEN);
+      let seq = -1;
+      let header: SegmentHeader | null = null;
+      if (isRecord) seq = parseSeqAt(buf, start + RECORD_PREFIX_B.length, end);
+      else if (isHeader) {
+        try {
+          header = JSON.parse(buf.toString('utf8', start, end)) as SegmentHeader;
+          seq = header.prevSeq;
+          if (header.keyId === keyId) headersOurs++;
+          else headersOther++;
+        } catch {
+          header = null;
+        }
+      }
+      if (!macOk) {
+        if (isRecord && seq >= 0) badSeqs.add(seq);
+        const idx = addIntegrity({
+          kind: 'modified',
+          ...where,
+          ...(seq >= 0 ? { seq } : {}),
+          message: isRecord || isHeader ? `${file} line ${lineNo}: MAC does not match` : `${file} line ${lineNo}: not an audit record`,
+        });
+        if (!pending) pending = { problemIndex: idx, lastBefore: last };
+        continue;
+      }
+      macsOk++;
+      const prev = buf.subarray(end - MAC_SUFFIX_LEN - MAC_HEX_LEN - 1, end - MAC_SUFFIX_LEN - 1);
+      const mac = buf.subarray(macStart, macStart + MAC_HEX_LEN);
+      const link: Link = { seq, mac, segment, line: lineNo };
+      if (pending) {
+        // The first good line after bad ones says what the bad ones were: if it chains
+        // straight from the last good line before them, they were inserted; else they replaced (modified) a record.
+        const p = integrity[pending.problemIndex];
+        const inserted = hexEquals(prev, pending.lastBefore.mac);
+        if (p && inserted) {
+          p.kind = 'inserted';
+          p.message = `${p.file} line ${p.line}: record inserted (its MAC does not verify and the next record chains past it)`;
+        } else if (p) p.message = `${p.file} line ${p.line}: record modified (MAC does not match)`;
+        pending = null;
+        if (!inserted) {
+          last = link;
+          if (isRecord) {
+            validSeqs.push(seq);
+            records++;
+          }
+          firstChained = false;
+          continue;
+        }
+      }
+      if (isHeader) {
+        if (sawHeader || lineNo !== 1) addIntegrity({ kind: 'inserted', ...where, message: `${file} line ${lineNo}: segment header in the middle of a segment` });
+        sawHeader = true;
+        if (header && header.segment !== segment) {
+          addCompleteness({ kind: 'segment', ...where, message: `${file} carries the header of segment ${header.segment} (renamed or moved)` });
+        }
+        // The first header of a log that starts after segment 1 is checked against retention events below.
+        if (firstChained) {
+          if (segment === 1 && (seq !== 0 || !hexEquals(prev, Buffer.from(ZERO_MAC)))) {
+            addIntegrity({ kind: 'modified', ...where, message: `${file} header: first segment does not start a chain` });
+          }
+        } else if (seq !== last.seq || !hexEquals(prev, last.mac)) {
+          const idx = addIntegrity({
+            kind: seq > last.seq ? 'deleted' : 'reordered',
+            ...where,
+            seq,
+            message: `${file} header: chain broken — it follows seq ${seq} but the previous line is seq ${last.seq}${segment !== last.segment + 1 ? ` in segment ${last.segment}` : ''}`,
+          });
+          if (seq > last.seq) missingRanges.push({ from: last.seq + 1, to: seq, problemIndex: idx });
+        }
+      } else {
+        records++;
+        validSeqs.push(seq);
+        if (!sawHeader && lineNo === 1) addCompleteness({ kind: 'segment', ...where, message: `${file} has no segment header` });
+        const expected = last.seq + 1;
+        if (!firstChained && (seq !== expected || !hexEquals(prev, last.mac))) {
+          if (seq > expected) {
+            const idx = addIntegrity({ kind: 'deleted', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} follows seq ${last.seq}; records ${expected}..${seq - 1} missing here` });
+            missingRanges.push({ from: expected, to: seq - 1, problemIndex: idx });
+          } else {
+            addIntegrity({ kind: 'reordered', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} out of order after seq ${last.seq}` });
+          }
+        }
+        // Retention deletes old segments on purpose; the (MAC'd) event that says so excuses the gap.
+        const lineBuf = buf.subarray(start, Math.min(end, start + 160));
+        if (lineBuf.indexOf(ROTATED_B) >= 0) {
+          try {
+            const r = JSON.parse(buf.toString('utf8', start, end)) as AuditRecord;
+            const d = r.details as { reason?: string; deletedThrough?: number } | undefined;
+            if (d?.reason === 'retention' && typeof d.deletedThrough === 'number') retainedThrough = Math.max(retainedThrough, d.deletedThrough);
+          } catch {
+            /* MAC verified: cannot happen */
+          }
+        }
+        lastRecordClosed = lineBuf.indexOf(CLOSED_B) >= 0;
+      }
+      firstChained = false;
+      last = link;
+    }
+  }
+  if (pending) {
+    const p = integrity[pending.problemIndex];
+    if (p) p.message = `${p.file} line ${p.line}: record modified (MAC does not match)`;
+  }
+
+  if (!logLike) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} is not a captrap audit log (no line has the audit record format)`, { dir });
+  if (headersOurs === 0 && headersOther > 0 && macsOk === 0) {
+    throw new AuditError('E_AUDIT_WRONG_KEY', `wrong audit key: the log was written with key id ${findKeyId(dir, segments)}, this key's id is ${keyId}`, { dir });
+  }
+  if (cpSigOk === 0 && cpSigBad > 0 && macsOk > 0) {
+    throw new AuditError('E_AUDIT_WRONG_PUBKEY', `wrong public key: no checkpoint verifies with key id ${pk}`, { dir });
+  }
+
+  // Deleted or reordered: a missing range is "reordered" when its records turn up elsewhere.
+  const present = new Set(validSeqs);
+  for (const r of missingRanges) {
+    let found = false;
+    for (let s = r.from; s <= r.to && !found; s++) found = present.has(s);
+    const p = r.problemIndex >= 0 ? integrity[r.problemIndex] : undefined;
+    if (p && found) {
+      p.kind = 'reordered';
+      p.message = p.message.replace(/; records .* missing here$/, '') + ' (records moved)';
+    }
+  }
+  const firstSegment = segments[0]!;
+  if (firstSegment > 1) {
+    if (retainedThrough < firstSegment - 1) addCompleteness({ kind: 'segment', segment: firstSegment, message: `segment(s) 1..${firstSegment - 1} missing and no retention event accounts for them` });
+  }
+
+  // Gaps among the records that verified (records that failed their MAC are integrity's business).
+  const sorted = validSeqs.slice().sort((a, b) => a - b);
+  const firstSeq = sorted.length > 0 ? sorted[0]! : null;
+  const lastSeq = sorted.length > 0 ? sorted[sorted.length - 1]! : null;
+  if (firstSeq !== null && firstSeq > 1 && firstSegment === 1) {
+    addCompleteness({ kind: 'gap', message: `records 1..${firstSeq - 1} missing at the start of the log` });
+  }
+  for (let i = 1; i < sorted.length; i++) {
+    const a = sorted[i - 1]!;
+    const b = sorted[i]!;
+    if (b > a + 1) {
+      let allBad = true;
+      for (let s = a + 1; s < b && allBad; s++) allBad = badSeqs.has(s);
+      if (!allBad) addCompleteness({ kind: 'gap', seq: a + 1, message: `records ${a + 1}..${b - 1} missing` });
+    } else if (b === a) addCompleteness({ kind: 'gap', seq: a, message: `seq ${a} appears more than once` });
+  }
+
+  // The checkpoint file: every line signed, increasing, agreeing with the log.
+  let cpFileLines: string[] = [];
+  let cpFileMissing = false;
+  try {
+    cpFileLines = readFileSync(join(dir, CHECKPOINT_FILE), 'utf8').split('\n');
+    if (cpFileLines[cpFileLines.length - 1] === '') cpFileLines.pop();
+  } catch {
+    cpFileMissing = true;
+  }
+  if (cpFileMissing && inLogCheckpoints.size > 0) {
+    addCompleteness({ kind: 'checkpoint', file: CHECKPOINT_FILE, message: `${CHECKPOINT_FILE} is missing although the log holds ${inLogCheckpoints.size} checkpoints` });
+  }
+  let prevFileSeq = 0;
+  let prevFileHead = '';
+  const inFile = new Set<number>();
+  for (let i = 0; i < cpFileLines.length; i++) {
+    const where = { file: CHECKPOINT_FILE, line: i + 1 };
+    const res = checkCheckpointLine(cpFileLines[i]!, options.publicKey);
+    if (!res.ok) {
+      addCompleteness({ kind: 'checkpoint', ...where, message: `${CHECKPOINT_FILE} line ${i + 1}: ${res.why} (checkpoint replaced or modified)` });
+      continue;
+    }
+    const cp = res.cp;
+    inFile.add(cp.seq);
+    // The same head twice is harmless (a rotation right after an interval checkpoint); going back is not.
+    if (cp.seq < prevFileSeq || (cp.seq === prevFileSeq && prevFileHead !== cp.head)) addCompleteness({ kind: 'checkpoint', ...where, seq: cp.seq, message: `${CHECKPOINT_FILE} line ${i + 1}: checkpoint seq ${cp.seq} not after ${prevFileSeq} (replaced or reordered)` });
+    if (cp.seq >= prevFileSeq) {
+      prevFileSeq = cp.seq;
+      prevFileHead = cp.head;
+    }
+    if (!lastCp || cp.seq > lastCp.seq) lastCp = { ...cp, where: `${CHECKPOINT_FILE} line ${i + 1}` };
+    const mine = inLogCheckpoints.get(cp.seq);
+    if (mine) {
+      if (mine.head !== cp.head) addCompleteness({ kind: 'checkpoint', ...where, seq: cp.seq, message: `${CHECKPOINT_FILE} line ${i + 1}: head for seq ${cp.seq} differs from the log` });
+    } else if (firstSeq !== null && cp.seq < firstSeq) {
+      // covers records removed by retention
+    } else if (lastSeq !== null && cp.seq <= lastSeq) {
+      addCompleteness({ kind: 'checkpoint', ...where, seq: cp.seq, message: `${CHECKPOINT_FILE} line ${i + 1}: checkpoint for seq ${cp.seq} is not in the log (removed from it)` });
+    }
+  }
+  for (const seq of inLogCheckpoints.keys()) {
+    if (!cpFileMissing && !inFile.has(seq)) addCompleteness({ kind: 'checkpoint', seq, file: CHECKPOINT_FILE, message: `${CHECKPOINT_FILE} lacks the checkpoint for seq ${seq} that the log holds (file truncated or edited)` });
+  }
+
+  // The tail: everything up to the last signed checkpoint is anchored; anything after is not.
+  let unverifiedTail: VerifyReport['completeness']['unverifiedTail'] = null;
+  const end = lastSeq ?? 0;
+  if (lastCp && lastCp.seq > end) {
+    addCompleteness({
+      kind: 'truncated',
+      seq: lastCp.seq,
+      message: `the log ends at seq ${end} but ${lastCp.where} is a signed checkpoint for seq ${lastCp.seq} (segment ${lastCp.segment}): tail truncated or last segment deleted`,
+    });
+  } else if (lastCp && lastCp.reason === 'rotate' && lastCp.seq === end && segments[segments.length - 1]! <= lastCp.segment) {
+    addCompleteness({ kind: 'truncated', segment: lastCp.segment + 1, message: `segment ${lastCp.segment + 1} missing: ${lastCp.where} rotated to it (last segment deleted)` });
+  } else if (end > (lastCp?.seq ?? 0)) {
+    const from = (lastCp?.seq ?? 0) + 1;
+    unverifiedTail = { fromSeq: from, toSeq: end, count: end - from + 1 };
+    addCompleteness({
+      kind: 'unverifiable',
+      seq: from,
+      message: `records ${from}..${end} come after the last signed checkpoint${lastCp ? ` (seq ${lastCp.seq})` : ''}: unverifiable — the log is still open, crashed, or its tail was cut`,
+    });
+  }
+
+  const report: VerifyReport = {
+    dir,
+    ok: false,
+    segments,
+    records,
+    firstSeq,
+    lastSeq,
+    checkpoints: cpSigOk,
+    lastCheckpointSeq: lastCp?.seq ?? null,
+    closed: lastRecordClosed && lastCp?.reason === 'close' && lastCp.seq === end,
+    integrity: { ok: integrityCount === 0, firstBad: integrity[0] ?? null, problems: integrity, problemCount: integrityCount },
+    completeness: { ok: completeness.length === 0, problems: completeness, unverifiedTail },
+    torn,
+  };
+  report.ok = report.integrity.ok && report.completeness.ok;
+  return report;
+}
+
+function findKeyId(dir: string, segments: number[]): string {
+  try {
+    const first = readFileSync(join(dir, segmentFileName(segments[0]!)), 'utf8').split('\n', 1)[0]!;
+    return (JSON.parse(first) as SegmentHeader).keyId;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Reads every record line of the log (no verification: use verifyAuditLog for that), oldest first. */
+export function readAuditRecords(dir: string, filter: (r: AuditRecord) => boolean = () => true): AuditRecord[] {
+  let st;
+  try {
+    st = statSync(dir);
+  } catch {
+    throw new AuditError('E_AUDIT_NO_DIR', `audit directory ${dir} does not exist`, { dir });
+  }
+  if (!st.isDirectory()) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} is not a directory (give the audit log directory, not a file)`, { dir });
+  const segments = readdirSync(dir)
+    .map((n) => SEGMENT_FILE_RE.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .sort((a, b) => a - b);
+  if (segments.length === 0) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} holds no captrap audit segments (audit-NNNNNN.jsonl)`, { dir });
+  const out: AuditRecord[] = [];
+  for (const s of segments) {
+    const text = readFileSync(join(dir, segmentFileName(s)), 'utf8');
+    for (const line of text.split('\n')) {
+      if (!line.startsWith(RECORD_PREFIX)) continue;
+      try {
+        const r = JSON.parse(line) as AuditRecord;
+        if (filter(r)) out.push(r);
+      } catch {
+        /* torn or damaged line: verify reports it */
+      }
+    }
+  }
+  return out;
+}
