@@ -1,7 +1,7 @@
 // The revocation store: an append-only file of revoked capability ids, fsynced before a
 // revocation is reported done, so a revoked capability never comes back because captrap
 // restarted. One line per id: {"id":"cap_...","at":<ms>,"reason":"..."}.
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, truncateSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { RevocationStoreError } from './errors.js';
 
@@ -17,23 +17,28 @@ export class RevocationStore {
     if (stateDir === undefined) return;
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.path = join(stateDir, REVOCATIONS_FILE);
-    const needsNewline = this.load(this.path);
+    const torn = this.load(this.path);
     try {
+      // Cut a torn tail off so our records start on a line of their own; a tail that was a
+      // whole record (only its newline missing) is written again below.
+      if (torn) truncateSync(this.path, torn.keepBytes);
       this.fd = openSync(this.path, 'a', 0o600);
-      // Start our records on a fresh line after a torn tail.
-      if (needsNewline) writeSync(this.fd, '\n');
+      if (torn?.id) {
+        writeSync(this.fd, JSON.stringify({ id: torn.id, at: Date.now(), reason: 'recovered record' }) + '\n');
+        fsyncSync(this.fd);
+      }
     } catch (err) {
       throw new RevocationStoreError(`cannot open ${this.path} for appending: ${(err as Error).message}`, { path: this.path }, err);
     }
   }
 
-  /** Returns whether the file ends in a partial line. */
-  private load(path: string): boolean {
+  /** Loads the records; describes a partial last line, if any. */
+  private load(path: string): { keepBytes: number; id: string | undefined } | undefined {
     let text: string;
     try {
       text = readFileSync(path, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw new RevocationStoreError(`cannot read ${path}: ${(err as Error).message}`, { path }, err);
     }
     const lines = text.split('\n');
@@ -55,17 +60,18 @@ export class RevocationStore {
       }
       this.revoked.add(id);
     });
-    const torn = text.endsWith('\n') ? '' : lines[lines.length - 1]!;
-    if (torn.length > 0) {
-      try {
-        const id = (JSON.parse(torn) as { id?: unknown }).id;
-        // A complete record that only lacks its newline still counts: revoking is the safe side.
-        if (typeof id === 'string') this.revoked.add(id);
-      } catch {
-        /* torn write: never acknowledged */
-      }
+    const torn = lines[lines.length - 1]!;
+    if (torn.length === 0) return undefined;
+    let tornId: string | undefined;
+    try {
+      const id = (JSON.parse(torn) as { id?: unknown }).id;
+      // A complete record that only lacks its newline still counts: revoking is the safe side.
+      if (typeof id === 'string') tornId = id;
+    } catch {
+      /* torn write: never acknowledged */
     }
-    return torn.length > 0;
+    if (tornId) this.revoked.add(tornId);
+    return { keepBytes: Buffer.byteLength(text) - Buffer.byteLength(torn), id: tornId };
   }
 
   has(id: string): boolean {
