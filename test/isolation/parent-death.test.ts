@@ -1,0 +1,98 @@
+// Guarantee 3: if captrap is SIGKILLed, what it started dies, and the next captrap removes the
+// stale cgroups it left. A real node process (tsx) starts sandboxes and is SIGKILLed.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { cleanupStaleCgroups, hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js';
+import { probeHost } from '../../src/isolation/host.js';
+import { isAlive } from '../../src/isolation/proc.js';
+
+const host = probeHost();
+const base = `captrap-test-pd-${process.pid}-${Date.now().toString(36)}`;
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const dir = mkdtempSync(`${tmpdir()}/captrap-pd-`);
+const trackRoot = host.unifiedRoot ?? host.v1.freezer ?? host.v1.pids;
+
+const SCRIPT = `
+import { runSandboxed } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)};
+const base = process.argv[2];
+const tree = "setsid sh -c 'exec sleep 300' & sh -c 'exec sleep 300' & echo ready; exec sleep 300";
+const plain = runSandboxed('sh', ['-c', tree], { cgroupBase: base });
+const inNs = runSandboxed('sh', ['-c', tree], { cgroupBase: base, namespaces: ${JSON.stringify(host.namespaces.pid ? ['pid'] : [])} });
+let ready = 0;
+for (const sb of [plain, inNs]) sb.stdout.on('data', () => {
+  if (++ready === 2) console.log(JSON.stringify({ plain: [plain.pid, plain.cgroupName], inNs: [inNs.pid, inNs.cgroupName] }));
+});
+setInterval(() => {}, 1000);
+`;
+
+function procsOf(name: string): number[] {
+  const t = readFileSync(`${trackRoot}/${base}/${name}/cgroup.procs`, 'utf8');
+  return t.split('\n').filter(Boolean).map(Number);
+}
+
+const waitGone = async (pids: number[], ms: number) => {
+  const deadline = Date.now() + ms;
+  while (pids.some(isAlive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  return pids.filter(isAlive);
+};
+
+afterAll(async () => {
+  await cleanupStaleCgroups(host, base);
+  rmSync(dir, { recursive: true, force: true });
+  expect(removeCgroupBase(host, base)).toEqual([]);
+});
+
+describe.skipIf(!trackRoot || !host.tools.setpriv)('guarantee 3: captrap SIGKILLed', () => {
+  it('its sandboxed processes die, and stale cleanup kills the rest and removes the cgroups', async () => {
+    const script = `${dir}/starter.mts`;
+    writeFileSync(script, SCRIPT);
+    const starter = spawn(process.execPath, ['--import', 'tsx', script, base], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+    const info = await new Promise<{ plain: [number, string]; inNs: [number, string] }>((resolve, reject) => {
+      let buf = '';
+      starter.stdout.on('data', (c: Buffer) => {
+        buf += c.toString();
+        const line = buf.split('\n').find((l) => l.startsWith('{'));
+        if (line) resolve(JSON.parse(line));
+      });
+      starter.once('exit', (code) => reject(new Error(`starter exited early (${code})`)));
+    });
+    const plainAll = procsOf(info.plain[1]);
+    const nsAll = procsOf(info.inNs[1]);
+    expect(plainAll.length).toBe(3);
+    expect(nsAll.length).toBeGreaterThanOrEqual(3);
+
+    starter.kill('SIGKILL');
+    await new Promise((r) => starter.once('exit', r));
+
+    // The leaders die by their parent-death signal; inside a pid namespace, so does everything
+    // (the namespace's init died). Without a namespace the setsid'd and background children
+    // are still alive, held in their cgroup, until the next captrap's stale cleanup.
+    expect(await waitGone([info.plain[0]], 2000)).toEqual([]);
+    if (host.namespaces.pid) expect(await waitGone(nsAll, 2000)).toEqual([]);
+    const survivors = plainAll.filter(isAlive);
+    expect(survivors.length).toBeGreaterThan(0);
+
+    const result = await cleanupStaleCgroups(host, base);
+    expect(result.failed).toEqual([]);
+    expect(result.killed).toBeGreaterThanOrEqual(survivors.length);
+    expect(await waitGone(survivors, 2000)).toEqual([]);
+    for (const name of [info.plain[1], info.inNs[1]]) {
+      for (const h of hierarchyRoots(host)) expect(existsSync(`${h.root}/${base}/${name}`)).toBe(false);
+    }
+  });
+
+  it('leaves the cgroups of a live owner alone', async () => {
+    const { runSandboxed } = await import('../../src/isolation/sandbox.js');
+    const sb = runSandboxed('sleep', ['10'], { cgroupBase: base });
+    await new Promise((r) => setTimeout(r, 50));
+    const result = await cleanupStaleCgroups(host, base);
+    expect(result.removed).toEqual([]);
+    expect(isAlive(sb.pid)).toBe(true);
+    expect(readdirSync(`${trackRoot}/${base}`)).toContain(sb.cgroupName);
+    sb.kill();
+    await sb;
+  });
+});
