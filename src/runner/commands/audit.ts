@@ -103,11 +103,13 @@ function verify(argv: string[]): number {
   }
   const dir = dirOf(positionals);
   // Say "no such directory" before complaining about the key that would live in it.
+  let isDir: boolean;
   try {
-    statSync(dir);
+    isDir = statSync(dir).isDirectory();
   } catch {
     throw new Error(`audit directory ${dir} does not exist`);
   }
+  if (!isDir) throw new Error(`${dir} is not a directory: give the audit log directory`);
   const key = readSecretFile(typeof values.key === 'string' ? values.key : join(dir, AUDIT_KEY_FILE));
   const publicKey = readEd25519PublicKey(typeof values.pubkey === 'string' ? values.pubkey : join(dir, AUDIT_PUBLIC_KEY_FILE));
   const report = verifyAuditLog(dir, { key, publicKey });
