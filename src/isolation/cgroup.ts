@@ -493,6 +493,8 @@ export interface StaleCleanupResult {
  * captrap starts (run, serve).
  */
 export async function cleanupStaleCgroups(host: HostInfo, base: string): Promise<StaleCleanupResult> {
+  // Only ever look inside a captrap base: this function kills what it finds.
+  if (!/^captrap[A-Za-z0-9_.-]*$/.test(base)) throw new CgroupError(`'${base}' is not a captrap cgroup base name`, { base });
   const result: StaleCleanupResult = { removed: [], killed: 0, failed: [] };
   const stale = new Map<string, { key: string; root: string; dir: string }[]>();
   for (const h of hierarchyRoots(host)) {

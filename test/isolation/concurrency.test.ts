@@ -1,10 +1,11 @@
 // Guarantee 7: 100 sandboxes at once all run and all are cleaned up: no cgroup, file
 // descriptor or process is left behind (counted before and after).
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
 import { hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js';
 import { probeHost } from '../../src/isolation/host.js';
-import { descendants } from '../../src/isolation/proc.js';
+import { descendants, isAlive } from '../../src/isolation/proc.js';
 import { runSandboxed } from '../../src/isolation/sandbox.js';
 
 const host = probeHost();
@@ -15,6 +16,9 @@ const cgroupCount = () =>
     const d = `${h.root}/${base}`;
     return n + (existsSync(d) ? readdirSync(d).filter((x) => existsSync(`${d}/${x}/cgroup.procs`)).length : 0);
   }, 0);
+// memory + pids in v1 plus the cgroup2 tracking cgroup on a hybrid host; one cgroup on pure v2.
+const hierarchiesPerSandbox = () =>
+  host.layout === 'v2' ? 1 : (host.v1.memory ? 1 : 0) + (host.v1.pids ? 1 : 0) + (host.layout === 'hybrid' && host.cgroupKill ? 1 : host.v1.freezer ? 1 : 0) + (host.layout === 'hybrid' && host.cgroupKill ? 0 : host.v1.cpuacct ? 1 : 0);
 const fdCount = () => readdirSync('/proc/self/fd').length;
 const childCount = () => descendants(process.pid).length;
 
@@ -27,13 +31,21 @@ describe.skipIf(host.layout === 'none')('guarantee 7: 100 concurrent sandboxes',
     // Warm up once so lazily opened handles (pino's destination, the probe) are not counted as leaks.
     await runSandboxed('true', [], { cgroupBase: base });
     const before = { cgroups: cgroupCount(), fds: fdCount(), children: childCount() };
+    const gate = mkdtempSync(`${tmpdir()}/captrap-cc-`);
+    // Every sandbox waits for the same gate file, so all 100 are provably alive at once.
     const sandboxes = Array.from({ length: 100 }, (_, i) =>
-      runSandboxed('sh', ['-c', `sleep 0.3; echo $((${i} * 2))`], { cgroupBase: base, memory: '64M', pids: 16 }),
+      runSandboxed('sh', ['-c', `while [ ! -e ${gate}/go ]; do sleep 0.05; done; echo $((${i} * 2))`], { cgroupBase: base, memory: '64M', pids: 16, timeout: 20_000 }),
     );
-    // All 100 are alive at the same time.
-    await new Promise((r) => setTimeout(r, 150));
-    expect(cgroupCount()).toBeGreaterThanOrEqual(100);
+    try {
+      expect(cgroupCount()).toBe(100 * hierarchiesPerSandbox());
+      expect(sandboxes.filter((s) => isAlive(s.pid)).length).toBe(100);
+    } finally {
+      // Even when an assertion above failed: release and reap every sandbox so nothing leaks.
+      writeFileSync(`${gate}/go`, '');
+      await Promise.allSettled(sandboxes);
+    }
     const results = await Promise.all(sandboxes);
+    rmSync(gate, { recursive: true, force: true });
     results.forEach((r, i) => {
       expect(r.reason).toEqual({ kind: 'exited', code: 0 });
       expect(r.stdout.trim()).toBe(String(i * 2));

@@ -84,6 +84,10 @@ describe.skipIf(!trackRoot || !host.tools.setpriv)('guarantee 3: captrap SIGKILL
     }
   });
 
+  it('refuses to look outside a captrap base', async () => {
+    await expect(cleanupStaleCgroups(host, '../memory')).rejects.toMatchObject({ code: 'E_CGROUP' });
+  });
+
   it('leaves the cgroups of a live owner alone', async () => {
     const { runSandboxed } = await import('../../src/isolation/sandbox.js');
     const sb = runSandboxed('sleep', ['10'], { cgroupBase: base });

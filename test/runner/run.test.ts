@@ -54,6 +54,8 @@ describe('captrap run', () => {
   it.skipIf(host.layout === 'none')('caps forwarded output with --max-output-bytes', async () => {
     const r = await run(['--max-output-bytes', '10', '--', 'sh', '-c', 'echo 0123456789abcdef']);
     expect(r.out).toBe('0123456789\n[captrap: output truncated at 10 bytes]\n');
+    const k = await run(['--max-output-bytes', '1k', '--', 'sh', '-c', 'head -c 5000 /dev/zero']);
+    expect(k.out).toBe('\0'.repeat(1024) + '\n[captrap: output truncated at 1024 bytes]\n');
   });
 
   it('rejects bad options: 2 for usage errors, 125 for values the sandbox refuses', async () => {

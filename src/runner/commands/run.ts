@@ -3,7 +3,7 @@
 // timeout, pids-limit, killed) the reason goes to stderr.
 import { cleanupStaleCgroups } from '../../isolation/cgroup.js';
 import { probeHost } from '../../isolation/host.js';
-import { BACKEND_NAMES, NAMESPACE_NAMES, type NamespaceName, type SandboxOptions } from '../../isolation/limits.js';
+import { BACKEND_NAMES, NAMESPACE_NAMES, parseBytes, type NamespaceName, type SandboxOptions } from '../../isolation/limits.js';
 import { describeExitReason, exitStatusOf, runSandboxed } from '../../isolation/sandbox.js';
 import { SandboxOptionError } from '../../isolation/errors.js';
 import { describeError } from '../cli.js';
@@ -98,9 +98,18 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { options, command, args } = parsed;
-  const cap = typeof options.maxOutputBytes === 'string' ? Number(options.maxOutputBytes) : undefined;
+  let cap: number | undefined;
+  try {
+    cap = options.maxOutputBytes === undefined ? undefined : parseBytes('maxOutputBytes', options.maxOutputBytes);
+  } catch (err) {
+    process.stderr.write(`captrap run: ${describeError(err)}\n`);
+    return 2;
+  }
   // Leftovers of a captrap that was SIGKILLed go first, so they never pile up.
-  const stale = await cleanupStaleCgroups(probeHost(), options.cgroupBase ?? 'captrap').catch(() => undefined);
+  const stale = await cleanupStaleCgroups(probeHost(), options.cgroupBase ?? 'captrap').catch((err: unknown) => {
+    process.stderr.write(`captrap run: stale cgroup cleanup failed: ${describeError(err)}\n`);
+    return undefined;
+  });
   if (stale && stale.removed.length > 0) process.stderr.write(`captrap run: removed ${stale.removed.length} stale cgroup dir(s), killed ${stale.killed} leftover process(es)\n`);
 
   let sandbox: ReturnType<typeof runSandboxed>;
