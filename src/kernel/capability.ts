@@ -1,6 +1,6 @@
 // The capability: one zod schema (the TypeScript type is inferred from it), its canonical
 // encoding, HMAC-SHA256 signing and verification, tokens, and the pure `permits` check.
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
 import { checkArguments, ConstraintsSchema, type AccessArguments, type CheckedArguments, type Constraints } from './constraints.js';
 import { AccessDeniedError } from './errors.js';
@@ -92,15 +92,33 @@ export function canonicalEncoding(c: UnsignedCapability): string {
   );
 }
 
-function mac(secret: Buffer, c: UnsignedCapability): Buffer {
-  return createHmac('sha256', secret).update(canonicalEncoding(c)).digest();
+/** Objects deepFreeze made immutable all the way down: their encoding can be remembered. */
+const immutable = new WeakSet<object>();
+const encodings = new WeakMap<object, { bytes: Buffer; signature: Buffer | undefined }>();
+
+function encodingOf(c: UnsignedCapability | Capability): { bytes: Buffer; signature: Buffer | undefined } {
+  const hit = encodings.get(c);
+  if (hit) return hit;
+  const sig = (c as Partial<Capability>).signature;
+  const e = { bytes: Buffer.from(canonicalEncoding(c)), signature: sig === undefined ? undefined : Buffer.from(sig, 'base64url') };
+  // Only an object that cannot change keeps its encoding; anything else is re-encoded every time.
+  if (immutable.has(c)) encodings.set(c, e);
+  return e;
+}
+
+function mac(secret: KeyObject, c: UnsignedCapability): Buffer {
+  return createHmac('sha256', secret).update(encodingOf(c).bytes).digest();
 }
 
 function deepFreeze<T>(o: T): T {
-  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
-    for (const v of Object.values(o)) deepFreeze(v);
-    Object.freeze(o);
-  }
+  const walk = (v: unknown): void => {
+    if (v && typeof v === 'object') {
+      for (const x of Object.values(v)) walk(x);
+      Object.freeze(v);
+    }
+  };
+  walk(o);
+  if (o && typeof o === 'object') immutable.add(o);
   return o;
 }
 
@@ -108,7 +126,7 @@ function deepFreeze<T>(o: T): T {
 export function signCapability(c: Omit<UnsignedCapability, 'keyId'>, keys: Keyring): Capability {
   const keyId = keys.activeId;
   const unsigned: UnsignedCapability = { ...c, keyId };
-  const signature = mac(keys.get(keyId)!, unsigned).toString('base64url');
+  const signature = mac(keys.keyObject(keyId)!, unsigned).toString('base64url');
   return deepFreeze({ ...unsigned, signature });
 }
 
@@ -116,9 +134,9 @@ export type SignatureVerdict = 'ok' | 'E_UNKNOWN_KEY' | 'E_BAD_SIGNATURE';
 
 /** Constant-time check of the signature against the key named by `keyId`. */
 export function verifySignature(c: Capability, keys: Keyring): SignatureVerdict {
-  const secret = keys.get(c.keyId);
+  const secret = keys.keyObject(c.keyId);
   if (!secret) return 'E_UNKNOWN_KEY';
-  const given = Buffer.from(c.signature, 'base64url');
+  const given = encodingOf(c).signature!;
   const want = mac(secret, c);
   return given.length === want.length && timingSafeEqual(given, want) ? 'ok' : 'E_BAD_SIGNATURE';
 }
@@ -165,24 +183,17 @@ export function parseToken(token: string): Capability {
 // ---------------------------------------------------------------------------------------------
 // permits: the pure part of validation (no signature, revocation or holder state)
 
-export interface PermitRequest extends AccessArguments {
-  operation: string;
-  /** The resource the action names (a tool name, a file path, a host...). */
-  resource: string;
-}
-
 /**
  * Throws AccessDeniedError unless `c` allows `operation` on `resource` with these arguments;
  * checks the operation, the resource pattern and every constraint. Returns the real paths of
- * file arguments. Integrity, expiry and holder checks are the kernel's (validateCapability).
+ * file arguments (the argument *names* `operation` and `resource` are the action's). Integrity, expiry and holder checks are the kernel's (validateCapability).
  */
-export function permits(c: Capability, req: PermitRequest): CheckedArguments {
-  if (!c.operations.includes(req.operation)) {
-    throw new AccessDeniedError('E_OPERATION_NOT_PERMITTED', `operation '${req.operation}' is not among [${c.operations.join(', ')}]`, {
-      operation: req.operation,
+export function permits(c: Capability, operation: string, resource: string, args: AccessArguments = {}): CheckedArguments {
+  if (!c.operations.includes(operation)) {
+    throw new AccessDeniedError('E_OPERATION_NOT_PERMITTED', `operation '${operation}' is not among [${c.operations.join(', ')}]`, {
+      operation,
     });
   }
-  let resource = req.resource;
   if (c.resourceType === 'file') {
     // File patterns are judged on the real path, so a symlink cannot smuggle a path in.
     const v = resolveRealPath(resource);
@@ -191,10 +202,10 @@ export function permits(c: Capability, req: PermitRequest): CheckedArguments {
   }
   if (!matchPattern(c.resource, resource)) {
     const code = c.resourceType === 'tool' ? 'E_TOOL_NOT_ALLOWED' : 'E_RESOURCE_NOT_PERMITTED';
-    throw new AccessDeniedError(code, `${c.resourceType} '${req.resource}' does not match the capability's pattern '${c.resource}'`, {
-      resource: req.resource,
+    throw new AccessDeniedError(code, `${c.resourceType} '${resource}' does not match the capability's pattern '${c.resource}'`, {
+      resource,
       pattern: c.resource,
     });
   }
-  return checkArguments(c.constraints, req);
+  return checkArguments(c.constraints, args);
 }

@@ -218,8 +218,13 @@ export function checkTool(c: Constraints, tool: string): void {
  * roots (traversal and symlink escapes included), a file over maxFileSize, a URL whose host or
  * port is not allowed, a command not in allowedCommands (or one carrying shell syntax).
  */
+const NO_PATHS: Readonly<Record<string, string>> = Object.freeze({});
+const NO_ARGUMENTS: CheckedArguments = Object.freeze({ realPaths: NO_PATHS as Record<string, string> });
+
 export function checkArguments(c: Constraints, a: AccessArguments): CheckedArguments {
   if (a.tool !== undefined) checkTool(c, a.tool);
+  // The hot path (no resource arguments) allocates nothing.
+  if (!a.files?.length && !a.urls?.length && !a.commands?.length) return NO_ARGUMENTS;
   const realPaths: Record<string, string> = {};
   for (const f of a.files ?? []) {
     const arg = f.arg ?? f.path;

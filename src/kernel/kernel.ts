@@ -104,6 +104,8 @@ const refKey = (r: ProcessRef): string => `${r.pid}:${r.startTime}`;
 export class SecurityKernel {
   private readonly keys: Keyring;
   private readonly audit: AuditSink;
+  /** False with no sink: the hot path then builds no event objects. */
+  private readonly auditing: boolean;
   private readonly clock: () => number;
   private readonly defaultTtlMs: number;
   private readonly maxDepth: number;
@@ -125,6 +127,7 @@ export class SecurityKernel {
   constructor(opts: KernelOptions) {
     this.keys = opts.keys;
     this.audit = opts.audit ?? nullAuditSink;
+    this.auditing = this.audit !== nullAuditSink;
     this.clock = opts.clock ?? Date.now;
     this.defaultTtlMs = opts.defaultTtlMs ?? 3_600_000;
     this.maxDepth = opts.maxDelegationDepth ?? 8;
@@ -300,8 +303,8 @@ export class SecurityKernel {
       cap = this.resolve(ref);
       this.checkLive(cap, this.clock());
       this.checkCaller(cap, context);
-      const { realPaths } = permits(cap, { ...context, operation, resource });
-      this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation, resource } });
+      const { realPaths } = permits(cap, operation, resource, context);
+      if (this.auditing) this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation, resource } });
       return { capability: cap, realPaths };
     } catch (err) {
       return this.denied(err, cap ?? ref, context, { operation, resource });
@@ -325,8 +328,8 @@ export class SecurityKernel {
       if (cap.resourceType !== 'tool') throw new AccessDeniedError('E_RESOURCE_NOT_PERMITTED', `capability ${cap.id} grants ${cap.resourceType} access, not tool calls`, { resourceType: cap.resourceType });
       checkTool(cap.constraints, toolName);
       const parsed = tool.parseArgs(args);
-      const { realPaths } = permits(cap, { ...tool.accessOf(parsed), operation: 'invoke', resource: toolName });
-      this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation: 'invoke', tool: toolName } });
+      const { realPaths } = permits(cap, 'invoke', toolName, tool.accessOf(parsed));
+      if (this.auditing) this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation: 'invoke', tool: toolName } });
       return { capability: cap, realPaths, tool, args: parsed, argv: tool.argv(parsed, realPaths), limits: effectiveLimits(tool.spec.limits, cap.constraints.limits) };
     } catch (err) {
       return this.denied(err, cap ?? ref, context, { operation: 'invoke', tool: toolName });

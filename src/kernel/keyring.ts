@@ -1,6 +1,7 @@
 // Signing keys by id. One key is active (signs new capabilities); older keys stay to verify
 // what they signed until they are retired, so rotation never invalidates live capabilities
 // by surprise, and retirement does so on purpose.
+import { createSecretKey, type KeyObject } from 'node:crypto';
 import { join } from 'node:path';
 import { CaptrapError } from '../errors.js';
 import { loadOrCreateSecretFile, MIN_SECRET_BYTES } from './keys.js';
@@ -11,6 +12,8 @@ const KEY_ID = /^[A-Za-z0-9._-]{1,64}$/;
 
 export class Keyring {
   private readonly keys = new Map<string, Buffer>();
+  /** The same secrets imported once: HMAC with a KeyObject skips re-importing the key per call. */
+  private readonly keyObjects = new Map<string, KeyObject>();
   private active: string | undefined;
 
   constructor(initial?: { id: string; secret: Buffer }) {
@@ -32,6 +35,7 @@ export class Keyring {
     const existing = this.keys.get(id);
     if (existing && !existing.equals(secret)) throw new KeyringError('E_KEY_ID', `key id '${id}' is already in use with another secret`);
     this.keys.set(id, Buffer.from(secret));
+    this.keyObjects.set(id, createSecretKey(Buffer.from(secret)));
   }
 
   /** Adds a key and makes it the one that signs from now on. */
@@ -44,6 +48,7 @@ export class Keyring {
   retire(id: string): void {
     if (id === this.active) throw new KeyringError('E_KEY_ACTIVE', `key '${id}' is active; rotate to another key first`);
     this.keys.delete(id);
+    this.keyObjects.delete(id);
   }
 
   get activeId(): string {
@@ -53,6 +58,10 @@ export class Keyring {
 
   get(id: string): Buffer | undefined {
     return this.keys.get(id);
+  }
+
+  keyObject(id: string): KeyObject | undefined {
+    return this.keyObjects.get(id);
   }
 
   ids(): string[] {
