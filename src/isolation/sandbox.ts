@@ -280,6 +280,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   let child: ChildProcess | undefined;
   const cg = backend.create(o.cgroupBase, newCgroupName(), o.limits, () => child?.pid);
   installExitHook();
+  log.debug({ backend: p.backend, cgroup: cg.name, command }, 'sandbox starting');
   live.add(cg);
   const start = cg.counters();
   const t0 = performance.now();
@@ -320,7 +321,8 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   };
 
   const stop = (reason: 'timeout' | KillReason) => {
-    if (finished || ownKill !== undefined) return;
+    // After the leader's exit the ending is already decided; a late kill() must not relabel it.
+    if (finished || ownKill !== undefined || leaderExit !== undefined) return;
     // Recorded before any signal, so the exit is classified as ours and not as a crash.
     ownKill = reason;
     if (!leaderExit && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');

@@ -84,6 +84,26 @@ describe.skipIf(!trackRoot || !host.tools.setpriv)('guarantee 3: captrap SIGKILL
     }
   });
 
+  it('a normal captrap exit kills every live sandbox tree at once (exit hook, cgroup kill)', async () => {
+    const script = `${dir}/exiter.mts`;
+    writeFileSync(
+      script,
+      `import { runSandboxed } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)};
+const sb = runSandboxed('sh', ['-c', "setsid sh -c 'echo $$; exec sleep 300' & wait"], { cgroupBase: process.argv[2] });
+sb.stdout.on('data', (c) => { console.log('escapee ' + c.toString().trim()); process.exit(0); });
+`,
+    );
+    const r = spawn(process.execPath, ['--import', 'tsx', script, base], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    r.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    await new Promise((res) => r.once('exit', res));
+    const escapee = Number(/escapee (\d+)/.exec(out)?.[1]);
+    expect(escapee).toBeGreaterThan(0);
+    expect(await waitGone([escapee], 2000)).toEqual([]);
+    // Its cgroups are left for the next start's stale cleanup (an exiting process cannot wait to rmdir).
+    expect((await cleanupStaleCgroups(host, base)).failed).toEqual([]);
+  });
+
   it('refuses to look outside a captrap base', async () => {
     await expect(cleanupStaleCgroups(host, '../memory')).rejects.toMatchObject({ code: 'E_CGROUP' });
   });
