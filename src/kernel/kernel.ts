@@ -213,7 +213,8 @@ export class SecurityKernel {
     if (typeof ref === 'string') {
       if (isToken(ref)) {
         const hit = this.useCache ? this.tokenCache.get(ref) : undefined;
-        if (hit) {
+        // A cached token stops counting as verified the moment its key is retired.
+        if (hit && this.keys.get(hit.keyId)) {
           this.counters.verifyCacheHits++;
           return this.store.get(hit.id) ?? hit;
         }

@@ -93,11 +93,29 @@ describe('capability signature', () => {
     expect(before.keyId).toBe('old');
     expect(after.keyId).toBe('new');
     expect(kernel.validateCapability(before.id, 'invoke', 'x', alice).capability.id).toBe(before.id);
+    expect(kernel.validateCapability(toToken(before), 'invoke', 'x', alice).capability.id).toBe(before.id); // now cached
     expect(() => keys.retire('new')).toThrow(/active/);
     keys.retire('old');
     // Cached verification must not outlive the key.
     expect(codeOf(() => kernel.validateCapability(before.id, 'invoke', 'x', alice))).toBe('E_UNKNOWN_KEY');
     expect(codeOf(() => kernel.validateCapability(toToken(before), 'invoke', 'x', alice))).toBe('E_UNKNOWN_KEY');
     expect(kernel.validateCapability(after.id, 'invoke', 'x', alice).capability.keyId).toBe('new');
+  });
+});
+
+describe('keyring files', () => {
+  it('creates the active key as a 0600 file once and reuses it', async () => {
+    const { tempDir } = await import('./helpers.js');
+    const { statSync } = await import('node:fs');
+    const t = tempDir('keyring');
+    try {
+      const a = Keyring.fromDir(t.dir, 'main');
+      expect(statSync(`${t.dir}/main.key`).mode & 0o777).toBe(0o600);
+      const b = Keyring.fromDir(t.dir, 'main');
+      expect(b.get('main')!.equals(a.get('main')!)).toBe(true);
+      expect(() => Keyring.fromDir(t.dir, '../escape')).toThrow(/key id/);
+    } finally {
+      t.cleanup();
+    }
   });
 });
