@@ -11,7 +11,7 @@ import { mkdirSync, readFileSync, readdirSync, rmdirSync, watch, writeFileSync, 
 import { CgroupError, LimitUnenforceableError } from './errors.js';
 import type { HostInfo, V1Controller } from './host.js';
 import type { BackendName, Limits } from './limits.js';
-import { cgroupsOf, isAlive, isSameProcess, listPids, processRef, readStat } from './proc.js';
+import { cgroupsOf, isSameProcess, listPids, processRef, readStat } from './proc.js';
 
 export interface Degradation {
   /** What is not enforced: 'memory', 'swap', 'pids', 'cpu', 'tree-kill'. */
@@ -580,4 +580,3 @@ export function autoBackend(host: HostInfo): BackendName {
   return 'none';
 }
 
-export { isAlive };

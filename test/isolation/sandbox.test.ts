@@ -1,5 +1,7 @@
 // Guarantees 1, 2, 4, 6 and bad input, on real processes and the real cgroups of this host.
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
 import { hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js';
@@ -203,6 +205,26 @@ describe('bad input: a typed error before anything is created', () => {
   ])('%s', (_label, cmd, o, code) => {
     expect(() => runSandboxed(cmd, [], opts(o as SandboxOptions))).toThrow(expect.objectContaining({ code }));
     expect(cgroupsUnderBase()).toEqual([]);
+  });
+
+  it.skipIf(!host.isRoot)('a uid a non-root captrap cannot switch to: E_UID (checked from a real unprivileged process)', () => {
+    chmodSync(dir, 0o755);
+    const script = `${dir}/as-nobody.mts`;
+    writeFileSync(
+      script,
+      `import { runSandboxed } from ${JSON.stringify(fileURLToPath(new URL('../../src/isolation/sandbox.ts', import.meta.url)))};
+try { runSandboxed('true', [], { uid: 0 }); console.log('started'); } catch (e) { console.log(e.code); }`,
+    );
+    chmodSync(script, 0o644);
+    const r = spawnSync(process.execPath, ['--import', 'tsx', script], {
+      cwd: fileURLToPath(new URL('../../', import.meta.url)),
+      uid: 65534,
+      gid: 65534,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: dir },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(r.stdout.trim()).toBe('E_UID');
   });
 
   it('fails closed on a limit this backend cannot enforce, naming the limit and the fix', () => {
