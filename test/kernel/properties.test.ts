@@ -105,8 +105,8 @@ describe('delegation properties', () => {
   const seen = { delegated: 0, descendantAllowed: 0 };
   afterAll(() => {
     // Guard against a vacuous pass: trees must grow and descendants must allow things.
-    expect(seen.delegated).toBeGreaterThan(300);
-    expect(seen.descendantAllowed).toBeGreaterThan(100);
+    expect(seen.delegated).toBeGreaterThan(150); // typically ~300
+    expect(seen.descendantAllowed).toBeGreaterThan(50); // typically ~250
   });
 
   it('no descendant permits anything its ancestor does not, and is never wider on expiry or limits', () => {
