@@ -292,7 +292,6 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
       stdio: [o.stdin, 'pipe', 'pipe'],
       // Without a cgroup the process group is the only handle on the tree.
       detached: p.backend === 'none',
-      argv0: command,
     });
   } catch (err) {
     live.delete(cg);
@@ -326,7 +325,8 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
     // Recorded before any signal, so the exit is classified as ours and not as a crash.
     ownKill = reason;
     if (!leaderExit && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
-    graceTimer = setTimeout(killTree, o.killGraceMs);
+    if (o.killGraceMs === 0) killTree();
+    else graceTimer = setTimeout(killTree, o.killGraceMs);
   };
   const timer = o.timeoutMs !== undefined ? setTimeout(() => stop('timeout'), o.timeoutMs) : undefined;
 
