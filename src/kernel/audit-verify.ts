@@ -2,11 +2,12 @@
 // completeness (no seq gaps, segments in order with matching headers, the tail covered by a
 // signed checkpoint) are judged and reported separately. Works on raw bytes: a record's MAC
 // is computed over the exact bytes on disk, and only the rare lines that need it are parsed.
-import { createHmac, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   AuditError,
+  AuditMac,
   CHECKPOINT_FILE,
   CHECKPOINT_PREFIX,
   HEADER_PREFIX,
@@ -75,12 +76,17 @@ const MAX_LISTED = 100;
 const RECORD_PREFIX_B = Buffer.from(RECORD_PREFIX);
 const HEADER_PREFIX_B = Buffer.from(HEADER_PREFIX);
 const CHECKPOINT_PREFIX_B = Buffer.from(CHECKPOINT_PREFIX);
-const ROTATED_B = Buffer.from('"type":"audit_rotated"');
-const CLOSED_B = Buffer.from('"type":"audit_closed"');
+const AUDIT_TYPE_B = Buffer.from('audit_');
+const ROTATED_B = Buffer.from('audit_rotated"');
+const CLOSED_B = Buffer.from('audit_closed"');
+/** From the end of a record's seq digits to its type value: `,"ts":"` + 24-char ISO time + `","type":"`. */
+const SEQ_TO_TYPE = 7 + 24 + 10;
 
 interface Link {
   seq: number;
-  mac: Buffer; // hex bytes
+  /** The line's MAC (hex) lives at buf[pos, pos + 64): no per-record copies or slices. */
+  buf: Buffer;
+  pos: number;
   segment: number;
   line: number;
 }
@@ -107,9 +113,11 @@ function parseSeqAt(buf: Buffer, pos: number, end: number): number {
   return digits === 0 ? -1 : n;
 }
 
-function hexEquals(a: Buffer, b: Buffer): boolean {
-  return a.length === b.length && a.equals(b);
+function sameMac(buf: Buffer, pos: number, link: Link): boolean {
+  return buf.compare(link.buf, link.pos, link.pos + MAC_HEX_LEN, pos, pos + MAC_HEX_LEN) === 0;
 }
+
+const ZERO_LINK_BUF = Buffer.from(ZERO_MAC);
 
 export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyReport {
   let st;
@@ -127,6 +135,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   if (segments.length === 0) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} holds no captrap audit segments (audit-NNNNNN.jsonl)`, { dir });
 
   const key = options.key;
+  const mac = new AuditMac(key);
   const keyId = auditKeyId(key);
   const pk = publicKeyId(options.publicKey);
   const integrity: VerifyProblem[] = [];
@@ -154,7 +163,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   let cpSigBad = 0;
   let logLike = false;
   let torn: VerifyProblem | null = null;
-  let last: Link = { seq: 0, mac: Buffer.from(ZERO_MAC), segment: 0, line: 0 };
+  let last: Link = { seq: 0, buf: ZERO_LINK_BUF, pos: 0, segment: 0, line: 0 };
   let pending: Pending | null = null;
   let lastRecordClosed = false;
   let records = 0;
@@ -195,7 +204,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
         }
         cpSigOk++;
         const cp = res.cp;
-        if (cp.seq !== last.seq || cp.head !== last.mac.toString('latin1')) {
+        if (cp.seq !== last.seq || cp.head !== last.buf.toString('latin1', last.pos, last.pos + MAC_HEX_LEN)) {
           addIntegrity({ kind: 'modified', ...where, seq: cp.seq, message: `${file} line ${lineNo}: checkpoint for seq ${cp.seq} does not match the chain at this point (seq ${last.seq})` });
         }
         inLogCheckpoints.set(cp.seq, { head: cp.head, line: text });
@@ -207,8 +216,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
       if (isRecord || isHeader) logLike = true;
       const macStart = end - MAC_SUFFIX_LEN + 8;
       const shapeOk = (isRecord || isHeader) && end - start > MAC_SUFFIX_LEN + PREV_FIELD_LEN && buf[end - 1] === 0x7d;
-      const macOk =
-        shapeOk && createHmac('sha256', key).update(buf.subarray(start, end - MAC_SUFFIX_LEN)).digest('hex') === buf.toString('latin1', macStart, macStart + MAC_HEX_LEN);
+      const macOk = shapeOk && mac.ofBytes(buf, start, end - MAC_SUFFIX_LEN) === buf.toString('latin1', macStart, macStart + MAC_HEX_LEN);
       let seq = -1;
       let header: SegmentHeader | null = null;
       if (isRecord) seq = parseSeqAt(buf, start + RECORD_PREFIX_B.length, end);
@@ -234,14 +242,13 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
         continue;
       }
       macsOk++;
-      const prev = buf.subarray(end - MAC_SUFFIX_LEN - MAC_HEX_LEN - 1, end - MAC_SUFFIX_LEN - 1);
-      const mac = buf.subarray(macStart, macStart + MAC_HEX_LEN);
-      const link: Link = { seq, mac, segment, line: lineNo };
+      const prevPos = end - MAC_SUFFIX_LEN - MAC_HEX_LEN - 1;
+      const link: Link = { seq, buf, pos: macStart, segment, line: lineNo };
       if (pending) {
         // The first good line after bad ones says what the bad ones were: if it chains
         // straight from the last good line before them, they were inserted; else they replaced (modified) a record.
         const p = integrity[pending.problemIndex];
-        const inserted = hexEquals(prev, pending.lastBefore.mac);
+        const inserted = sameMac(buf, prevPos, pending.lastBefore);
         if (p && inserted) {
           p.kind = 'inserted';
           p.message = `${p.file} line ${p.line}: record inserted (its MAC does not verify and the next record chains past it)`;
@@ -265,10 +272,10 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
         }
         // The first header of a log that starts after segment 1 is checked against retention events below.
         if (firstChained) {
-          if (segment === 1 && (seq !== 0 || !hexEquals(prev, Buffer.from(ZERO_MAC)))) {
+          if (segment === 1 && (seq !== 0 || buf.compare(ZERO_LINK_BUF, 0, MAC_HEX_LEN, prevPos, prevPos + MAC_HEX_LEN) !== 0)) {
             addIntegrity({ kind: 'modified', ...where, message: `${file} header: first segment does not start a chain` });
           }
-        } else if (seq !== last.seq || !hexEquals(prev, last.mac)) {
+        } else if (seq !== last.seq || !sameMac(buf, prevPos, last)) {
           const idx = addIntegrity({
             kind: seq > last.seq ? 'deleted' : 'reordered',
             ...where,
@@ -282,7 +289,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
         validSeqs.push(seq);
         if (!sawHeader && lineNo === 1) addCompleteness({ kind: 'segment', ...where, message: `${file} has no segment header` });
         const expected = last.seq + 1;
-        if (!firstChained && (seq !== expected || !hexEquals(prev, last.mac))) {
+        if (!firstChained && (seq !== expected || !sameMac(buf, prevPos, last))) {
           if (seq > expected) {
             const idx = addIntegrity({ kind: 'deleted', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} follows seq ${last.seq}; records ${expected}..${seq - 1} missing here` });
             missingRanges.push({ from: expected, to: seq - 1, problemIndex: idx });
@@ -291,17 +298,23 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
           }
         }
         // Retention deletes old segments on purpose; the (MAC'd) event that says so excuses the gap.
-        const lineBuf = buf.subarray(start, Math.min(end, start + 160));
-        if (lineBuf.indexOf(ROTATED_B) >= 0) {
-          try {
-            const r = JSON.parse(buf.toString('utf8', start, end)) as AuditRecord;
-            const d = r.details as { reason?: string; deletedThrough?: number } | undefined;
-            if (d?.reason === 'retention' && typeof d.deletedThrough === 'number') retainedThrough = Math.max(retainedThrough, d.deletedThrough);
-          } catch {
-            /* MAC verified: cannot happen */
+        // Only audit_* records need a closer look; find the type at its fixed offset, not by searching.
+        let t = start + RECORD_PREFIX_B.length;
+        while (t < end && buf[t]! >= 0x30 && buf[t]! <= 0x39) t++;
+        t += SEQ_TO_TYPE;
+        lastRecordClosed = false;
+        if (t + AUDIT_TYPE_B.length <= end && buf.compare(AUDIT_TYPE_B, 0, AUDIT_TYPE_B.length, t, t + AUDIT_TYPE_B.length) === 0) {
+          lastRecordClosed = startsWith(buf, t, end, CLOSED_B);
+          if (startsWith(buf, t, end, ROTATED_B)) {
+            try {
+              const r = JSON.parse(buf.toString('utf8', start, end)) as AuditRecord;
+              const d = r.details as { reason?: string; deletedThrough?: number } | undefined;
+              if (d?.reason === 'retention' && typeof d.deletedThrough === 'number') retainedThrough = Math.max(retainedThrough, d.deletedThrough);
+            } catch {
+              /* MAC verified: cannot happen */
+            }
           }
         }
-        lastRecordClosed = lineBuf.indexOf(CLOSED_B) >= 0;
       }
       firstChained = false;
       last = link;

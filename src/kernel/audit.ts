@@ -11,10 +11,12 @@ import { join } from 'node:path';
 import { log as oplog } from '../log.js';
 import {
   AuditError,
+  AuditMac,
   CHECKPOINT_FILE,
   CHECKPOINT_PREFIX,
   HEADER_PREFIX,
   IsoClock,
+  LineBuffer,
   MAC_SUFFIX_LEN,
   MAX_RECORD_BYTES,
   RECORD_PREFIX,
@@ -24,9 +26,7 @@ import {
   encodeCheckpoint,
   encodeHeaderBody,
   encodeRecordBody,
-  macHex,
   publicKeyId,
-  sealLine,
   segmentFileName,
   type CheckpointReason,
   type SegmentHeader,
@@ -89,7 +89,7 @@ interface Group {
   segment: number;
   /** The segment starts here: truncate the file before writing (recovery of a headerless segment). */
   create: boolean;
-  lines: string[];
+  out: LineBuffer;
   events: number;
   checkpoints: string[];
   deletes: string[];
@@ -112,7 +112,7 @@ const TAIL_WINDOW = 4 * MAX_RECORD_BYTES;
 export class AuditLog implements AuditSink {
   readonly dir: string;
   readonly publicKey: KeyObject;
-  private readonly key: Buffer;
+  private readonly mac: AuditMac;
   private readonly keyId: string;
   private readonly signingKey: KeyObject;
   private readonly pk: string;
@@ -150,7 +150,7 @@ export class AuditLog implements AuditSink {
 
   private constructor(dir: string, key: Buffer, signingKey: KeyObject, opts: AuditLogOptions) {
     this.dir = dir;
-    this.key = key;
+    this.mac = new AuditMac(key);
     this.keyId = auditKeyId(key);
     this.signingKey = signingKey;
     this.publicKey = createPublicKey(signingKey);
@@ -214,14 +214,12 @@ export class AuditLog implements AuditSink {
   private append(event: AuditEvent): void {
     const seq = this.seq + 1;
     const body = encodeRecordBody(seq, this.clock.now(), event, this.head);
-    const mac = macHex(this.key, body);
-    const line = sealLine(body, mac);
-    this.seq = seq;
-    this.head = mac;
     const g = this.currentGroup();
-    g.lines.push(line);
+    const before = g.out.offset;
+    this.head = this.mac.sealInto(g.out, body);
+    this.seq = seq;
     g.events++;
-    this.segmentBytes += line.length;
+    this.segmentBytes += g.out.offset - before;
     this.eventsLogged++;
     this.pendingEvents++;
     if (++this.sinceCheckpoint >= this.opts.checkpointEvery) this.addCheckpoint('interval');
@@ -237,7 +235,7 @@ export class AuditLog implements AuditSink {
   private currentGroup(): Group {
     const last = this.queue[this.queue.length - 1];
     if (last && last.segment === this.segment) return last;
-    const g: Group = { segment: this.segment, create: false, lines: [], events: 0, checkpoints: [], deletes: [] };
+    const g: Group = { segment: this.segment, create: false, out: new LineBuffer(), events: 0, checkpoints: [], deletes: [] };
     this.queue.push(g);
     return g;
   }
@@ -246,9 +244,8 @@ export class AuditLog implements AuditSink {
     if (this.seq === 0) return;
     const line = encodeCheckpoint(this.signingKey, this.pk, this.seq, this.head, this.clock.now(), this.segment, reason);
     const g = this.currentGroup();
-    g.lines.push(line);
+    this.segmentBytes += g.out.appendString(line);
     g.checkpoints.push(line);
-    this.segmentBytes += line.length;
     this.sinceCheckpoint = 0;
     this.lastCheckpointSeq = this.seq;
     this.lastCheckpointAt = Date.now();
@@ -257,14 +254,12 @@ export class AuditLog implements AuditSink {
 
   private startSegment(n: number, create: boolean): void {
     const body = encodeHeaderBody(n, this.clock.now(), this.keyId, this.seq, this.head);
-    const mac = macHex(this.key, body);
-    const line = sealLine(body, mac);
-    this.head = mac;
+    const g: Group = { segment: n, create, out: new LineBuffer(), events: 0, checkpoints: [], deletes: [] };
+    this.head = this.mac.sealInto(g.out, body);
     this.segment = n;
     this.segments.push(n);
-    const g: Group = { segment: n, create, lines: [line], events: 0, checkpoints: [], deletes: [] };
     this.queue.push(g);
-    this.segmentBytes = line.length;
+    this.segmentBytes = g.out.offset;
     this.segmentOpenedAt = Date.now();
   }
 
@@ -312,10 +307,11 @@ export class AuditLog implements AuditSink {
     try {
       for (const g of groups) {
         const fh = await this.handleFor(g.segment, g.create);
-        const buf = Buffer.from(g.lines.join(''));
-        await writeAll(fh, buf);
+        for (const buf of g.out.take()) {
+          await writeAll(fh, buf);
+          this.bytesWritten += buf.length;
+        }
         if (this.opts.fsync === 'flush') await fh.datasync();
-        this.bytesWritten += buf.length;
         if (g.checkpoints.length > 0) await this.appendCheckpoints(g.checkpoints);
         for (const name of g.deletes) {
           await unlink(join(this.dir, name)).catch((err: NodeJS.ErrnoException) => {
@@ -489,7 +485,7 @@ export class AuditLog implements AuditSink {
         }
         const body = line.slice(0, -MAC_SUFFIX_LEN);
         const mac = line.slice(-MAC_SUFFIX_LEN + 8, -2);
-        if (macHex(this.key, body) !== mac) throw tampered(this.dir, n, `the last record of ${segmentFileName(n)} does not verify`);
+        if (this.mac.ofString(body) !== mac) throw tampered(this.dir, n, `the last record of ${segmentFileName(n)} does not verify`);
         const parsed = JSON.parse(line) as { seq?: number; prevSeq?: number };
         const seq = line.startsWith(RECORD_PREFIX) ? parsed.seq! : parsed.prevSeq!;
         return {
@@ -521,7 +517,7 @@ export class AuditLog implements AuditSink {
     if (header.keyId !== this.keyId) {
       throw new AuditError('E_AUDIT_WRONG_KEY', `${path} was written with a different audit key (key id ${header.keyId}, this key ${this.keyId})`, { path });
     }
-    if (macHex(this.key, line.slice(0, -MAC_SUFFIX_LEN)) !== header.mac) throw tampered(this.dir, 0, `the header of ${path} does not verify`);
+    if (this.mac.ofString(line.slice(0, -MAC_SUFFIX_LEN)) !== header.mac) throw tampered(this.dir, 0, `the header of ${path} does not verify`);
     return header;
   }
 
