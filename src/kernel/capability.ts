@@ -2,11 +2,11 @@
 // encoding, HMAC-SHA256 signing and verification, tokens, and the pure `permits` check.
 import { createHmac, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
-import { checkArguments, ConstraintsSchema, type AccessArguments, type CheckedArguments, type Constraints } from './constraints.js';
+import { checkArguments, checkTool, ConstraintsSchema, type AccessArguments, type CheckedArguments, type Constraints } from './constraints.js';
 import { AccessDeniedError } from './errors.js';
 import type { Keyring } from './keyring.js';
 import { matchPattern } from './pattern.js';
-import { resolveRealPath } from './paths.js';
+import { isWithin, resolveRealPath } from './paths.js';
 
 export const RESOURCE_TYPES = ['tool', 'file', 'network', 'process'] as const;
 export type ResourceType = (typeof RESOURCE_TYPES)[number];
@@ -199,6 +199,12 @@ export function permits(c: Capability, operation: string, resource: string, args
     const v = resolveRealPath(resource);
     if (!v.ok) throw new AccessDeniedError('E_RESOURCE_NOT_PERMITTED', `file resource: ${v.reason}`, { resource });
     resource = v.realPath;
+  }
+  if (c.resourceType === 'tool') {
+    // The tool named as the resource is held to allowedTools even when no `tool` argument is given.
+    checkTool(c.constraints, resource);
+  } else if (c.resourceType === 'file' && c.constraints.paths && !c.constraints.paths.some((root) => isWithin(resource, root))) {
+    throw new AccessDeniedError('E_PATH_OUTSIDE_ROOTS', `file resource ${resource} is outside the allowed roots`, { resource });
   }
   if (!matchPattern(c.resource, resource)) {
     const code = c.resourceType === 'tool' ? 'E_TOOL_NOT_ALLOWED' : 'E_RESOURCE_NOT_PERMITTED';

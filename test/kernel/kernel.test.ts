@@ -55,15 +55,16 @@ describe('requesting and validating', () => {
     expect(v('invoke', 'read_file', { files: [{ path: join(base, 'ws', 'big'), access: 'read' }] })).toBe('E_FILE_TOO_LARGE');
     expect(v('invoke', 'write_file', { files: [{ path: join(base, 'ws', 'new'), access: 'write', size: 20_000 }] })).toBe('E_FILE_TOO_LARGE');
     expect(v('invoke', 'fetch', { urls: [{ url: 'https://evil.org/' }] })).toBe('E_DOMAIN_NOT_ALLOWED');
-    expect(v('invoke', 'run', { commands: [{ command: 'rm -rf /' }] })).toBe('E_COMMAND_NOT_ALLOWED');
-    expect(v('invoke', 'run', { commands: [{ command: 'ls; rm -rf /' }] })).toBe('E_COMMAND_NOT_ALLOWED');
+    expect(v('invoke', 'fetch', { commands: [{ command: 'rm -rf /' }] })).toBe('E_COMMAND_NOT_ALLOWED');
+    expect(v('invoke', 'fetch', { commands: [{ command: 'ls; rm -rf /' }] })).toBe('E_COMMAND_NOT_ALLOWED');
+    expect(v('invoke', 'run', {})).toBe('E_TOOL_NOT_ALLOWED');
     expect(codeOf(() => kernel.validateCapability('cap_nonexistentnonexistent', 'invoke', 'x', { principal: 'planner' }))).toBe('E_UNKNOWN_CAPABILITY');
     now = cap.expiresAt;
     expect(v('invoke', 'read_file', {})).toBe('E_EXPIRED');
     const denied = audit.ofType('access_denied');
-    expect(denied).toHaveLength(11);
+    expect(denied).toHaveLength(12);
     expect(denied[0]).toMatchObject({ principal: 'mallory', capabilityId: cap.id, details: { code: 'E_WRONG_PRINCIPAL' } });
-    expect(kernel.stats().denials).toBe(11);
+    expect(kernel.stats().denials).toBe(12);
   });
 
   it('file capabilities match their pattern on the real path', () => {
@@ -71,6 +72,15 @@ describe('requesting and validating', () => {
     const cap = kernel.requestCapability('a', { type: 'file', pattern: join(base, 'ws') + '/*' }, ['read']);
     expect(kernel.validateCapability(cap.id, 'read', join(base, 'ws', 'a', 'f'), { principal: 'a' }).capability.id).toBe(cap.id);
     expect(codeOf(() => kernel.validateCapability(cap.id, 'read', join(base, 'ws', '..', 'other', 'f'), { principal: 'a' }))).toBe('E_RESOURCE_NOT_PERMITTED');
+  });
+
+  it('holds the resource itself to allowedTools (tool) and paths (file)', () => {
+    const { kernel } = makeKernel();
+    const tools = kernel.requestCapability('a', { type: 'tool', pattern: '*' }, ['invoke'], { allowedTools: ['read_file'] });
+    expect(codeOf(() => kernel.validateCapability(tools.id, 'invoke', 'shell', { principal: 'a' }))).toBe('E_TOOL_NOT_ALLOWED');
+    const files = kernel.requestCapability('a', { type: 'file', pattern: '*' }, ['read'], { paths: [join(base, 'ws', 'a')] });
+    expect(kernel.validateCapability(files.id, 'read', join(base, 'ws', 'a', 'b'), { principal: 'a' }).capability.id).toBe(files.id);
+    expect(codeOf(() => kernel.validateCapability(files.id, 'read', join(base, 'ws', 'a', '..', 'x'), { principal: 'a' }))).toBe('E_PATH_OUTSIDE_ROOTS');
   });
 
   it('rejects malformed requests as capability_denied', () => {
