@@ -35,7 +35,7 @@ import type { AuditEvent, AuditSink, AuditStats } from './events.js';
 import { loadOrCreateEd25519KeyPair, loadOrCreateSecretFile } from './keys.js';
 
 export * from './audit-record.js';
-export { verifyAuditLog, readAuditRecords, type VerifyReport, type VerifyOptions, type VerifyProblem } from './audit-verify.js';
+export { verifyAuditLog, readAuditRecords, type VerifyReport, type VerifyOptions, type VerifyProblem, type ProblemKind } from './audit-verify.js';
 
 export const AUDIT_KEY_FILE = 'audit.key';
 export const AUDIT_SIGNING_KEY_FILE = 'audit-signing.key';
@@ -82,6 +82,8 @@ export interface AuditLogStats extends AuditStats {
   checkpoints: number;
   /** record() calls after close(): never written. */
   droppedAfterClose: number;
+  /** record() calls after a write failed: never written. */
+  droppedAfterFailure: number;
   failed: string | null;
 }
 
@@ -147,6 +149,7 @@ export class AuditLog implements AuditSink {
   private checkpoints = 0;
   private lastFlushAt: string | null = null;
   private droppedAfterClose = 0;
+  private droppedAfterFailure = 0;
 
   private constructor(dir: string, key: Buffer, signingKey: KeyObject, opts: AuditLogOptions) {
     this.dir = dir;
@@ -205,6 +208,11 @@ export class AuditLog implements AuditSink {
     if (this.closed || this.closing) {
       this.droppedAfterClose++;
       oplog.warn({ type: event?.type }, 'audit event recorded after close; not written');
+      return;
+    }
+    if (this.failure) {
+      // Nothing more reaches the disk; buffering forever would only trade a lost log for an OOM.
+      this.droppedAfterFailure++;
       return;
     }
     if (this.opts.maxSegmentBytes > 0 && this.segmentBytes >= this.opts.maxSegmentBytes) this.rotate('size');
@@ -390,6 +398,7 @@ export class AuditLog implements AuditSink {
       segment: this.segment,
       checkpoints: this.checkpoints,
       droppedAfterClose: this.droppedAfterClose,
+      droppedAfterFailure: this.droppedAfterFailure,
       failed: this.failure ? this.failure.message : null,
     };
   }
@@ -598,6 +607,11 @@ export function closeAuditLogOnSignals(log: AuditLog, signals: NodeJS.Signals[] 
     process.on(sig, h);
   }
   return uninstall;
+}
+
+/** The counters of any sink that keeps them (the file log does), or null. */
+export function getAuditStats(sink: AuditSink): AuditStats | null {
+  return sink.stats?.() ?? null;
 }
 
 export function listSegments(dir: string): number[] {

@@ -1,5 +1,5 @@
 import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -275,6 +275,52 @@ describe('audit log writer', () => {
       uninstall();
       process.removeListener('SIGUSR2', swallow);
     }
+  });
+
+  it('flushes as soon as flushEvents are buffered, without waiting for the timer', async () => {
+    const log = await AuditLog.open({ dir, flushIntervalMs: 60_000, flushEvents: 10 });
+    for (let i = 0; i < 25; i++) log.record(event(i));
+    for (let k = 0; k < 20 && log.stats().eventsFlushed < 20; k++) await new Promise((r) => setTimeout(r, 5));
+    expect(log.stats().eventsFlushed).toBeGreaterThanOrEqual(20);
+    expect(readAuditRecords(dir).length).toBeGreaterThanOrEqual(20);
+    await log.close();
+  });
+
+  it('writes a checkpoint after checkpointIntervalMs even with few records', async () => {
+    const log = await AuditLog.open({ dir, flushIntervalMs: 5, checkpointEvery: 1_000_000, checkpointIntervalMs: 20 });
+    log.record(event(1));
+    await new Promise((r) => setTimeout(r, 80));
+    await log.flush();
+    const cps = readLines(join(dir, CHECKPOINT_FILE)).map((l) => JSON.parse(l) as { seq: number; reason: string });
+    expect(cps).toContainEqual(expect.objectContaining({ seq: 2, reason: 'interval' }));
+    expect(verify().ok).toBe(true); // no unanchored tail while still open
+    await log.close();
+  });
+
+  it('fails closed when a write fails: onError, rejected flushes, further events counted as dropped', async () => {
+    const errors: Error[] = [];
+    const log = await AuditLog.open({ dir, flushIntervalMs: 60_000, onError: (e) => errors.push(e) });
+    await log.flush();
+    mkdirSync(seg(2)); // the next segment's path is a directory: opening it for writing fails
+    log.rotate();
+    await expect(log.flush()).rejects.toMatchObject({ code: 'E_AUDIT_WRITE' });
+    expect(errors).toHaveLength(1);
+    log.record(event(1));
+    expect(log.stats().droppedAfterFailure).toBe(1);
+    expect(log.stats().failed).toMatch(/audit log write failed/);
+    await expect(log.flush()).rejects.toMatchObject({ code: 'E_AUDIT_WRITE' });
+    await expect(log.close()).rejects.toMatchObject({ code: 'E_AUDIT_WRITE' });
+    expect(existsSync(join(dir, 'audit.lock'))).toBe(false);
+  });
+
+  it('getAuditStats works on any sink', async () => {
+    const { getAuditStats } = await import('../../src/kernel/audit.js');
+    const { MemoryAuditSink } = await import('../../src/kernel/events.js');
+    expect(getAuditStats(new MemoryAuditSink())).toBeNull();
+    const log = await AuditLog.open({ dir });
+    log.record(event(1));
+    expect(getAuditStats(log)).toMatchObject({ eventsLogged: 2, bufferDepth: 2, segments: 1 });
+    await log.close();
   });
 
   it('uses keys passed in memory (no key files)', async () => {
