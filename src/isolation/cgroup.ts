@@ -231,6 +231,10 @@ export function cgroupV2Backend(host: HostInfo, root = host.unifiedRoot): Cgroup
       ensureDir(baseDir);
       const wanted = ['memory', 'pids', 'cpu'].filter((c) => controllers.has(c));
       if (wanted.length > 0) {
+        // A controller reaches <base> only if the root enables it for its children.
+        const atBase = new Set(readText(`${baseDir}/cgroup.controllers`)?.trim().split(/\s+/) ?? []);
+        const notDelegated = wanted.filter((c) => !atBase.has(c));
+        if (notDelegated.length > 0) write(`${root}/cgroup.subtree_control`, notDelegated.map((c) => `+${c}`).join(' '));
         const enabled = new Set(readText(`${baseDir}/cgroup.subtree_control`)?.trim().split(/\s+/) ?? []);
         const missing = wanted.filter((c) => !enabled.has(c));
         if (missing.length > 0) write(`${baseDir}/cgroup.subtree_control`, missing.map((c) => `+${c}`).join(' '));
