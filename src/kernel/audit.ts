@@ -5,7 +5,7 @@
 // it; only the file I/O is asynchronous (buffer + periodic flush).
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey, createHash } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, fstatSync, ftruncateSync, fsyncSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, statSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, fstatSync, ftruncateSync, fsyncSync, unlinkSync, writeFileSync } from 'node:fs';
 import { open as openFile, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { log as oplog } from '../log.js';
@@ -424,12 +424,14 @@ export class AuditLog implements AuditSink {
     }
     this.segments = nums.slice();
     if (!tail) {
-      if (nums.length === 0 && recovered.length > 0) {
-        throw new AuditError('E_AUDIT_TAMPERED', `audit log in ${this.dir} has segment files but no readable segment header; run 'captrap audit verify ${this.dir}'`, { dir: this.dir });
+      // Only a first segment torn before its header was complete may be replaced: if checkpoints
+      // exist, a chain existed, and starting another would hide whatever removed it.
+      if (recovered.length > 0 && hasCheckpoints(this.dir)) {
+        throw new AuditError('E_AUDIT_TAMPERED', `audit log in ${this.dir} has checkpoints but no readable segment; run 'captrap audit verify ${this.dir}'`, { dir: this.dir });
       }
       this.segments = [];
       this.startSegment(1, true);
-      this.append({ type: 'audit_opened', details: { created: true, keyId: this.keyId, publicKeyId: this.pk } });
+      this.append({ type: 'audit_opened', details: { created: true, keyId: this.keyId, publicKeyId: this.pk, ...(recovered.length > 0 ? { recovered } : {}) } });
       this.addCheckpoint('open');
       return;
     }
@@ -621,6 +623,14 @@ export function listSegments(dir: string): number[] {
     if (m) out.push(Number(m[1]));
   }
   return out.sort((a, b) => a - b);
+}
+
+function hasCheckpoints(dir: string): boolean {
+  try {
+    return statSync(join(dir, CHECKPOINT_FILE)).size > 0;
+  } catch {
+    return false;
+  }
 }
 
 function tampered(dir: string, segment: number, what: string): AuditError {

@@ -243,6 +243,16 @@ describe('audit log writer', () => {
     expect(after.ok).toBe(true);
   });
 
+  it('replaces a first segment torn inside its header, but never a log that had checkpoints', async () => {
+    writeFileSync(seg(), '{"v":1,"kind":"segment","segm');
+    const log = await AuditLog.open({ dir, flushIntervalMs: 5 });
+    await log.close();
+    expect(readAuditRecords(dir)[0]!.details).toMatchObject({ created: true, recovered: [expect.objectContaining({ segment: 1, tornBytes: 29 }), { segment: 1, removedEmptySegment: true }] });
+    expect(verify().ok).toBe(true);
+    writeFileSync(seg(), '{"v":1,"kind":"segment","segm');
+    await expect(AuditLog.open({ dir })).rejects.toMatchObject({ code: 'E_AUDIT_TAMPERED' });
+  });
+
   it('continues after a crash: records before the crash stay verifiable, the unanchored tail is reported', async () => {
     // A writer seen before it closes (as after a crash): flushed records, no final checkpoint.
     // Checkpoints: seq 1 (open), seq 11 (ten records later).
