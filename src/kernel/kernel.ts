@@ -527,4 +527,3 @@ export class SecurityKernel {
   }
 }
 
-export type { DenyCode };

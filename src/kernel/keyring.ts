@@ -2,6 +2,7 @@
 // what they signed until they are retired, so rotation never invalidates live capabilities
 // by surprise, and retirement does so on purpose.
 import { createSecretKey, type KeyObject } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CaptrapError } from '../errors.js';
 import { loadOrCreateSecretFile, MIN_SECRET_BYTES } from './keys.js';
@@ -23,6 +24,7 @@ export class Keyring {
   /** A keyring whose active key lives in `<dir>/<id>.key` (created 0600 on first use). */
   static fromDir(dir: string, id = 'k1'): Keyring {
     if (!KEY_ID.test(id)) throw new KeyringError('E_KEY_ID', `key id '${id}' must match ${KEY_ID}`);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
     return new Keyring({ id, secret: loadOrCreateSecretFile(join(dir, `${id}.key`)).secret });
   }
 
