@@ -416,6 +416,8 @@ export class SecurityKernel {
       return child;
     } catch (err) {
       this.emit({ type: 'capability_denied', principal: toPrincipal, ...(caller?.process ? { process: caller.process } : {}), details: { ...details, code: (err as { code?: string }).code, message: (err as Error).message, dimension: (err as DelegationError).details?.['dimension'] } });
+      // A child that fails the schema (a bad holder, an empty operation name) is a bad request, not a denial.
+      if (err instanceof AccessDeniedError) throw new InvalidRequestError(err.message, err.details);
       throw err;
     }
   }

@@ -16,6 +16,8 @@ export class Keyring {
   /** The same secrets imported once: HMAC with a KeyObject skips re-importing the key per call. */
   private readonly keyObjects = new Map<string, KeyObject>();
   private active: string | undefined;
+  /** Retired ids are never reused: a cached verification under the old secret must not carry over. */
+  private readonly retired = new Set<string>();
 
   constructor(initial?: { id: string; secret: Buffer }) {
     if (initial) this.rotate(initial.id, initial.secret);
@@ -34,6 +36,7 @@ export class Keyring {
     if (secret.length < MIN_SECRET_BYTES) {
       throw new KeyringError('E_KEY_TOO_SHORT', `key ${id}: secret is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
     }
+    if (this.retired.has(id)) throw new KeyringError('E_KEY_ID', `key id '${id}' was retired and cannot be reused`);
     const existing = this.keys.get(id);
     if (existing && !existing.equals(secret)) throw new KeyringError('E_KEY_ID', `key id '${id}' is already in use with another secret`);
     this.keys.set(id, Buffer.from(secret));
@@ -51,6 +54,7 @@ export class Keyring {
     if (id === this.active) throw new KeyringError('E_KEY_ACTIVE', `key '${id}' is active; rotate to another key first`);
     this.keys.delete(id);
     this.keyObjects.delete(id);
+    this.retired.add(id);
   }
 
   get activeId(): string {

@@ -100,6 +100,8 @@ describe('capability signature', () => {
     expect(codeOf(() => kernel.validateCapability(before.id, 'invoke', 'x', alice))).toBe('E_UNKNOWN_KEY');
     expect(codeOf(() => kernel.validateCapability(toToken(before), 'invoke', 'x', alice))).toBe('E_UNKNOWN_KEY');
     expect(kernel.validateCapability(after.id, 'invoke', 'x', alice).capability.keyId).toBe('new');
+    // A retired id cannot come back with another secret (cached verifications would carry over).
+    expect(() => keys.add('old', randomBytes(32))).toThrow(/retired/);
   });
 });
 

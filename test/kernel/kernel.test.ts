@@ -89,6 +89,9 @@ describe('requesting and validating', () => {
     expect(codeOf(() => kernel.requestCapability('a', { type: 'tool', pattern: 'x' }, [], {}))).toBe('E_INVALID_REQUEST');
     expect(codeOf(() => kernel.requestCapability('a', { type: 'tool', pattern: 'x' }, ['invoke'], { allowedDomains: ['bad domain'] }))).toBe('E_INVALID_REQUEST');
     expect(audit.ofType('capability_denied')).toHaveLength(3);
+    const root = kernel.requestCapability('a', { type: 'tool', pattern: 'x' }, ['invoke']);
+    expect(codeOf(() => kernel.delegate(root.id, 'b', { holder: { pid: -1, startTime: 0 } }))).toBe('E_INVALID_REQUEST');
+    expect(codeOf(() => kernel.delegate(root.id, ''))).toBe('E_INVALID_REQUEST');
   });
 });
 
