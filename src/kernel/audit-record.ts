@@ -6,7 +6,7 @@
 // Checkpoints end with ,"sig":"<base64>"} and are signed with Ed25519 over the bytes before it.
 import { createHash, createHmac, hash, sign, verify as verifySignature, type KeyObject } from 'node:crypto';
 import { CaptrapError } from '../errors.js';
-import type { AuditEvent, AuditEventType } from './events.js';
+import { AUDIT_EVENT_TYPES, type AuditEvent, type AuditEventType } from './events.js';
 
 export const AUDIT_FORMAT_VERSION = 1;
 export const MAC_HEX_LEN = 64;
@@ -216,8 +216,10 @@ export interface Checkpoint {
 }
 
 /** The record body (everything the MAC covers). `details` is encoded canonically; fixed fields in fixed order. */
+const TYPE_FIELD = new Map<string, string>(AUDIT_EVENT_TYPES.map((t) => [t, `","type":"${t}"`]));
+
 export function encodeRecordBody(seq: number, ts: string, event: AuditEvent, prev: string): string {
-  let s = RECORD_PREFIX + seq + ',"ts":"' + ts + '","type":' + quoteJson(String(event.type));
+  let s = RECORD_PREFIX + seq + ',"ts":"' + ts + (TYPE_FIELD.get(event.type) ?? '","type":' + quoteJson(String(event.type)));
   if (event.principal !== undefined) s += ',"principal":' + quoteJson(String(event.principal));
   if (event.capabilityId !== undefined) s += ',"capabilityId":' + quoteJson(String(event.capabilityId));
   const p = event.process;
@@ -285,21 +287,46 @@ export function checkCheckpointLine(line: string, publicKey: KeyObject): { ok: t
   return { ok: true, cp };
 }
 
+/**
+ * Reuses written chunks: 1 MiB allocations outside the V8 heap count as external memory
+ * pressure and trigger full collections at hundreds of thousands of events a second.
+ */
+export class ChunkPool {
+  private readonly free: Buffer[] = [];
+  constructor(
+    readonly chunkBytes = 1024 * 1024,
+    private readonly keep = 32,
+  ) {}
+  get(min: number): Buffer {
+    if (min <= this.chunkBytes) {
+      const b = this.free.pop();
+      if (b) return b;
+    }
+    return Buffer.allocUnsafe(Math.max(this.chunkBytes, min));
+  }
+  /** Only once nothing refers to the chunk's bytes any more (its write has completed). */
+  release(chunks: Buffer[]): void {
+    for (const c of chunks) if (c.length === this.chunkBytes && this.free.length < this.keep) this.free.push(c);
+  }
+}
+
+const defaultPool = new ChunkPool(1024 * 1024, 0);
+
 /** Lines awaiting write, as bytes in large chunks: no per-line strings, no join at flush. */
 export class LineBuffer {
-  private readonly parts: Buffer[] = [];
+  private readonly views: Buffer[] = [];
+  private readonly chunks: Buffer[] = [];
   private cur: Buffer | undefined;
   offset = 0;
-  /** Bytes held. */
-  size = 0;
 
-  constructor(private readonly chunkBytes = 1024 * 1024) {}
+  constructor(private readonly pool: ChunkPool = defaultPool) {}
 
   /** The current chunk, with at least `bytes` free from `offset`. */
   reserve(bytes: number): Buffer {
     if (this.cur && this.offset + bytes <= this.cur.length) return this.cur;
-    if (this.cur && this.offset > 0) this.parts.push(this.cur.subarray(0, this.offset));
-    this.cur = Buffer.allocUnsafe(Math.max(this.chunkBytes, bytes));
+    if (this.cur && this.offset > 0) this.views.push(this.cur.subarray(0, this.offset));
+    this.cur = this.pool.get(bytes);
+    this.chunks.push(this.cur);
     this.offset = 0;
     return this.cur;
   }
@@ -311,13 +338,13 @@ export class LineBuffer {
     return n;
   }
 
-  /** Everything held, in order; the buffer is empty afterwards. */
-  take(): Buffer[] {
-    const out = this.parts.splice(0);
-    if (this.cur && this.offset > 0) out.push(this.cur.subarray(0, this.offset));
+  /** Everything held, in order, and the chunks to release once written; the buffer is empty afterwards. */
+  take(): { views: Buffer[]; chunks: Buffer[] } {
+    const views = this.views.splice(0);
+    if (this.cur && this.offset > 0) views.push(this.cur.subarray(0, this.offset));
     this.cur = undefined;
     this.offset = 0;
-    return out;
+    return { views, chunks: this.chunks.splice(0) };
   }
 }
 

@@ -15,6 +15,7 @@ import {
   CHECKPOINT_FILE,
   CHECKPOINT_PREFIX,
   HEADER_PREFIX,
+  ChunkPool,
   IsoClock,
   LineBuffer,
   MAC_SUFFIX_LEN,
@@ -119,6 +120,7 @@ export class AuditLog implements AuditSink {
   private readonly signingKey: KeyObject;
   private readonly pk: string;
   private readonly clock = new IsoClock();
+  private readonly pool = new ChunkPool();
   private readonly opts: Required<Pick<AuditLogOptions, 'flushIntervalMs' | 'flushEvents' | 'fsync' | 'checkpointEvery' | 'checkpointIntervalMs' | 'maxSegmentBytes' | 'maxSegmentAgeMs' | 'retainSegments'>>;
   private readonly onError: ((err: Error) => void) | undefined;
 
@@ -243,7 +245,7 @@ export class AuditLog implements AuditSink {
   private currentGroup(): Group {
     const last = this.queue[this.queue.length - 1];
     if (last && last.segment === this.segment) return last;
-    const g: Group = { segment: this.segment, create: false, out: new LineBuffer(), events: 0, checkpoints: [], deletes: [] };
+    const g: Group = { segment: this.segment, create: false, out: new LineBuffer(this.pool), events: 0, checkpoints: [], deletes: [] };
     this.queue.push(g);
     return g;
   }
@@ -262,7 +264,7 @@ export class AuditLog implements AuditSink {
 
   private startSegment(n: number, create: boolean): void {
     const body = encodeHeaderBody(n, this.clock.now(), this.keyId, this.seq, this.head);
-    const g: Group = { segment: n, create, out: new LineBuffer(), events: 0, checkpoints: [], deletes: [] };
+    const g: Group = { segment: n, create, out: new LineBuffer(this.pool), events: 0, checkpoints: [], deletes: [] };
     this.head = this.mac.sealInto(g.out, body);
     this.segment = n;
     this.segments.push(n);
@@ -315,10 +317,12 @@ export class AuditLog implements AuditSink {
     try {
       for (const g of groups) {
         const fh = await this.handleFor(g.segment, g.create);
-        for (const buf of g.out.take()) {
+        const { views, chunks } = g.out.take();
+        for (const buf of views) {
           await writeAll(fh, buf);
           this.bytesWritten += buf.length;
         }
+        this.pool.release(chunks);
         if (this.opts.fsync === 'flush') await fh.datasync();
         if (g.checkpoints.length > 0) await this.appendCheckpoints(g.checkpoints);
         for (const name of g.deletes) {
