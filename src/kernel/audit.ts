@@ -24,6 +24,7 @@ import {
   SEGMENT_FILE_RE,
   ZERO_MAC,
   auditKeyId,
+  checkCheckpointLine,
   encodeCheckpoint,
   encodeHeaderBody,
   encodeRecordBody,
@@ -90,7 +91,7 @@ export interface AuditLogStats extends AuditStats {
 
 interface Group {
   segment: number;
-  /** The segment starts here: truncate the file before writing (recovery of a headerless segment). */
+  /** The segment starts here: its file must not exist yet (never overwrite a segment). */
   create: boolean;
   out: LineBuffer;
   events: number;
@@ -107,7 +108,6 @@ interface TailState {
   lastCheckpointSeq: number;
   lastCheckpointLine: string | null;
   recovered: Record<string, unknown>[];
-  needHeader: boolean;
 }
 
 const TAIL_WINDOW = 4 * MAX_RECORD_BYTES;
@@ -351,7 +351,7 @@ export class AuditLog implements AuditSink {
       this.fh = undefined;
     }
     const path = join(this.dir, segmentFileName(segment));
-    this.fh = await openFile(path, create ? 'w' : 'a', 0o600);
+    this.fh = await openFile(path, create ? 'wx' : 'a', 0o600);
     this.fhSegment = segment;
     return this.fh;
   }
@@ -447,10 +447,6 @@ export class AuditLog implements AuditSink {
     this.lastCheckpointSeq = tail.lastCheckpointSeq;
     this.sinceCheckpoint = tail.seq - tail.lastCheckpointSeq;
     if (tail.lastCheckpointLine) this.repairCheckpointFile(tail.lastCheckpointLine, tail.lastCheckpointSeq);
-    if (tail.needHeader) {
-      this.segments.pop();
-      this.startSegment(tail.segment, true);
-    }
     const details: Record<string, unknown> = { continued: true, fromSeq: tail.seq, segment: this.segment, keyId: this.keyId, publicKeyId: this.pk };
     if (recovered.length > 0) details.recovered = recovered;
     this.append({ type: 'audit_opened', details });
@@ -467,7 +463,7 @@ export class AuditLog implements AuditSink {
       const start = Math.max(0, size - TAIL_WINDOW);
       const buf = Buffer.alloc(size - start);
       readFully(fd, buf, start);
-      let end = buf.lastIndexOf(0x0a) + 1;
+      const end = buf.lastIndexOf(0x0a) + 1;
       if (end < buf.length) {
         const torn = buf.subarray(end);
         recovered.push({ segment: n, tornBytes: torn.length, tornSha256: createHash('sha256').update(torn).digest('hex'), tornPreview: torn.subarray(0, 200).toString('utf8') });
@@ -485,12 +481,12 @@ export class AuditLog implements AuditSink {
       for (let i = lines.length - 1; i >= 0; i--) {
         const line = lines[i]!;
         if (line.startsWith(CHECKPOINT_PREFIX)) {
+          // Only a checkpoint we signed may be copied into the checkpoint file on repair.
           if (lastCheckpointLine === null) {
-            try {
-              lastCheckpointSeq = (JSON.parse(line) as { seq: number }).seq;
+            const res = checkCheckpointLine(line, this.publicKey);
+            if (res.ok) {
+              lastCheckpointSeq = res.cp.seq;
               lastCheckpointLine = line + '\n';
-            } catch {
-              /* verified by `audit verify`, not needed to continue */
             }
           }
           continue;
@@ -512,7 +508,6 @@ export class AuditLog implements AuditSink {
           lastCheckpointSeq: lastCheckpointSeq || seq,
           lastCheckpointLine,
           recovered,
-          needHeader: false,
         };
       }
       throw tampered(this.dir, n, `no record found in the last ${TAIL_WINDOW} bytes of ${segmentFileName(n)}`);

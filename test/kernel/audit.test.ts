@@ -253,6 +253,18 @@ describe('audit log writer', () => {
     await expect(AuditLog.open({ dir })).rejects.toMatchObject({ code: 'E_AUDIT_TAMPERED' });
   });
 
+  it('repairs a checkpoint file left one checkpoint short by a crash between the two writes', async () => {
+    await writeLog(12);
+    const path = join(dir, CHECKPOINT_FILE);
+    const cps = readLines(path);
+    writeLines(path, cps.slice(0, -1));
+    expect(verify().completeness.problems).toContainEqual(expect.objectContaining({ kind: 'checkpoint', message: expect.stringContaining('lacks the checkpoint') }));
+    const log = await AuditLog.open({ dir });
+    await log.close();
+    expect(readLines(path).slice(0, cps.length)).toEqual(cps);
+    expect(verify().ok).toBe(true);
+  });
+
   it('continues after a crash: records before the crash stay verifiable, the unanchored tail is reported', async () => {
     // A writer seen before it closes (as after a crash): flushed records, no final checkpoint.
     // Checkpoints: seq 1 (open), seq 11 (ten records later).
