@@ -9,6 +9,7 @@ const SECTIONS: Record<string, () => Promise<{ bench(): Promise<BenchSection> }>
   kernel: () => import('./bench/kernel.js'),
   isolation: () => import('./bench/isolation.js'),
   audit: () => import('./bench/audit.js'),
+  sidecar: () => import('./bench/sidecar.js'),
 };
 
 function fmt(n: number | undefined, digits = 1): string {

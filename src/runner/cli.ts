@@ -11,6 +11,12 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandMod
   run: { summary: 'run a command in a sandbox: captrap run [options] -- cmd args...', load: () => import('./commands/run.js') },
   doctor: { summary: 'report what this host provides and which guarantees hold', load: () => import('./commands/doctor.js') },
   audit: { summary: 'audit log: verify | tail | show', load: () => import('./commands/audit.js') },
+  serve: { summary: 'run the sidecar: captrap serve --config captrap.yaml', load: () => import('./commands/serve.js') },
+  ps: { summary: 'list agents of a running sidecar (tree, pids, limits, usage)', load: () => import('./commands/ps.js') },
+  caps: { summary: 'list capabilities of a running sidecar', load: () => import('./commands/caps.js') },
+  revoke: { summary: 'revoke a capability: captrap revoke <id> | --principal P', load: () => import('./commands/revoke.js') },
+  kill: { summary: 'kill an agent of a running sidecar: captrap kill <agent>', load: () => import('./commands/kill.js') },
+  stats: { summary: 'kernel, audit and sandbox counters of a running sidecar', load: () => import('./commands/stats.js') },
 };
 
 export function usage(): string {
