@@ -1,2 +1,25 @@
-// The library API: re-exports from kernel, isolation and runner.
+// The library API: re-exports from kernel, isolation and runner. Both layers name a process
+// `{ pid, startTime }` ProcessRef with the same shape; the kernel's (a zod type) is exported.
 export * from './kernel/events.js';
+export * from './kernel/errors.js';
+export * from './kernel/keys.js';
+export * from './kernel/capability.js';
+export * from './kernel/constraints.js';
+export * from './kernel/pattern.js';
+export * from './kernel/paths.js';
+export * from './kernel/domains.js';
+export * from './kernel/keyring.js';
+export * from './kernel/policy.js';
+export * from './kernel/revocations.js';
+export * from './kernel/kernel.js';
+
+export * from './isolation/sandbox.js';
+export * from './isolation/errors.js';
+export { probeHost, type HostInfo } from './isolation/host.js';
+export { cleanupStaleCgroups, removeCgroupBase, type Degradation, type StaleCleanupResult } from './isolation/cgroup.js';
+export { processRef, isSameProcess, descendants } from './isolation/proc.js';
+export { normalizeOptions, type SandboxOptions, type BackendName, type NamespaceName } from './isolation/limits.js';
+export { hostReport, type HostReport } from './isolation/report.js';
+export { buildSystemdRunArgs } from './isolation/systemd-run.js';
+
+export { CaptrapError } from './errors.js';
