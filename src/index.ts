@@ -12,6 +12,7 @@ export * from './kernel/keyring.js';
 export * from './kernel/policy.js';
 export * from './kernel/revocations.js';
 export * from './kernel/kernel.js';
+export * from './kernel/audit.js';
 
 export * from './isolation/sandbox.js';
 export * from './isolation/errors.js';
