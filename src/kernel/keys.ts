@@ -26,8 +26,8 @@ export function parseSecret(text: string, source = 'key'): Buffer {
   return buf;
 }
 
-/** Reads a key file, refusing one that is missing, malformed, or readable by group/others. */
-export function readSecretFile(path: string): Buffer {
+/** Refuses a secret file that is missing or that group or others can access: a leaked key forges capabilities or audit records. */
+function assertOwnerOnly(path: string): void {
   let mode: number;
   try {
     mode = statSync(path).mode;
@@ -41,6 +41,11 @@ export function readSecretFile(path: string): Buffer {
       { path },
     );
   }
+}
+
+/** Reads a key file, refusing one that is missing, malformed, or readable by group/others. */
+export function readSecretFile(path: string): Buffer {
+  assertOwnerOnly(path);
   return parseSecret(readFileSync(path, 'utf8'), `key file ${path}`);
 }
 
@@ -90,19 +95,7 @@ function readPemFile(path: string): string {
 
 /** Reads an Ed25519 private key (PKCS#8 PEM), refusing a file readable by group/others. */
 export function readEd25519PrivateKey(path: string): KeyObject {
-  let mode: number;
-  try {
-    mode = statSync(path).mode;
-  } catch (err) {
-    throw new KeyError('E_KEY_MISSING', `key file ${path} cannot be read: ${(err as Error).message}`, { path }, { cause: err });
-  }
-  if ((mode & 0o077) !== 0) {
-    throw new KeyError(
-      'E_KEY_PERMISSIONS',
-      `key file ${path} is accessible to group or others (mode ${(mode & 0o777).toString(8)}); run: chmod 600 ${path}`,
-      { path },
-    );
-  }
+  assertOwnerOnly(path);
   let key: KeyObject;
   try {
     key = createPrivateKey(readPemFile(path));
