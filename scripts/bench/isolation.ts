@@ -1,5 +1,6 @@
 // Isolation bench: spawn-to-exit latency of /bin/true for raw child_process.spawn (baseline),
-// execa, a captrap sandbox (memory+pids limits, parent-death signal, tree-kill armed) and
+// execa, a captrap sandbox (memory+pids limits, parent-death signal, tree-kill armed) through
+// each launcher (the setpriv + sh fallback and the compiled captrap-launch), and
 // bubblewrap (--unshare-pid --die-with-parent, when installed); and the time a sandbox holding a
 // 100-process tree (half of it setsid'd) takes from kill() until its cgroup is empty.
 import { spawn } from 'node:child_process';
@@ -7,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { execa } from 'execa';
 import { removeCgroupBase, waitUnifiedEmpty } from '../../src/isolation/cgroup.js';
 import { probeHost } from '../../src/isolation/host.js';
+import { builtLauncherPath } from '../../src/isolation/launcher/launcher.js';
 import { runSandboxed } from '../../src/isolation/sandbox.js';
 import { latencyRow, percentile, sampleAsync, type BenchRow, type BenchSection } from './harness.js';
 
@@ -43,27 +45,48 @@ export async function bench(): Promise<BenchSection> {
   if (host.tools.setpriv && host.tools.sh) {
     // The launch chain without any cgroup work: what the parent-death signal + join trampoline cost.
     const chain = await sampleAsync(() => rawSpawn(host.tools.setpriv!, ['--pdeathsig', 'KILL', '--no-new-privs', '--', host.tools.sh!, '-c', 'exec "$@"', 'x', '/bin/true']), RUNS);
-    rows.push(latencyRow('spawn /bin/true: setpriv -> sh -> true, no cgroup', chain, { baseline: 'child_process.spawn', ratio: percentile(chain, 50) / rawP50, note: "captrap's exec chain alone (2 extra execs), for attribution" }));
+    rows.push(latencyRow('spawn /bin/true: setpriv -> sh -> true, no cgroup', chain, { baseline: 'child_process.spawn', ratio: percentile(chain, 50) / rawP50, note: "captrap's fallback exec chain alone (2 extra execs), for attribution" }));
+  }
+  const launcher = builtLauncherPath();
+  if (launcher) {
+    const one = await sampleAsync(() => rawSpawn(launcher, ['--ppid', String(process.pid), '--no-new-privs', '--', '/bin/true']), RUNS);
+    rows.push(latencyRow('spawn /bin/true: captrap-launch -> true, no cgroup', one, { baseline: 'child_process.spawn', ratio: percentile(one, 50) / rawP50, note: 'the compiled launcher alone (1 extra exec), for attribution' }));
   }
   if (host.layout === 'none') {
     rows.push({ name: 'spawn /bin/true: captrap sandbox', note: 'skipped: no cgroup on this host' });
     return { section: 'isolation', rows };
   }
-  const sb = await sampleAsync(async () => {
-    const r = await runSandboxed('/bin/true', [], { memory: '64M', pids: 64, cgroupBase: base });
-    if (r.reason.kind !== 'exited' || !r.cleanedUp) throw new Error(`sandbox ended ${JSON.stringify(r.reason)}`);
-  }, RUNS);
-  const sbP50 = percentile(sb, 50);
-  const meets = sbP50 <= 1.5 * rawP50 && (bwrapP50 === undefined || sbP50 < bwrapP50);
-  rows.push(
-    latencyRow('spawn /bin/true: captrap sandbox (memory+pids, pdeathsig, tree-kill)', sb, {
-      baseline: 'child_process.spawn',
-      ratio: sbP50 / rawP50,
-      target: `p50 <= 1.5x spawn${bwrapP50 !== undefined ? ' and < bwrap' : ''}`,
-      pass: meets,
-      note: `backend ${host.layout === 'hybrid' ? 'cgroup-v1 (hybrid: memory+pids v1 + cgroup2 tracking = 3 mkdir/rmdir)' : 'auto'}; chain setpriv -> sh trampoline -> command = 2 extra execs; p50 vs bwrap ${bwrapP50 !== undefined ? (sbP50 / bwrapP50).toFixed(2) + 'x' : 'n/a'}`,
-    }),
-  );
+  const target = `p50 <= 1.5x spawn${bwrapP50 !== undefined ? ' and < bwrap' : ''}`;
+  const backendNote = `backend ${host.layout === 'hybrid' ? 'cgroup-v1 (hybrid: memory+pids v1 + cgroup2 tracking = 3 mkdir/rmdir)' : 'auto'}`;
+  const sandboxRow = async (name: string, launcherPref: 'c' | 'sh', chainNote: string): Promise<BenchRow> => {
+    const saved = process.env.CAPTRAP_LAUNCHER;
+    process.env.CAPTRAP_LAUNCHER = launcherPref;
+    try {
+      const sb = await sampleAsync(async () => {
+        const r = await runSandboxed('/bin/true', [], { memory: '64M', pids: 64, cgroupBase: base });
+        if (r.reason.kind !== 'exited' || !r.cleanedUp) throw new Error(`sandbox ended ${JSON.stringify(r.reason)}`);
+      }, RUNS);
+      const sbP50 = percentile(sb, 50);
+      return latencyRow(name, sb, {
+        baseline: 'child_process.spawn',
+        ratio: sbP50 / rawP50,
+        target,
+        pass: sbP50 <= 1.5 * rawP50 && (bwrapP50 === undefined || sbP50 < bwrapP50),
+        note: `${backendNote}; ${chainNote}; p50 vs bwrap ${bwrapP50 !== undefined ? (sbP50 / bwrapP50).toFixed(2) + 'x' : 'n/a'}`,
+      });
+    } finally {
+      if (saved === undefined) delete process.env.CAPTRAP_LAUNCHER;
+      else process.env.CAPTRAP_LAUNCHER = saved;
+    }
+  };
+  if (host.tools.setpriv) {
+    rows.push(await sandboxRow('spawn /bin/true: captrap sandbox (memory+pids, pdeathsig, tree-kill)', 'sh', 'fallback chain setpriv -> sh trampoline -> command = 2 extra execs'));
+  }
+  if (launcher) {
+    rows.push(await sandboxRow('spawn /bin/true: captrap sandbox (C launcher)', 'c', 'chain captrap-launch -> command = 1 extra exec (the default when built)'));
+  } else {
+    rows.push({ name: 'spawn /bin/true: captrap sandbox (C launcher)', note: "skipped: build/captrap-launch is not built (run 'npm run build' with a C compiler)" });
+  }
 
   // Kill-tree latency: kill() (killGrace 0) until the cgroup reports populated 0.
   const killUs: number[] = [];

@@ -4,6 +4,7 @@
 import { autoBackend, cgroupBackend } from './cgroup.js';
 import type { HostInfo } from './host.js';
 import type { BackendName } from './limits.js';
+import { chooseLauncher, type LauncherKind } from './launcher/launcher.js';
 
 export type GuaranteeName = 'join-before-exec' | 'tree-kill' | 'die-with-parent' | 'stale-cleanup' | 'memory' | 'swap' | 'pids' | 'cpu' | 'exit-reasons' | 'namespaces';
 export const GUARANTEE_NAMES: readonly GuaranteeName[] = ['join-before-exec', 'tree-kill', 'die-with-parent', 'stale-cleanup', 'memory', 'swap', 'pids', 'cpu', 'exit-reasons', 'namespaces'];
@@ -26,6 +27,8 @@ export interface HostReport {
   tools: HostInfo['tools'];
   namespaces: HostInfo['namespaces'];
   systemdRun: { available: boolean; reason: string };
+  /** What starts each sandbox (doctor's `launcher` line); kind null if CAPTRAP_LAUNCHER makes every start fail. */
+  launcher: { kind: LauncherKind | null; path: string | null; why: string };
   guarantees: GuaranteeStatus[];
 }
 
@@ -38,15 +41,24 @@ export function hostReport(host: HostInfo, forced?: BackendName): HostReport {
     backend === 'systemd-run'
       ? [{ limit: 'tree-kill', reason: systemdRun.reason, fix: "use backend 'auto'" }]
       : cgroupBackend(backend, host).check({ memoryBytes: 1 << 30, swapBytes: 0, pids: 100, cpu: 1 });
+  let launcher: HostReport['launcher'];
+  try {
+    const l = chooseLauncher(host.tools.setpriv !== undefined);
+    launcher = { kind: l.kind, path: l.path ?? null, why: l.why };
+  } catch (e) {
+    launcher = { kind: null, path: null, why: (e as Error).message };
+  }
   const off = (limit: string) => degraded.find((d) => d.limit === limit);
   const g: GuaranteeStatus[] = [];
   const add = (name: GuaranteeName, holds: boolean, mechanism: string, note?: string) => g.push(note && !holds ? { name, holds, mechanism, note } : { name, holds, mechanism });
   const cg = backend === 'cgroup-v1' || backend === 'cgroup-v2';
-  add('join-before-exec', cg, cg ? 'trampoline writes its pid to cgroup.procs, then execs the command' : 'no cgroup to join', 'needs a cgroup backend');
+  const joiner = launcher.kind === 'captrap-launch' ? 'captrap-launch' : 'sh trampoline';
+  add('join-before-exec', cg, cg ? `${joiner} writes its pid to cgroup.procs, then execs the command` : 'no cgroup to join', 'needs a cgroup backend');
   const tk = off('tree-kill');
   const killMech = backend === 'cgroup-v2' ? 'cgroup.kill' : backend === 'cgroup-v1' ? (host.layout === 'hybrid' && host.cgroupKill ? 'cgroup.kill in the hybrid cgroup2 tree' : 'v1 freezer: freeze, SIGKILL, thaw') : 'process group SIGKILL';
   add('tree-kill', !tk, killMech, tk ? `${tk.reason}. Fix: ${tk.fix}` : undefined);
-  add('die-with-parent', host.tools.setpriv !== undefined, host.tools.setpriv ? 'setpriv --pdeathsig KILL on the leader (+ pid-namespace init with namespaces: [pid])' : 'none', 'install util-linux (setpriv)');
+  const pdeath = launcher.kind === 'captrap-launch' ? 'captrap-launch: PR_SET_PDEATHSIG' : launcher.kind === 'setpriv+sh' ? 'setpriv --pdeathsig KILL' : undefined;
+  add('die-with-parent', pdeath !== undefined, pdeath ? `${pdeath} on the leader (+ pid-namespace init with namespaces: [pid])` : 'none', "install util-linux (setpriv), or build captrap-launch ('npm run build' with a C compiler)");
   add('stale-cleanup', cg, cg ? 'cgroups named <base>/<ownerPid>.<ownerStartTime>.<n>; owner dead => killed and removed' : 'no cgroups', 'needs a cgroup backend');
   for (const limit of ['memory', 'swap', 'pids', 'cpu'] as const) {
     const d = off(limit);
@@ -72,6 +84,7 @@ export function hostReport(host: HostInfo, forced?: BackendName): HostReport {
     tools: host.tools,
     namespaces: host.namespaces,
     systemdRun,
+    launcher,
     guarantees: g,
   };
 }

@@ -2,12 +2,16 @@
 // command's first instruction, a parent-death signal, a scrubbed environment, capped output, a
 // timeout, a whole-tree kill, an exit reason read from the kernel's counters, and cleanup.
 //
-// The launch chain (every step execs the next, so the pid stays the same):
-//   setpriv --pdeathsig KILL [--no-new-privs] -- sh -c TRAMPOLINE <captrap pid> <cgroup.procs...> --
+// The launch chain (every step execs the next, so the pid stays the same), with the compiled
+// launcher (build/captrap-launch, see launcher/captrap-launch.c for its argument protocol):
+//   captrap-launch --ppid <captrap pid> [--no-new-privs] [--keep-pwd] [--join <cgroup.procs>]... --
 //     [unshare ... --] [setpriv --reuid/--regid ... --] [prlimit ... --] command args
-// The trampoline checks its parent is still captrap (closing the window before the parent-death
-// signal was armed), writes its own pid into every cgroup.procs, then execs: the command is in
-// its cgroups before it runs anything, and everything it forks is born inside them.
+// or, when it is not built or CAPTRAP_LAUNCHER=sh, the portable fallback (one exec more):
+//   setpriv --pdeathsig KILL [--no-new-privs] -- sh -c TRAMPOLINE <captrap pid> <cgroup.procs...> --
+//     keep-pwd|drop-pwd [unshare ... --] [setpriv --reuid/--regid ... --] [prlimit ... --] command args
+// Either launcher arms the parent-death signal, checks its parent is still captrap (closing the
+// window before the signal was armed), writes its own pid into every cgroup.procs, then execs:
+// the command is in its cgroups before it runs anything, and everything it forks is born inside.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
@@ -19,6 +23,7 @@ import { LimitUnenforceableError, SandboxOptionError, SandboxSpawnError } from '
 import { probeHost, which, type HostInfo } from './host.js';
 import { normalizeOptions, type BackendName, type NormalizedOptions, type SandboxOptions } from './limits.js';
 import { processRef, type ProcessRef } from './proc.js';
+import { chooseLauncher, launchArgv, type LauncherChoice, type LauncherKind } from './launcher/launcher.js';
 
 export type KillReason = 'killed' | 'revoked' | 'owner-exited';
 export type ExitReason =
@@ -47,6 +52,8 @@ export interface SandboxResult {
   durationMs: number;
   backend: BackendName;
   killMechanism: string;
+  /** The program that put the command in its cgroups and armed its parent-death signal. */
+  launcher: LauncherKind;
   /** Requested limits or guarantees that did not hold (only with allowDegraded). */
   degraded: Degradation[];
   /** Counter deltas over the sandbox's life. */
@@ -65,6 +72,7 @@ export interface Sandbox extends Promise<SandboxResult> {
   readonly stderr: Readable | null;
   readonly stdin: Writable | null;
   readonly backend: BackendName;
+  readonly launcher: LauncherKind;
   readonly cgroupName: string;
   readonly degraded: readonly Degradation[];
   /** Stops the sandbox: SIGTERM to the leader, killGrace, then the whole tree. The reason is recorded before any signal. */
@@ -157,6 +165,7 @@ interface Plan {
   backend: BackendName;
   degraded: Degradation[];
   file: string;
+  launcher: LauncherChoice;
 }
 
 /** Everything that can be refused is refused here, before any cgroup or process exists. */
@@ -170,6 +179,7 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
   checkCwd(options.cwd);
   const file = resolveCommand(command, options.env, options.cwd);
   checkIds(options, host);
+  const launcher = chooseLauncher(host.tools.setpriv !== undefined);
   let backend = options.backend === 'auto' ? autoBackend(host) : options.backend;
   const degraded: Degradation[] = [];
   if (backend === 'systemd-run') {
@@ -181,7 +191,7 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
     backend = 'none';
   }
   degraded.push(...cgroupBackend(backend, host).check(options.limits));
-  if (!host.tools.setpriv) degraded.push({ limit: 'parent-death', reason: 'setpriv (util-linux) is not installed, so the command gets no parent-death signal', fix: 'install util-linux' });
+  if (launcher.kind === 'sh') degraded.push({ limit: 'parent-death', reason: 'setpriv (util-linux) is not installed, so the command gets no parent-death signal', fix: 'install util-linux' });
   const missingNs = options.namespaces.filter((n) => !host.namespaces[n]);
   if (missingNs.length > 0) degraded.push({ limit: 'namespaces', reason: `this host cannot create ${missingNs.join(', ')} namespace(s)`, fix: 'run captrap as root, or allow unprivileged user namespaces' });
   if (degraded.length > 0 && !options.allowDegraded) {
@@ -193,7 +203,7 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
     );
   }
   if (degraded.length > 0) log.warn({ backend, degraded }, 'sandbox runs degraded');
-  return { options, host, backend, degraded, file };
+  return { options, host, backend, degraded, file, launcher };
 }
 
 function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[] {
@@ -224,6 +234,9 @@ function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[
     tail.push('--');
   }
   tail.push(p.file, ...args);
+  if (p.launcher.kind === 'captrap-launch') {
+    return launchArgv(p.launcher.path!, { ownerPid: process.pid, noNewPrivs: o.noNewPrivs && !switchIds, keepPwd: o.env.PWD !== undefined, joinFiles: cg.joinFiles }, tail);
+  }
   const sh = host.tools.sh ?? '/bin/sh';
   const trampoline = [sh, '-c', TRAMPOLINE, 'captrap-trampoline', String(process.pid), ...cg.joinFiles, '--', o.env.PWD !== undefined ? 'keep-pwd' : 'drop-pwd', ...tail];
   if (!host.tools.setpriv) return trampoline;
@@ -384,6 +397,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
         durationMs: performance.now() - t0,
         backend: p.backend,
         killMechanism: cg.killMechanism,
+        launcher: p.launcher.kind,
         degraded: p.degraded,
         counters,
         usage,
@@ -412,6 +426,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
     stderr: proc.stderr,
     stdin: proc.stdin,
     backend: p.backend,
+    launcher: p.launcher.kind,
     cgroupName: cg.name,
     degraded: p.degraded,
     kill: (reason: KillReason = 'killed') => stop(reason),
