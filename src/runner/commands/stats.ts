@@ -1,4 +1,62 @@
-export async function main(_argv: string[]): Promise<number> {
-  process.stderr.write('captrap stats: not implemented yet\n');
-  return 1;
+// `captrap stats [--prom] [--json]`: counters of a running sidecar — kernel (issued, revoked,
+// denials, ...), audit log, sandboxes by exit reason, agents, uptime and memory. --prom prints
+// the Prometheus exposition text instead.
+import { formatBytes, formatDuration, runAdminCommand, UsageError, type SidecarStats } from '../admin-client.js';
+
+const USAGE = `usage: captrap stats [--prom | --json] [--socket PATH]
+
+Counters of a running sidecar. --prom prints Prometheus text exposition; --json the raw numbers.
+`;
+
+function section(title: string, entries: Array<[string, unknown]>): string {
+  const shown = entries.filter(([, v]) => v !== undefined && (typeof v !== 'object' || v === null));
+  if (shown.length === 0) return '';
+  const width = Math.max(...shown.map(([k]) => k.length));
+  return `${title}\n${shown.map(([k, v]) => `  ${k.padEnd(width)}  ${v === null ? '-' : String(v)}`).join('\n')}\n`;
+}
+
+/** The human-readable summary (exported for tests). */
+export function renderStats(s: SidecarStats): string {
+  const parts = [
+    section('sidecar', [
+      ['uptime', formatDuration(s.uptimeMs)],
+      ['rss', formatBytes(s.rssBytes)],
+      ['agents running', s.agents?.running],
+      ['agents exited', s.agents?.exited],
+    ]),
+    section('sandboxes', [
+      ['running', s.sandboxes?.running],
+      ['started', s.sandboxes?.started],
+      ['exited', s.sandboxes?.exited],
+      ...Object.entries(s.sandboxes?.byReason ?? {})
+        .sort(([a], [b]) => a.localeCompare(b))
+        .map(([k, v]): [string, unknown] => [`  ${k}`, v]),
+    ]),
+    section('kernel', Object.entries(s.kernel ?? {})),
+    s.audit ? section('audit', Object.entries(s.audit)) : 'audit\n  (no audit statistics)\n',
+  ];
+  return parts.filter(Boolean).join('\n');
+}
+
+export function main(argv: string[]): Promise<number> {
+  return runAdminCommand(
+    {
+      name: 'stats',
+      usage: USAGE,
+      options: { prom: { type: 'boolean' }, json: { type: 'boolean' } },
+      async run({ values, connect, out }) {
+        if (values.prom && values.json) throw new UsageError('--prom and --json cannot be combined');
+        const client = await connect();
+        if (values.prom) {
+          const { text } = await client.metrics();
+          out.write(text.endsWith('\n') ? text : text + '\n');
+          return 0;
+        }
+        const stats = await client.stats();
+        out.write(values.json ? JSON.stringify(stats, null, 2) + '\n' : renderStats(stats));
+        return 0;
+      },
+    },
+    argv,
+  );
 }
