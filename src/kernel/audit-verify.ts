@@ -26,12 +26,32 @@ import {
   type SegmentHeader,
 } from './audit-record.js';
 
-export interface VerifyOptions {
-  /** The HMAC audit key. */
-  key: Buffer;
-  /** The Ed25519 public key that checks checkpoints. */
-  publicKey: KeyObject;
-}
+/**
+ * Full verification needs the HMAC audit key. Without it only the public-key checks can run,
+ * and the caller has to say so (`publicKeyOnly: true`): a forgotten key must not quietly
+ * downgrade the check.
+ */
+export type VerifyOptions =
+  | {
+      /** The HMAC audit key. */
+      key: Buffer;
+      /** The Ed25519 public key that checks checkpoints. */
+      publicKey: KeyObject;
+      publicKeyOnly?: false;
+    }
+  | {
+      key?: undefined;
+      publicKey: KeyObject;
+      /**
+       * Check what the public key can prove: checkpoint signatures, each checkpoint against the
+       * record at its seq (seq and MAC as written), chain links as written, seq gaps, segment
+       * order and headers, the tail against the last checkpoint. Record MACs are NOT checked:
+       * a record's content can be changed undetectably as long as its MAC field is left alone.
+       */
+      publicKeyOnly: true;
+    };
+
+export type VerifyMode = 'full' | 'public-key-only';
 
 export type ProblemKind =
   | 'modified'
@@ -57,7 +77,11 @@ export interface VerifyProblem {
 
 export interface VerifyReport {
   dir: string;
+  mode: VerifyMode;
+  /** Integrity and completeness both verified. Always false in public-key-only mode: record MACs were not checked. */
   ok: boolean;
+  /** Every check this mode ran found nothing wrong (equals `ok` in full mode). */
+  checksPassed: boolean;
   segments: number[];
   records: number;
   firstSeq: number | null;
@@ -66,7 +90,17 @@ export interface VerifyReport {
   lastCheckpointSeq: number | null;
   /** The log ends with `audit_closed` covered by a final checkpoint. */
   closed: boolean;
-  integrity: { ok: boolean; firstBad: VerifyProblem | null; problems: VerifyProblem[]; problemCount: number };
+  integrity: {
+    /** Every record MAC and chain link verified; false when they could not be checked. */
+    ok: boolean;
+    /** 'unchecked': public-key-only mode found nothing wrong, but no record MAC was checked. */
+    status: 'verified' | 'failed' | 'unchecked';
+    /** Why integrity is unchecked (public-key-only mode), else null. */
+    unchecked: string | null;
+    firstBad: VerifyProblem | null;
+    problems: VerifyProblem[];
+    problemCount: number;
+  };
   completeness: { ok: boolean; problems: VerifyProblem[]; unverifiedTail: { fromSeq: number; toSeq: number; count: number } | null };
   /** A last line cut short by a crash: reported, not counted as tampering. */
   torn: VerifyProblem | null;
@@ -135,9 +169,24 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   if (segments.length === 0) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} holds no captrap audit segments (audit-NNNNNN.jsonl)`, { dir });
 
   const key = options.key;
-  const mac = new AuditMac(key);
-  const keyId = auditKeyId(key);
+  if (key === undefined && options.publicKeyOnly !== true) {
+    throw new AuditError('E_AUDIT_NO_KEY', 'no audit key given: pass the HMAC key, or ask explicitly for the weaker public-key-only check', { dir });
+  }
+  const keyed = key !== undefined;
+  const mac = keyed ? new AuditMac(key) : null;
+  const keyId = keyed ? auditKeyId(key) : '';
   const pk = publicKeyId(options.publicKey);
+  // Without the key a checkpoint's head can only be compared with the MAC field as written of
+  // the record at its seq: collect those seqs first (cheaply, unverified), keep their MACs while scanning.
+  const cpFileRead = readCheckpointFile(dir);
+  const wantedSeqs = new Set<number>();
+  const macAtSeq = new Map<number, string>();
+  if (!keyed) {
+    for (const l of cpFileRead.lines) {
+      const m = /"seq":(\d+),/.exec(l);
+      if (m) wantedSeqs.add(Number(m[1]));
+    }
+  }
   const integrity: VerifyProblem[] = [];
   let integrityCount = 0;
   const completeness: VerifyProblem[] = [];
@@ -161,6 +210,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   let macsOk = 0;
   let cpSigOk = 0;
   let cpSigBad = 0;
+  let firstBadCpPk: string | null = null;
   let logLike = false;
   let torn: VerifyProblem | null = null;
   let last: Link = { seq: 0, buf: ZERO_LINK_BUF, pos: 0, segment: 0, line: 0 };
@@ -199,6 +249,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
         const res = checkCheckpointLine(text, options.publicKey);
         if (!res.ok) {
           cpSigBad++;
+          firstBadCpPk ??= /"pk":"([0-9a-f]+)"/.exec(text)?.[1] ?? null;
           addIntegrity({ kind: 'modified', ...where, message: `${file} line ${lineNo}: checkpoint ${res.why}` });
           continue;
         }
@@ -216,7 +267,8 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
       if (isRecord || isHeader) logLike = true;
       const macStart = end - MAC_SUFFIX_LEN + 8;
       const shapeOk = (isRecord || isHeader) && end - start > MAC_SUFFIX_LEN + PREV_FIELD_LEN && buf[end - 1] === 0x7d;
-      const macOk = shapeOk && mac.ofBytes(buf, start, end - MAC_SUFFIX_LEN) === buf.toString('latin1', macStart, macStart + MAC_HEX_LEN);
+      // Without the key a line's MAC field is taken as written: only its shape is checked.
+      const macOk = shapeOk && (mac === null || mac.ofBytes(buf, start, end - MAC_SUFFIX_LEN) === buf.toString('latin1', macStart, macStart + MAC_HEX_LEN));
       let seq = -1;
       let header: SegmentHeader | null = null;
       if (isRecord) seq = parseSeqAt(buf, start + RECORD_PREFIX_B.length, end);
@@ -224,8 +276,8 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
         try {
           header = JSON.parse(buf.toString('utf8', start, end)) as SegmentHeader;
           seq = header.prevSeq;
-          if (header.keyId === keyId) headersOurs++;
-          else headersOther++;
+          if (keyed && header.keyId === keyId) headersOurs++;
+          else if (keyed) headersOther++;
         } catch {
           header = null;
         }
@@ -243,6 +295,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
       }
       macsOk++;
       const prevPos = end - MAC_SUFFIX_LEN - MAC_HEX_LEN - 1;
+      if (!keyed && isRecord && wantedSeqs.has(seq)) macAtSeq.set(seq, buf.toString('latin1', macStart, macStart + MAC_HEX_LEN));
       const link: Link = { seq, buf, pos: macStart, segment, line: lineNo };
       if (pending) {
         // The first good line after bad ones says what the bad ones were: if it chains
@@ -293,6 +346,10 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
           if (seq > expected) {
             const idx = addIntegrity({ kind: 'deleted', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} follows seq ${last.seq}; records ${expected}..${seq - 1} missing here` });
             missingRanges.push({ from: expected, to: seq - 1, problemIndex: idx });
+          } else if (!keyed && seq === expected) {
+            // Keyed, a MAC-valid record with the right seq and a wrong prev cannot happen without the key;
+            // unkeyed, it is what a record (or its predecessor) with an edited MAC field looks like.
+            addIntegrity({ kind: 'modified', ...where, seq, message: `${file} line ${lineNo}: chain link broken — seq ${seq}'s prev is not the MAC of seq ${last.seq} as written (a MAC field was edited)` });
           } else {
             addIntegrity({ kind: 'reordered', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} out of order after seq ${last.seq}` });
           }
@@ -330,7 +387,8 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
     throw new AuditError('E_AUDIT_WRONG_KEY', `wrong audit key: the log was written with key id ${findKeyId(dir, segments)}, this key's id is ${keyId}`, { dir });
   }
   if (cpSigOk === 0 && cpSigBad > 0 && macsOk > 0) {
-    throw new AuditError('E_AUDIT_WRONG_PUBKEY', `wrong public key: no checkpoint verifies with key id ${pk}`, { dir });
+    const named = firstBadCpPk && firstBadCpPk !== pk ? ` (they name key id ${firstBadCpPk}): wrong public key, or every checkpoint was replaced` : '';
+    throw new AuditError('E_AUDIT_WRONG_PUBKEY', `wrong public key: no checkpoint verifies with key id ${pk}${named}`, { dir, keyId: pk, ...(firstBadCpPk ? { signedBy: firstBadCpPk } : {}) });
   }
 
   // Deleted or reordered: a missing range is "reordered" when its records turn up elsewhere.
@@ -367,14 +425,8 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   }
 
   // The checkpoint file: every line signed, increasing, agreeing with the log.
-  let cpFileLines: string[] = [];
-  let cpFileMissing = false;
-  try {
-    cpFileLines = readFileSync(join(dir, CHECKPOINT_FILE), 'utf8').split('\n');
-    if (cpFileLines[cpFileLines.length - 1] === '') cpFileLines.pop();
-  } catch {
-    cpFileMissing = true;
-  }
+  const cpFileLines = cpFileRead.lines;
+  const cpFileMissing = cpFileRead.missing;
   if (cpFileMissing && inLogCheckpoints.size > 0) {
     addCompleteness({ kind: 'checkpoint', file: CHECKPOINT_FILE, message: `${CHECKPOINT_FILE} is missing although the log holds ${inLogCheckpoints.size} checkpoints` });
   }
@@ -397,6 +449,15 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
       prevFileHead = cp.head;
     }
     if (!lastCp || cp.seq > lastCp.seq) lastCp = { ...cp, where: `${CHECKPOINT_FILE} line ${i + 1}` };
+    const written = macAtSeq.get(cp.seq);
+    if (written !== undefined && written !== cp.head) {
+      addIntegrity({
+        kind: 'modified',
+        ...where,
+        seq: cp.seq,
+        message: `${CHECKPOINT_FILE} line ${i + 1}: signed head for seq ${cp.seq} is not the MAC of the log's record at seq ${cp.seq} (record replaced, renumbered or its MAC edited)`,
+      });
+    }
     const mine = inLogCheckpoints.get(cp.seq);
     if (mine) {
       if (mine.head !== cp.head) addCompleteness({ kind: 'checkpoint', ...where, seq: cp.seq, message: `${CHECKPOINT_FILE} line ${i + 1}: head for seq ${cp.seq} differs from the log` });
@@ -431,9 +492,12 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
     });
   }
 
+  const integrityStatus = integrityCount > 0 ? 'failed' : keyed ? 'verified' : 'unchecked';
   const report: VerifyReport = {
     dir,
+    mode: keyed ? 'full' : 'public-key-only',
     ok: false,
+    checksPassed: false,
     segments,
     records,
     firstSeq,
@@ -441,12 +505,34 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
     checkpoints: cpSigOk,
     lastCheckpointSeq: lastCp?.seq ?? null,
     closed: lastRecordClosed && lastCp?.reason === 'close' && lastCp.seq === end,
-    integrity: { ok: integrityCount === 0, firstBad: integrity[0] ?? null, problems: integrity, problemCount: integrityCount },
+    integrity: {
+      ok: integrityStatus === 'verified',
+      status: integrityStatus,
+      unchecked: integrityStatus === 'unchecked' ? UNCHECKED_NO_KEY : null,
+      firstBad: integrity[0] ?? null,
+      problems: integrity,
+      problemCount: integrityCount,
+    },
     completeness: { ok: completeness.length === 0, problems: completeness, unverifiedTail },
     torn,
   };
   report.ok = report.integrity.ok && report.completeness.ok;
+  report.checksPassed = integrityCount === 0 && report.completeness.ok;
   return report;
+}
+
+const UNCHECKED_NO_KEY =
+  'unchecked: no HMAC key — record MACs were not checked, so a record whose content was edited with its MAC field left alone is not detected ' +
+  '(retention events are taken at their word too); checkpoint signatures, seqs, chain links as written and the records at checkpoints were checked';
+
+function readCheckpointFile(dir: string): { lines: string[]; missing: boolean } {
+  try {
+    const lines = readFileSync(join(dir, CHECKPOINT_FILE), 'utf8').split('\n');
+    if (lines[lines.length - 1] === '') lines.pop();
+    return { lines, missing: false };
+  } catch {
+    return { lines: [], missing: true };
+  }
 }
 
 function findKeyId(dir: string, segments: number[]): string {

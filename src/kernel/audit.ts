@@ -37,7 +37,7 @@ import type { AuditEvent, AuditSink, AuditStats } from './events.js';
 import { loadOrCreateEd25519KeyPair, loadOrCreateSecretFile } from './keys.js';
 
 export * from './audit-record.js';
-export { verifyAuditLog, readAuditRecords, type VerifyReport, type VerifyOptions, type VerifyProblem, type ProblemKind } from './audit-verify.js';
+export { verifyAuditLog, readAuditRecords, type VerifyReport, type VerifyOptions, type VerifyMode, type VerifyProblem, type ProblemKind } from './audit-verify.js';
 
 export const AUDIT_KEY_FILE = 'audit.key';
 export const AUDIT_SIGNING_KEY_FILE = 'audit-signing.key';

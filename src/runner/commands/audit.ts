@@ -1,7 +1,9 @@
 // `captrap audit verify | tail | show`: check and read a tamper-evident audit log.
 // Exit codes: 0 verified / printed, 1 the log failed verification, 2 bad input (usage,
-// missing or wrong key, not a log). Errors are one line; CAPTRAP_DEBUG=1 adds the stack.
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+// missing or wrong key, not a log), 3 only the public-key checks could run (no HMAC key)
+// and found nothing wrong, but the weaker check was not accepted with --pubkey-only.
+// Errors are one line; CAPTRAP_DEBUG=1 adds the stack.
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import {
@@ -23,12 +25,17 @@ import { readEd25519PublicKey, readSecretFile } from '../../kernel/keys.js';
 
 const USAGE = `usage:
   captrap audit verify <dir> [--key FILE] [--pubkey FILE] [--json]
+  captrap audit verify <dir> --pubkey-only [--pubkey FILE] [--json]
   captrap audit tail <dir> [-n N] [-f] [--json]
   captrap audit show <dir> [--principal P] [--type T] [--json]
 
 <dir> defaults to $CAPTRAP_AUDIT_DIR. --key defaults to <dir>/${AUDIT_KEY_FILE}, --pubkey to
 <dir>/${AUDIT_PUBLIC_KEY_FILE}; keep trusted copies elsewhere and pass them explicitly.
 verify exits 0 only if integrity and completeness both hold, 1 if not, 2 on bad input.
+Without the HMAC key (none given, none in <dir>) verify checks only what the public key can:
+checkpoint signatures, the records at checkpoints, seqs, chain links as written, segments and
+the tail; record MACs are NOT checked. Nothing wrong found then exits 3, or 0 with
+--pubkey-only, which asks for exactly this weaker check (and never reads the HMAC key).
 `;
 
 class UsageError extends Error {}
@@ -95,7 +102,12 @@ function wantJson(flag: unknown): boolean {
 
 function verify(argv: string[]): number {
   const { values, positionals } = parse(() =>
-    parseArgs({ args: argv, options: { ...COMMON, key: { type: 'string' }, pubkey: { type: 'string' } }, allowPositionals: true, strict: true }),
+    parseArgs({
+      args: argv,
+      options: { ...COMMON, key: { type: 'string' }, pubkey: { type: 'string' }, 'pubkey-only': { type: 'boolean' } },
+      allowPositionals: true,
+      strict: true,
+    }),
   );
   if (values.help) {
     process.stdout.write(USAGE);
@@ -110,12 +122,28 @@ function verify(argv: string[]): number {
     throw new Error(`audit directory ${dir} does not exist`);
   }
   if (!isDir) throw new Error(`${dir} is not a directory: give the audit log directory`);
-  const key = readSecretFile(typeof values.key === 'string' ? values.key : join(dir, AUDIT_KEY_FILE));
-  const publicKey = readEd25519PublicKey(typeof values.pubkey === 'string' ? values.pubkey : join(dir, AUDIT_PUBLIC_KEY_FILE));
-  const report = verifyAuditLog(dir, { key, publicKey });
+  const pubkeyOnly = values['pubkey-only'] === true;
+  if (pubkeyOnly && typeof values.key === 'string') throw new UsageError('--pubkey-only checks without the HMAC key: do not also pass --key');
+  const pubkeyPath = typeof values.pubkey === 'string' ? values.pubkey : join(dir, AUDIT_PUBLIC_KEY_FILE);
+  const publicKey = readEd25519PublicKey(pubkeyPath);
+  // An explicit --key must be readable; the default one may be absent (a verifier holding only
+  // the public key), and then only the public-key checks run — never reported as full success.
+  const keyPath = typeof values.key === 'string' ? values.key : join(dir, AUDIT_KEY_FILE);
+  const key = pubkeyOnly || (typeof values.key !== 'string' && !existsSync(keyPath)) ? undefined : readSecretFile(keyPath);
+  const report = key === undefined ? verifyAuditLog(dir, { publicKey, publicKeyOnly: true }) : verifyAuditLog(dir, { key, publicKey });
   if (wantJson(values.json)) process.stdout.write(JSON.stringify(report) + '\n');
-  else process.stdout.write(formatReport(report));
-  return report.ok ? 0 : 1;
+  else {
+    process.stdout.write(formatReport(report));
+    if (report.mode === 'public-key-only' && typeof values.pubkey !== 'string') {
+      process.stdout.write(`note: public key read from ${pubkeyPath}, inside the log directory; whoever can rewrite the log can replace it — pass a trusted copy with --pubkey\n`);
+    }
+    if (report.mode === 'public-key-only' && report.checksPassed && !pubkeyOnly) {
+      process.stdout.write(`note: no HMAC key at ${keyPath}; exit 3. Pass --key, or --pubkey-only to accept the public-key checks alone\n`);
+    }
+  }
+  if (report.ok) return 0;
+  if (report.mode === 'public-key-only' && report.checksPassed) return pubkeyOnly ? 0 : 3;
+  return 1;
 }
 
 export function formatReport(r: VerifyReport): string {
@@ -123,7 +151,10 @@ export function formatReport(r: VerifyReport): string {
   const range = r.firstSeq === null ? 'no records' : `seq ${r.firstSeq}..${r.lastSeq}`;
   out.push(`audit log ${r.dir}: ${r.segments.length} segment(s), ${r.records} record(s) (${range}), ${r.checkpoints} checkpoint(s)${r.closed ? ', closed cleanly' : ''}`);
   if (r.integrity.ok) out.push('integrity:    OK — every MAC and chain link verifies');
-  else {
+  else if (r.integrity.status === 'unchecked') {
+    out.push('integrity:    UNCHECKED — no HMAC key: record MACs were NOT checked (a record edited with its MAC field left alone is not detected)');
+    out.push('              checked with the public key: checkpoint signatures, the record at each checkpoint (seq and MAC), chain links as written');
+  } else {
     const more = r.integrity.problemCount > 1 ? ` (+${r.integrity.problemCount - 1} more)` : '';
     out.push(`integrity:    FAILED — first bad: [${r.integrity.firstBad!.kind}] ${r.integrity.firstBad!.message}${more}`);
     for (const p of r.integrity.problems.slice(1, 10)) out.push(`              [${p.kind}] ${p.message}`);
@@ -135,7 +166,9 @@ export function formatReport(r: VerifyReport): string {
     if (r.completeness.problems.length > 10) out.push(`              ... ${r.completeness.problems.length - 10} more`);
   }
   if (r.torn) out.push(`torn write:   ${r.torn.message} (not tampering; the writer cuts it off on next open)`);
-  out.push(r.ok ? 'result: VERIFIED' : 'result: NOT VERIFIED');
+  if (r.mode === 'public-key-only') {
+    out.push(r.checksPassed ? 'result: PUBLIC-KEY CHECKS PASSED — record MACs unchecked (not a full verification)' : 'result: NOT VERIFIED (public-key checks failed)');
+  } else out.push(r.ok ? 'result: VERIFIED' : 'result: NOT VERIFIED');
   return out.join('\n') + '\n';
 }
 
