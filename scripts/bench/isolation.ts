@@ -58,7 +58,9 @@ export async function bench(): Promise<BenchSection> {
   }
   const target = `p50 <= 1.5x spawn${bwrapP50 !== undefined ? ' and < bwrap' : ''}`;
   const backendNote = `backend ${host.layout === 'hybrid' ? 'cgroup-v1 (hybrid: memory+pids v1 + cgroup2 tracking = 3 mkdir/rmdir)' : 'auto'}`;
-  const sandboxRow = async (name: string, launcherPref: 'c' | 'sh', chainNote: string): Promise<BenchRow> => {
+  // The target is judged on the launcher sandboxes actually use by default (the C one when
+  // built); the other row is there to show what the fallback costs.
+  const sandboxRow = async (name: string, launcherPref: 'c' | 'sh', chainNote: string, judged: boolean): Promise<BenchRow> => {
     const saved = process.env.CAPTRAP_LAUNCHER;
     process.env.CAPTRAP_LAUNCHER = launcherPref;
     try {
@@ -70,8 +72,7 @@ export async function bench(): Promise<BenchSection> {
       return latencyRow(name, sb, {
         baseline: 'child_process.spawn',
         ratio: sbP50 / rawP50,
-        target,
-        pass: sbP50 <= 1.5 * rawP50 && (bwrapP50 === undefined || sbP50 < bwrapP50),
+        ...(judged ? { target, pass: sbP50 <= 1.5 * rawP50 && (bwrapP50 === undefined || sbP50 < bwrapP50) } : {}),
         note: `${backendNote}; ${chainNote}; p50 vs bwrap ${bwrapP50 !== undefined ? (sbP50 / bwrapP50).toFixed(2) + 'x' : 'n/a'}`,
       });
     } finally {
@@ -80,10 +81,10 @@ export async function bench(): Promise<BenchSection> {
     }
   };
   if (host.tools.setpriv) {
-    rows.push(await sandboxRow('spawn /bin/true: captrap sandbox (memory+pids, pdeathsig, tree-kill)', 'sh', 'fallback chain setpriv -> sh trampoline -> command = 2 extra execs'));
+    rows.push(await sandboxRow('spawn /bin/true: captrap sandbox (memory+pids, pdeathsig, tree-kill)', 'sh', `fallback chain setpriv -> sh trampoline -> command = 2 extra execs${launcher ? ' (CAPTRAP_LAUNCHER=sh; not judged: the C launcher is the default here)' : ' (the default here: no C launcher built)'}`, !launcher));
   }
   if (launcher) {
-    rows.push(await sandboxRow('spawn /bin/true: captrap sandbox (C launcher)', 'c', 'chain captrap-launch -> command = 1 extra exec (the default when built)'));
+    rows.push(await sandboxRow('spawn /bin/true: captrap sandbox (C launcher)', 'c', 'chain captrap-launch -> command = 1 extra exec (the default when built)', true));
   } else {
     rows.push({ name: 'spawn /bin/true: captrap sandbox (C launcher)', note: "skipped: build/captrap-launch is not built (run 'npm run build' with a C compiler)" });
   }
