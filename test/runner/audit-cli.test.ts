@@ -1,5 +1,5 @@
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -11,6 +11,8 @@ import { formatReport, main } from '../../src/runner/commands/audit.js';
 let root: string;
 let good: string;
 let bad: string;
+/** A log whose HMAC key was moved away: what a verifier holding only the public key sees. */
+let nokey: string;
 
 async function makeLog(dir: string): Promise<void> {
   const log = await AuditLog.open({ dir, checkpointEvery: 5, flushIntervalMs: 5 });
@@ -26,6 +28,9 @@ beforeAll(async () => {
   bad = join(root, 'bad');
   await makeLog(good);
   await makeLog(bad);
+  nokey = join(root, 'nokey');
+  await makeLog(nokey);
+  renameSync(join(nokey, 'audit.key'), join(root, 'nokey.key'));
   const seg = join(bad, segmentFileName(1));
   writeFileSync(seg, readFileSync(seg, 'utf8').replace('"i":4}', '"i":5}'));
 });
@@ -100,6 +105,102 @@ describe('captrap audit verify', () => {
     expect(failed?.code).toBe(2);
     expect(failed?.stderr.trim().split('\n')).toHaveLength(1);
   });
+});
+
+describe('captrap audit verify with the public key only', () => {
+  it('--pubkey-only on an intact log: exit 0, JSON says integrity unchecked and ok false', async () => {
+    const r = await run(['verify', good, '--pubkey-only', '--pubkey', join(good, 'audit-signing.pub'), '--json']);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.out) as { mode: string; ok: boolean; checksPassed: boolean; integrity: { ok: boolean; status: string; unchecked: string } };
+    expect(report).toMatchObject({ mode: 'public-key-only', ok: false, checksPassed: true, integrity: { ok: false, status: 'unchecked' } });
+    expect(report.integrity.unchecked).toMatch(/no HMAC key/);
+  });
+
+  it('no HMAC key to be found and --pubkey-only not given: the checks run, but exit 3, with the reason', async () => {
+    const r = await run(['verify', nokey, '--pubkey', join(nokey, 'audit-signing.pub')]);
+    expect(r.code).toBe(3);
+    expect(JSON.parse(r.out)).toMatchObject({ mode: 'public-key-only', ok: false, checksPassed: true });
+    expect(r.err).toMatch(/no HMAC key at .*audit\.key, so record MACs were not checked; exit 3\. Pass --key, or --pubkey-only/);
+    expect(r.err).not.toMatch(/inside the log directory/);
+    const text = formatReport(verifyAuditLog(nokey, { publicKey: readEd25519PublicKey(join(nokey, 'audit-signing.pub')), publicKeyOnly: true }));
+    expect(text).toMatch(/integrity: +UNCHECKED — no HMAC key: record MACs were NOT checked/);
+    expect(text).toContain('result: PUBLIC-KEY CHECKS PASSED — record MACs unchecked');
+    expect(text).not.toContain('result: VERIFIED');
+    const accepted = await run(['verify', nokey, '--pubkey-only']);
+    expect(accepted.code).toBe(0);
+    expect(accepted.err).toMatch(/public key read from .* inside the log directory/);
+    expect(accepted.err).not.toMatch(/exit 3/);
+    const keyed = await run(['verify', nokey, '--key', join(root, 'nokey.key'), '--json']);
+    expect(keyed.code).toBe(0);
+    expect(JSON.parse(keyed.out)).toMatchObject({ mode: 'full', ok: true });
+  });
+
+  it('a truncated log fails the public-key checks: exit 1 even with --pubkey-only', async () => {
+    const cut = join(root, 'cut');
+    await makeLog(cut);
+    const seg = join(cut, segmentFileName(1));
+    const lines = readFileSync(seg, 'utf8').split('\n');
+    writeFileSync(seg, lines.slice(0, lines.findIndex((l) => l.startsWith('{"v":1,"seq":10,'))).join('\n') + '\n');
+    const r = await run(['verify', cut, '--pubkey-only', '--json']);
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.out)).toMatchObject({ checksPassed: false, completeness: { ok: false } });
+  });
+
+  it('--pubkey-only with --key is a usage error; a wrong public key is a typed error', async () => {
+    const both = await run(['verify', good, '--pubkey-only', '--key', join(good, 'audit.key')]);
+    expect(both.code).toBe(2);
+    expect(both.err).toContain('--pubkey-only checks without the HMAC key');
+    const otherDir = join(root, 'other');
+    await makeLog(otherDir);
+    const wrong = await run(['verify', good, '--pubkey-only', '--pubkey', join(otherDir, 'audit-signing.pub')]);
+    expect(wrong.code).toBe(2);
+    expect(wrong.err).toMatch(/wrong public key.*\[E_AUDIT_WRONG_PUBKEY\]/);
+  });
+});
+
+describe('captrap audit tail -f (a real process)', () => {
+  it('prints records appended after it started, across a rotation, and stops cleanly on SIGTERM', async () => {
+    const live = join(root, 'live');
+    const log = await AuditLog.open({ dir: live, flushIntervalMs: 5, maxSegmentBytes: 4 * 1024 });
+    await log.flush();
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/runner/cli.ts', 'audit', 'tail', live, '-n', '1', '-f', '--json'], {
+      cwd: process.cwd(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const seqs = (): number[] => out.split('\n').filter((l) => l.startsWith('{')).map((l) => (JSON.parse(l) as { seq: number }).seq);
+    const until = async (cond: () => boolean, what: string): Promise<void> => {
+      const deadline = Date.now() + 15_000;
+      while (!cond()) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; stdout: ${out.slice(-500)} stderr: ${err.slice(-500)}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    };
+    try {
+      // The one existing record (audit_opened) printed means the follower has taken its starting offset.
+      await until(() => seqs().length === 1, 'the initial record');
+      expect(seqs()).toEqual([1]);
+      for (let i = 0; i < 60; i++) log.record({ type: 'access_denied', principal: 'tail-test', details: { i, pad: 'x'.repeat(100) } });
+      await log.flush();
+      const segments = log.stats().segments;
+      expect(segments).toBeGreaterThan(1);
+      await until(() => seqs().length >= 61 + segments - 1, 'the appended records');
+      const recs = out.trim().split('\n').map((l) => JSON.parse(l) as { seq: number; type: string; principal?: string });
+      expect(recs.map((x) => x.seq)).toEqual(Array.from({ length: recs.length }, (_, k) => k + 1));
+      expect(recs.filter((x) => x.principal === 'tail-test')).toHaveLength(60);
+      expect(recs.some((x) => x.type === 'audit_rotated')).toBe(true);
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(err).toBe('');
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await log.close();
+    }
+  }, 30_000);
 });
 
 describe('captrap audit tail / show', () => {

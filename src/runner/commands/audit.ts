@@ -132,14 +132,13 @@ function verify(argv: string[]): number {
   const key = pubkeyOnly || (typeof values.key !== 'string' && !existsSync(keyPath)) ? undefined : readSecretFile(keyPath);
   const report = key === undefined ? verifyAuditLog(dir, { publicKey, publicKeyOnly: true }) : verifyAuditLog(dir, { key, publicKey });
   if (wantJson(values.json)) process.stdout.write(JSON.stringify(report) + '\n');
-  else {
-    process.stdout.write(formatReport(report));
-    if (report.mode === 'public-key-only' && typeof values.pubkey !== 'string') {
-      process.stdout.write(`note: public key read from ${pubkeyPath}, inside the log directory; whoever can rewrite the log can replace it — pass a trusted copy with --pubkey\n`);
-    }
-    if (report.mode === 'public-key-only' && report.checksPassed && !pubkeyOnly) {
-      process.stdout.write(`note: no HMAC key at ${keyPath}; exit 3. Pass --key, or --pubkey-only to accept the public-key checks alone\n`);
-    }
+  else process.stdout.write(formatReport(report));
+  // Notes go to stderr so that --json output stays one parseable report.
+  if (report.mode === 'public-key-only' && typeof values.pubkey !== 'string') {
+    process.stderr.write(`captrap audit: note: public key read from ${pubkeyPath}, inside the log directory; whoever can rewrite the log can replace it — pass a trusted copy with --pubkey\n`);
+  }
+  if (report.mode === 'public-key-only' && report.checksPassed && !pubkeyOnly) {
+    process.stderr.write(`captrap audit: note: no HMAC key at ${keyPath}, so record MACs were not checked; exit 3. Pass --key, or --pubkey-only to accept the public-key checks alone\n`);
   }
   if (report.ok) return 0;
   if (report.mode === 'public-key-only' && report.checksPassed) return pubkeyOnly ? 0 : 3;
