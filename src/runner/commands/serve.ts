@@ -1,4 +1,70 @@
-export async function main(_argv: string[]): Promise<number> {
-  process.stderr.write('captrap serve: not implemented yet\n');
-  return 1;
+// `captrap serve --config FILE [--state-dir DIR]`: runs the sidecar until SIGTERM or SIGINT.
+// stdout carries exactly one line, `captrap: ready <adminSocketPath>`, so a supervisor (or a
+// test) can wait for it; everything else (logs, agents' output) goes to stderr.
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig, type SidecarConfig } from '../config.js';
+import { Sidecar } from '../sidecar.js';
+
+const HELP = `usage: captrap serve --config FILE [--state-dir DIR]
+
+Starts the sidecar: cleans stale cgroups, opens the audit log (continuing its chain), opens the
+admin socket (mode 0600), launches the configured agents, then prints
+  captrap: ready <admin socket path>
+SIGTERM or SIGINT shuts it down gracefully (exit 0). Exit 2: bad usage or config.
+`;
+
+export async function main(argv: string[]): Promise<number> {
+  let values: { config?: string | undefined; 'state-dir'?: string | undefined; help?: boolean | undefined };
+  try {
+    ({ values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' }, 'state-dir': { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false }));
+  } catch (err) {
+    process.stderr.write(`captrap serve: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (!values.config) {
+    process.stderr.write(`captrap serve: --config FILE is required\n\n${HELP}`);
+    return 2;
+  }
+  let config: SidecarConfig;
+  try {
+    config = loadConfig(values.config, values['state-dir']);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`captrap serve: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+
+  // Signals that arrive while starting are honoured once start-up has finished.
+  let signalled: NodeJS.Signals | undefined;
+  let wake: (() => void) | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signalled) return; // a second signal while stopping changes nothing: stop is already under way
+    signalled = sig;
+    wake?.();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  let sidecar: Sidecar;
+  try {
+    sidecar = await Sidecar.start(config);
+  } catch (err) {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    const code = (err as { code?: unknown }).code;
+    process.stderr.write(`captrap serve: cannot start: ${(err as Error).message}${typeof code === 'string' ? ` [${code}]` : ''}\n`);
+    return 1;
+  }
+  process.stdout.write(`captrap: ready ${sidecar.adminSocket}\n`);
+  if (!signalled) await new Promise<void>((r) => (wake = r));
+  process.stderr.write(`captrap serve: ${signalled}: shutting down\n`);
+  await sidecar.stop();
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
+  return 0;
 }

@@ -1,0 +1,199 @@
+// The admin socket: a Unix socket (mode 0600, owner only) speaking the same NDJSON JSON-RPC as
+// the agent channels. The CLI (ps, caps, revoke, kill, stats) talks to it.
+import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { z } from 'zod';
+import { CaptrapError } from '../errors.js';
+import type { AuditStats } from '../kernel/events.js';
+import type { KernelStats } from '../kernel/kernel.js';
+import { RPC_ERROR, RpcConnection, RpcError, type RpcHandler } from './jsonrpc.js';
+import type { SandboxCounters } from './runner.js';
+import { parseParams, toAnswerError, type SidecarContext } from './server.js';
+
+export class AdminSocketError extends CaptrapError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super('E_ADMIN_SOCKET', message, details);
+  }
+}
+
+export interface AdminContext extends SidecarContext {
+  counters: SandboxCounters;
+  startedAt: number;
+  auditStats(): AuditStats | null;
+  metricsText(): Promise<string>;
+}
+
+export interface AgentRow {
+  id: string;
+  parent: string | null;
+  pid: number;
+  startTime: number;
+  state: 'running' | 'exited';
+  exitReason: string | null;
+  limits: Record<string, number>;
+  usage: { memoryBytes: number | null; memoryPeakBytes: number | null; cpuUsageUs: number | null };
+  capabilities: number;
+  toolsRunning: number;
+}
+
+export interface SidecarStats {
+  kernel: KernelStats;
+  audit: AuditStats | null;
+  sandboxes: { running: number; started: number; exited: number; byReason: Record<string, number> };
+  agents: { running: number; exited: number };
+  uptimeMs: number;
+  rssBytes: number;
+}
+
+const Empty = z.object({}).strict().or(z.null()).or(z.undefined());
+const CapsParams = z.object({ principal: z.string().min(1).max(256).optional() }).strict().or(z.null()).or(z.undefined());
+const RevokeParams = z.union([z.object({ id: z.string().min(1).max(64 * 1024) }).strict(), z.object({ principal: z.string().min(1).max(256) }).strict()]);
+const KillParams = z.object({ id: z.string().min(1).max(256) }).strict();
+
+export function adminHandlers(ctx: AdminContext): Record<string, RpcHandler> {
+  const { kernel, book, runner, supervisor } = ctx;
+  const wrap =
+    <T>(schema: z.ZodType<T>, fn: (p: T) => unknown): RpcHandler =>
+    async (params) => {
+      try {
+        return await fn(parseParams(schema, params));
+      } catch (err) {
+        const e = toAnswerError(err);
+        ctx.metrics?.rpcErrors.inc({ channel: 'admin', code: String(e.rpcCode) });
+        throw e;
+      }
+    };
+  return {
+    'agents.list': wrap(Empty, async () => {
+      const agents: AgentRow[] = await Promise.all(
+        supervisor.list().map(async (a) => {
+          let usage: AgentRow['usage'] = { memoryBytes: null, memoryPeakBytes: null, cpuUsageUs: null };
+          if (a.state === 'running') {
+            try {
+              const u = (await a.sandbox.usage()).cgroup;
+              usage = { memoryBytes: u.memoryCurrentBytes ?? null, memoryPeakBytes: u.memoryPeakBytes ?? null, cpuUsageUs: u.cpuUsageUs ?? null };
+            } catch {
+              // exited while being read
+            }
+          }
+          const now = Date.now();
+          return {
+            id: a.id,
+            parent: a.parent,
+            pid: a.ref.pid,
+            startTime: a.ref.startTime,
+            state: a.state,
+            exitReason: a.exitReason,
+            limits: { ...a.spec.limits },
+            usage,
+            capabilities: book.ofPrincipal(a.id).filter((c) => book.isLive(c, now)).length,
+            toolsRunning: runner.runningFor(a.id),
+          };
+        }),
+      );
+      return { agents };
+    }),
+    'capabilities.list': wrap(CapsParams, (p) => ({ capabilities: book.tree(p?.principal).map((c) => book.view(c)) })),
+    'capabilities.revoke': wrap(RevokeParams, (p) => {
+      let revoked: string[];
+      if ('id' in p) {
+        if (!book.has(p.id) && !kernel.getCapability(p.id)) throw new RpcError(RPC_ERROR.NOT_FOUND, `no capability ${p.id} is known to this sidecar`, { code: 'E_UNKNOWN_CAPABILITY', reason: 'unknown capability' });
+        revoked = kernel.revokeCapability(p.id, 'revoked by the administrator');
+      } else {
+        revoked = kernel.revokeAllForPrincipal(p.principal, 'revoked by the administrator');
+      }
+      runner.killRevoked();
+      return { revoked };
+    }),
+    'agents.kill': wrap(KillParams, (p) => {
+      if (!supervisor.kill(p.id, 'killed')) throw new RpcError(RPC_ERROR.NOT_FOUND, `no running agent '${p.id}'`, { code: 'E_UNKNOWN_AGENT', reason: 'unknown agent' });
+      return { killed: true };
+    }),
+    stats: wrap(Empty, (): SidecarStats => {
+      const c = ctx.counters;
+      const all = supervisor.list();
+      const running = all.filter((a) => a.state === 'running').length;
+      return {
+        kernel: kernel.stats(),
+        audit: ctx.auditStats(),
+        sandboxes: { running: c.running, started: c.started, exited: c.exited, byReason: { ...c.byReason } },
+        agents: { running, exited: all.length - running },
+        uptimeMs: Date.now() - ctx.startedAt,
+        rssBytes: process.memoryUsage.rss(),
+      };
+    }),
+    metrics: wrap(Empty, async () => ({ text: await ctx.metricsText() })),
+  };
+}
+
+/** True if something answers on the socket path (another sidecar is running there). */
+function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createConnection(path);
+    const done = (v: boolean) => {
+      s.destroy();
+      resolve(v);
+    };
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+    setTimeout(() => done(false), 1000).unref();
+  });
+}
+
+export class AdminServer {
+  private readonly server: Server;
+  private readonly sockets = new Set<Socket>();
+  private listening = false;
+
+  private constructor(
+    readonly path: string,
+    handlers: Record<string, RpcHandler>,
+  ) {
+    this.server = createServer((sock) => {
+      this.sockets.add(sock);
+      sock.on('error', () => {});
+      sock.on('close', () => this.sockets.delete(sock));
+      new RpcConnection(sock, sock, { handlers, maxLineBytes: 64 * 1024, maxInFlight: 16 });
+    });
+  }
+
+  /** Listens on `path`, created 0600. A stale socket file is replaced; a live one is an error. */
+  static async listen(path: string, handlers: Record<string, RpcHandler>): Promise<AdminServer> {
+    if (existsSync(path)) {
+      if (!lstatSync(path).isSocket()) throw new AdminSocketError(`${path} exists and is not a socket; refusing to replace it`, { path });
+      if (await socketAnswers(path)) throw new AdminSocketError(`another sidecar is listening on ${path}`, { path });
+      unlinkSync(path);
+    }
+    const s = new AdminServer(path, handlers);
+    // The umask makes the socket owner-only from the moment it exists; chmod then states it.
+    const old = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        s.server.once('error', reject);
+        s.server.listen(path, () => {
+          s.server.off('error', reject);
+          resolve();
+        });
+      });
+    } finally {
+      process.umask(old);
+    }
+    chmodSync(path, 0o600);
+    s.listening = true;
+    return s;
+  }
+
+  /** Stops accepting, drops open admin connections and removes the socket file. */
+  async close(): Promise<void> {
+    if (!this.listening) return;
+    this.listening = false;
+    const closed = new Promise<void>((r) => this.server.close(() => r()));
+    for (const s of this.sockets) s.destroy();
+    await closed;
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // already gone (server.close removes it on some platforms)
+    }
+  }
+}

@@ -1,0 +1,267 @@
+// The sidecar's configuration file (`captrap serve --config FILE`): YAML or JSON, validated with
+// zod. Every error names the file and the field. Paths are resolved against the config file's
+// directory, sizes and durations ('256M', '30s') become plain numbers here, so nothing past this
+// module parses user strings.
+import { readFileSync } from 'node:fs';
+import { dirname, extname, isAbsolute, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { CaptrapError } from '../errors.js';
+import { ConstraintsSchema, type Constraints, type Limits } from '../kernel/constraints.js';
+import { RESOURCE_TYPES, type ResourceType } from '../kernel/capability.js';
+import { parseCatalogue, type Catalogue } from '../kernel/policy.js';
+import { parseBytes, parseCpu, parseDuration } from '../isolation/limits.js';
+
+export class ConfigError extends CaptrapError {
+  constructor(message: string, details?: Record<string, unknown>, cause?: unknown) {
+    super('E_CONFIG', message, details, cause === undefined ? undefined : { cause });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Units: accept what people write, keep numbers.
+
+function unit<T>(parse: (v: unknown) => T, expected: string) {
+  return z.union([z.number(), z.string()]).transform((v, ctx): T => {
+    try {
+      return parse(v);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `expected ${expected}, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+  });
+}
+const Bytes = unit((v) => parseBytes('size', v), "a size such as 268435456 or '256M'");
+const Duration = unit((v) => parseDuration('duration', v), "a duration such as 1500, '500ms' or '30s'");
+const Cpu = unit((v) => parseCpu(v), "a share of one core such as 0.5 or '50%'");
+const PositiveInt = z.number().int().positive();
+
+/** Resource limits as written in the config ('256M', '30s'); turned into the kernel's Limits. */
+export const LimitsInput = z
+  .object({ memory: Bytes.optional(), pids: PositiveInt.optional(), cpu: Cpu.optional(), timeout: Duration.optional() })
+  .strict();
+
+export function toLimits(l: z.infer<typeof LimitsInput> | undefined): Limits {
+  const out: Limits = {};
+  if (l?.memory !== undefined) out.memoryBytes = l.memory;
+  if (l?.pids !== undefined) out.pids = l.pids;
+  if (l?.cpu !== undefined) out.cpu = l.cpu;
+  if (l?.timeout !== undefined) out.timeoutMs = Math.ceil(l.timeout);
+  return out;
+}
+
+const AGENT_ID = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
+
+const CapabilityInput = z
+  .object({
+    resource: z.object({ type: z.enum(RESOURCE_TYPES), pattern: z.string().min(1).max(4096) }).strict(),
+    operations: z.array(z.string().min(1)).min(1),
+    constraints: ConstraintsSchema.default({}),
+    ttlMs: PositiveInt.optional(),
+  })
+  .strict();
+
+const EnvInput = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected an environment variable name'), z.string());
+
+const AgentInput = z
+  .object({
+    id: z.string().regex(AGENT_ID, 'expected an id of letters, digits, _ . - starting with a letter'),
+    command: z.string().min(1),
+    args: z.array(z.string()).default([]),
+    cwd: z.string().min(1).optional(),
+    env: EnvInput.default({}),
+    limits: LimitsInput.optional(),
+    capabilities: z.array(CapabilityInput).default([]),
+    requestable: z.array(CapabilityInput).default([]),
+  })
+  .strict();
+
+const SandboxInput = z
+  .object({
+    memory: Bytes.optional(),
+    pids: PositiveInt.optional(),
+    cpu: Cpu.optional(),
+    timeout: Duration.optional(),
+    maxOutputBytes: Bytes.optional(),
+    killGrace: Duration.optional(),
+    allowDegraded: z.boolean().default(false),
+    backend: z.enum(['auto', 'cgroup-v2', 'cgroup-v1', 'none']).default('auto'),
+  })
+  .strict();
+
+const ConfigInput = z
+  .object({
+    stateDir: z.string().min(1).optional(),
+    adminSocket: z.string().min(1).optional(),
+    cgroupBase: z
+      .string()
+      .regex(/^captrap[A-Za-z0-9_.-]*$/, "expected a name starting with 'captrap' (letters, digits, _ . -)")
+      .default('captrap'),
+    keys: z.object({ capabilityKeyFile: z.string().min(1).optional() }).strict().default({}),
+    audit: z
+      .object({
+        dir: z.string().min(1).optional(),
+        keyFile: z.string().min(1).optional(),
+        signingKeyFile: z.string().min(1).optional(),
+        flushIntervalMs: PositiveInt.optional(),
+      })
+      .strict()
+      .default({}),
+    sandbox: SandboxInput.default({ allowDegraded: false, backend: 'auto' }),
+    onAgentExit: z.enum(['kill', 'finish']).default('kill'),
+    /** Upper bound on agents alive at once (configured ones plus sub-agents): agents.spawn cannot fork-bomb the host. */
+    maxAgents: PositiveInt.default(64),
+    /** Tool calls running at once per agent; more are refused with UNAVAILABLE rather than queued without bound. */
+    maxToolCallsPerAgent: PositiveInt.default(256),
+    tools: z.array(z.unknown()).default([]),
+    agents: z.array(AgentInput).default([]),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const seen = new Set<string>();
+    c.agents.forEach((a, i) => {
+      if (seen.has(a.id)) ctx.addIssue({ code: 'custom', path: ['agents', i, 'id'], message: `expected a unique agent id; '${a.id}' appears twice` });
+      seen.add(a.id);
+    });
+  });
+
+// ---------------------------------------------------------------------------------------------
+// The resolved form the sidecar uses
+
+export interface CapabilityTemplate {
+  resource: { type: ResourceType; pattern: string };
+  operations: string[];
+  constraints: Constraints;
+  ttlMs?: number;
+}
+
+export interface AgentConfig {
+  id: string;
+  command: string;
+  args: string[];
+  /** Absolute; defaults to the config file's directory. */
+  cwd: string;
+  env: Record<string, string>;
+  limits: Limits;
+  capabilities: CapabilityTemplate[];
+  requestable: CapabilityTemplate[];
+}
+
+export interface SandboxDefaults {
+  limits: Limits;
+  maxOutputBytes?: number;
+  killGraceMs?: number;
+  allowDegraded: boolean;
+  backend: 'auto' | 'cgroup-v2' | 'cgroup-v1' | 'none';
+}
+
+export interface SidecarConfig {
+  /** The file it came from (absolute), or a label for configs built in code. */
+  source: string;
+  /** The directory relative paths were resolved against. */
+  baseDir: string;
+  stateDir: string;
+  adminSocket: string;
+  cgroupBase: string;
+  capabilityKeyFile: string;
+  audit: { dir: string; keyFile: string; signingKeyFile: string; flushIntervalMs?: number };
+  sandbox: SandboxDefaults;
+  onAgentExit: 'kill' | 'finish';
+  maxAgents: number;
+  maxToolCallsPerAgent: number;
+  catalogue: Catalogue;
+  agents: AgentConfig[];
+}
+
+function formatPath(path: readonly PropertyKey[]): string {
+  let s = '';
+  for (const p of path) s += typeof p === 'number' ? `[${p}]` : s ? `.${String(p)}` : String(p);
+  return s || '(root)';
+}
+
+function template(c: z.infer<typeof CapabilityInput>): CapabilityTemplate {
+  const t: CapabilityTemplate = { resource: c.resource, operations: c.operations, constraints: c.constraints };
+  if (c.ttlMs !== undefined) t.ttlMs = c.ttlMs;
+  return t;
+}
+
+/**
+ * Validates a config object. `source` names it in errors; relative paths resolve against
+ * `baseDir`; `stateDirOverride` (serve's --state-dir) replaces the configured stateDir.
+ */
+export function parseConfig(value: unknown, source: string, baseDir: string, stateDirOverride?: string): SidecarConfig {
+  const r = ConfigInput.safeParse(value ?? {});
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    const field = formatPath(issue.path);
+    throw new ConfigError(`${source}: ${field}: ${issue.message}`, { source, field });
+  }
+  const c = r.data;
+  let catalogue: Catalogue;
+  try {
+    catalogue = parseCatalogue({ version: 1, tools: c.tools }, source);
+  } catch (err) {
+    // parseCatalogue already says "<source>: tools[i] (tool x).field: ..."
+    throw new ConfigError((err as Error).message, { source, field: 'tools' }, err);
+  }
+  const abs = (p: string, from = baseDir) => (isAbsolute(p) ? p : resolve(from, p));
+  const stateDir = stateDirOverride !== undefined ? resolve(stateDirOverride) : abs(c.stateDir ?? '.captrap');
+  const sandbox: SandboxDefaults = {
+    limits: toLimits(c.sandbox),
+    allowDegraded: c.sandbox.allowDegraded,
+    backend: c.sandbox.backend,
+  };
+  if (c.sandbox.maxOutputBytes !== undefined) sandbox.maxOutputBytes = c.sandbox.maxOutputBytes;
+  if (c.sandbox.killGrace !== undefined) sandbox.killGraceMs = c.sandbox.killGrace;
+  const audit: SidecarConfig['audit'] = {
+    dir: c.audit.dir !== undefined ? abs(c.audit.dir) : resolve(stateDir, 'audit'),
+    keyFile: c.audit.keyFile !== undefined ? abs(c.audit.keyFile) : resolve(stateDir, 'audit.key'),
+    signingKeyFile: c.audit.signingKeyFile !== undefined ? abs(c.audit.signingKeyFile) : resolve(stateDir, 'audit-signing.pem'),
+  };
+  if (c.audit.flushIntervalMs !== undefined) audit.flushIntervalMs = c.audit.flushIntervalMs;
+  return {
+    source,
+    baseDir,
+    stateDir,
+    adminSocket: c.adminSocket !== undefined ? abs(c.adminSocket) : resolve(stateDir, 'admin.sock'),
+    cgroupBase: c.cgroupBase,
+    capabilityKeyFile: c.keys.capabilityKeyFile !== undefined ? abs(c.keys.capabilityKeyFile) : resolve(stateDir, 'cap.key'),
+    audit,
+    sandbox,
+    onAgentExit: c.onAgentExit,
+    maxAgents: c.maxAgents,
+    maxToolCallsPerAgent: c.maxToolCallsPerAgent,
+    catalogue,
+    agents: c.agents.map((a) => ({
+      id: a.id,
+      command: a.command,
+      args: a.args,
+      cwd: a.cwd !== undefined ? abs(a.cwd) : baseDir,
+      env: a.env,
+      limits: toLimits(a.limits),
+      capabilities: a.capabilities.map(template),
+      requestable: a.requestable.map(template),
+    })),
+  };
+}
+
+/** Reads and validates a config file (.yaml, .yml or .json). */
+export function loadConfig(path: string, stateDirOverride?: string): SidecarConfig {
+  const file = resolve(path);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${file}: cannot read: ${(err as Error).message}`, { source: file }, err);
+  }
+  const ext = extname(file).toLowerCase();
+  let value: unknown;
+  try {
+    if (ext === '.json') value = JSON.parse(text);
+    else if (ext === '.yaml' || ext === '.yml') value = parseYaml(text);
+    else throw new Error('expected a .yaml, .yml or .json file');
+  } catch (err) {
+    throw new ConfigError(`${file}: ${ext === '.json' ? 'not valid JSON' : ext === '.yaml' || ext === '.yml' ? 'not valid YAML' : 'unsupported file type'}: ${(err as Error).message}`, { source: file }, err);
+  }
+  return parseConfig(value, file, dirname(file), stateDirOverride);
+}

@@ -1,0 +1,56 @@
+// Prometheus metrics of one sidecar. A private registry (not prom-client's global one), so two
+// sidecars in one process (tests, embedding) never share or clash over metric names.
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export interface MetricsSource {
+  agentsRunning(): number;
+  sandboxesRunning(): number;
+  kernel(): { live: number; bound: number; revoked: number; validations: number; denials: number };
+  audit(): { eventsLogged: number; bufferDepth: number } | null;
+}
+
+export class SidecarMetrics {
+  readonly registry = new Registry();
+  readonly toolCalls: Counter<'tool' | 'reason'>;
+  readonly toolDenials: Counter<'code'>;
+  readonly toolDuration: Histogram<'tool'>;
+  readonly agentExits: Counter<'reason'>;
+  readonly rpcErrors: Counter<'channel' | 'code'>;
+
+  constructor(source: MetricsSource) {
+    const registers = [this.registry];
+    this.toolCalls = new Counter({ name: 'captrap_tool_calls_total', help: 'Tool calls that ran, by exit reason', labelNames: ['tool', 'reason'], registers });
+    this.toolDenials = new Counter({ name: 'captrap_tool_denials_total', help: 'Tool calls refused before anything was spawned, by deny code', labelNames: ['code'], registers });
+    this.toolDuration = new Histogram({
+      name: 'captrap_tool_duration_seconds',
+      help: 'Wall-clock time of sandboxed tool calls',
+      labelNames: ['tool'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.agentExits = new Counter({ name: 'captrap_agent_exits_total', help: 'Agents that exited, by exit reason', labelNames: ['reason'], registers });
+    this.rpcErrors = new Counter({ name: 'captrap_rpc_errors_total', help: 'JSON-RPC error answers, by channel (agent|admin) and code', labelNames: ['channel', 'code'], registers });
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read());
+        },
+      });
+    gauge('captrap_agents_running', 'Agents (and sub-agents) alive', () => source.agentsRunning());
+    gauge('captrap_sandboxes_running', 'Sandboxes (agents and tool calls) alive', () => source.sandboxesRunning());
+    gauge('captrap_capabilities_live', 'Capabilities neither expired nor revoked', () => source.kernel().live);
+    gauge('captrap_capabilities_bound', 'Live capabilities bound to a process', () => source.kernel().bound);
+    gauge('captrap_capabilities_revoked', 'Revoked capability ids (persisted)', () => source.kernel().revoked);
+    gauge('captrap_validations', 'Capability validations since start', () => source.kernel().validations);
+    gauge('captrap_denials', 'Capability denials since start', () => source.kernel().denials);
+    gauge('captrap_audit_events', 'Audit events logged since start', () => source.audit()?.eventsLogged ?? 0);
+    gauge('captrap_audit_buffer_depth', 'Audit events recorded but not yet written', () => source.audit()?.bufferDepth ?? 0);
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

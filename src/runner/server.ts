@@ -1,0 +1,293 @@
+// The agent channel's methods. Each handler is bound to one agent: the caller's principal and
+// process ref come from the channel the request arrived on, never from params. Params are
+// validated with zod (INVALID_PARAMS names the path); kernel denials keep the kernel's code.
+import { z } from 'zod';
+import { CaptrapError } from '../errors.js';
+import { isToken, parseToken, RESOURCE_TYPES, type Capability } from '../kernel/capability.js';
+import { checkNarrowing, ConstraintsSchema, intersectConstraints, normalizeConstraints, type Constraints, type Limits } from '../kernel/constraints.js';
+import { AccessDeniedError, DelegationError, InvalidRequestError } from '../kernel/errors.js';
+import type { AuditSink } from '../kernel/events.js';
+import type { Caller, SecurityKernel } from '../kernel/kernel.js';
+import { compilePattern, matchPattern, patternCovers } from '../kernel/pattern.js';
+import type { ToolPolicy } from '../kernel/policy.js';
+import { log } from '../log.js';
+import { LimitsInput, toLimits, type CapabilityTemplate, type SidecarConfig } from './config.js';
+import { RPC_ERROR, RpcError, type RpcHandler } from './jsonrpc.js';
+import type { SidecarMetrics } from './metrics.js';
+import type { ToolRunner } from './runner.js';
+import type { AgentHandle, CapabilityBook, CapView, Supervisor } from './supervisor.js';
+
+export interface SidecarContext {
+  kernel: SecurityKernel;
+  policy: ToolPolicy;
+  book: CapabilityBook;
+  runner: ToolRunner;
+  supervisor: Supervisor;
+  audit: AuditSink;
+  config: SidecarConfig;
+  metrics?: SidecarMetrics;
+  isStopping(): boolean;
+}
+
+const ISOLATION_CODES = new Set(['E_SANDBOX_OPTION', 'E_COMMAND_NOT_FOUND', 'E_CWD', 'E_UID', 'E_SPAWN', 'E_LIMIT_UNENFORCEABLE', 'E_CGROUP']);
+const NOT_FOUND_CODES = new Set(['E_UNKNOWN_CAPABILITY', 'E_UNKNOWN_TOOL']);
+
+/** Maps anything a handler throws to the JSON-RPC error the peer sees. */
+export function toAnswerError(err: unknown): RpcError {
+  if (err instanceof RpcError) return err;
+  if (err instanceof InvalidRequestError) {
+    const path = (err.details?.['path'] as unknown[] | undefined) ?? [];
+    return new RpcError(RPC_ERROR.INVALID_PARAMS, err.message, { code: err.code, path, expected: err.message });
+  }
+  if (err instanceof AccessDeniedError || err instanceof DelegationError) {
+    const data: Record<string, unknown> = { code: err.code, reason: err.message };
+    const dimension = err.details?.['dimension'];
+    if (dimension !== undefined) data['dimension'] = dimension;
+    return new RpcError(NOT_FOUND_CODES.has(err.code) ? RPC_ERROR.NOT_FOUND : RPC_ERROR.ACCESS_DENIED, err.message, data);
+  }
+  if (err instanceof CaptrapError) {
+    if (ISOLATION_CODES.has(err.code)) return new RpcError(RPC_ERROR.SANDBOX_ERROR, err.message, { code: err.code, reason: err.message });
+    return new RpcError(RPC_ERROR.INTERNAL_ERROR, err.message, { code: err.code });
+  }
+  log.error({ err }, 'internal error answering a request');
+  return new RpcError(RPC_ERROR.INTERNAL_ERROR, 'internal error');
+}
+
+/** Parses params or throws INVALID_PARAMS with the first failing path and what was expected. */
+export function parseParams<T>(schema: z.ZodType<T>, params: unknown): T {
+  const r = schema.safeParse(params ?? {});
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  const path = issue.path.map((p) => (typeof p === 'number' ? p : String(p)));
+  throw new RpcError(RPC_ERROR.INVALID_PARAMS, `invalid params at ${path.join('.') || '(params)'}: ${issue.message}`, { path, expected: issue.message });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Param schemas. Strings are bounded: an agent is untrusted.
+
+const Id = z.string().min(1).max(64 * 1024);
+const AgentId = z.string().regex(/^[A-Za-z][A-Za-z0-9_.-]{0,63}$/, 'an agent id of letters, digits, _ . - starting with a letter');
+const Ops = z.array(z.string().min(1).max(256)).min(1).max(64);
+const Ttl = z.number().int().positive().max(10 * 365 * 24 * 3_600_000);
+
+const Empty = z.object({}).strict().or(z.null()).or(z.undefined());
+const RequestParams = z
+  .object({
+    resource: z.object({ type: z.enum(RESOURCE_TYPES), pattern: z.string().min(1).max(4096) }).strict(),
+    operations: Ops,
+    constraints: ConstraintsSchema.optional(),
+    ttlMs: Ttl.optional(),
+  })
+  .strict();
+const DelegateParams = z
+  .object({ capability: Id, to: AgentId, operations: Ops.optional(), constraints: ConstraintsSchema.optional(), ttlMs: Ttl.optional() })
+  .strict();
+const RevokeParams = z.object({ capability: Id }).strict();
+const InvokeParams = z.object({ tool: z.string().min(1).max(256), args: z.record(z.string(), z.unknown()).default({}), capability: Id }).strict();
+const SpawnParams = z
+  .object({
+    id: AgentId,
+    command: z.string().min(1).max(4096),
+    args: z.array(z.string().max(64 * 1024)).max(1024).default([]),
+    env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().max(64 * 1024)).default({}),
+    limits: LimitsInput.optional(),
+    capabilities: z
+      .array(z.object({ capability: Id, operations: Ops.optional(), constraints: ConstraintsSchema.optional(), ttlMs: Ttl.optional() }).strict())
+      .max(256)
+      .default([]),
+  })
+  .strict();
+
+// ---------------------------------------------------------------------------------------------
+
+/** The capability's id whether given as an id or a token (a token's id is only trusted once the kernel verifies it). */
+function capabilityId(ref: string): string {
+  if (!isToken(ref)) return ref;
+  try {
+    return parseToken(ref).id;
+  } catch (err) {
+    throw toAnswerError(err);
+  }
+}
+
+function templateCovers(t: CapabilityTemplate, type: string, pattern: string, operations: string[], requested: Constraints, ttlMs: number | undefined): boolean {
+  if (t.resource.type !== type) return false;
+  if (operations.some((o) => !t.operations.includes(o))) return false;
+  if (t.ttlMs !== undefined && ttlMs !== undefined && ttlMs > t.ttlMs) return false;
+  try {
+    if (!patternCovers(t.resource.pattern, pattern)) return false;
+    checkNarrowing(normalizeConstraints(t.constraints), requested);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Child limits: each one given must not exceed the parent's; each one left out is inherited. */
+export function narrowLimits(parent: Limits, requested: Limits): Limits {
+  const out: Limits = { ...parent };
+  for (const k of ['memoryBytes', 'pids', 'cpu', 'timeoutMs'] as const) {
+    const want = requested[k];
+    if (want === undefined) continue;
+    const have = parent[k];
+    if (have !== undefined && want > have) {
+      throw new DelegationError('E_WIDENS', `sub-agent limit ${k} ${want} exceeds the parent's ${have}`, { dimension: `limits.${k}` });
+    }
+    out[k] = want;
+  }
+  return out;
+}
+
+export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<string, RpcHandler> {
+  const { kernel, book, runner, supervisor, policy, audit } = ctx;
+  const caller: Caller = { principal: agent.id, process: agent.ref };
+  const now = () => Date.now();
+
+  /** Capabilities the caller can use right now: its principal's, live, unbound or bound to this very process. */
+  const usable = (): Capability[] =>
+    book.ofPrincipal(agent.id).filter((c) => book.isLive(c, now()) && (c.holder === null || (c.holder.pid === agent.ref.pid && c.holder.startTime === agent.ref.startTime)));
+
+  const issued = (c: Capability): CapView => {
+    book.add(c);
+    return book.view(c);
+  };
+
+  const wrap =
+    <T>(schema: z.ZodType<T>, fn: (p: T) => unknown): RpcHandler =>
+    async (params, method) => {
+      try {
+        if (ctx.isStopping()) throw new RpcError(RPC_ERROR.UNAVAILABLE, 'the sidecar is shutting down');
+        if (agent.state !== 'running') throw new RpcError(RPC_ERROR.UNAVAILABLE, 'this agent has exited');
+        return await fn(parseParams(schema, params));
+      } catch (err) {
+        const e = toAnswerError(err);
+        ctx.metrics?.rpcErrors.inc({ channel: 'agent', code: String(e.rpcCode) });
+        log.debug({ agent: agent.id, method, code: e.rpcCode }, 'agent request failed');
+        throw e;
+      }
+    };
+
+  const denyRequest = (code: string, message: string, details: Record<string, unknown>): never => {
+    audit.record({ type: 'capability_denied', principal: agent.id, process: agent.ref, details: { code, message, ...details } });
+    throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code, reason: message });
+  };
+
+  return {
+    'capabilities.list': wrap(Empty, () => ({ capabilities: book.tree(agent.id).map((c) => book.view(c)) })),
+
+    'capabilities.request': wrap(RequestParams, (p) => {
+      const requested = normalizeConstraints(p.constraints ?? {});
+      // A configured template first: the result is a root capability bound to this process.
+      for (const t of agent.spec.requestable) {
+        if (!templateCovers(t, p.resource.type, p.resource.pattern, p.operations, requested, p.ttlMs)) continue;
+        const ttlMs = p.ttlMs ?? t.ttlMs;
+        const c = kernel.requestCapability(agent.id, p.resource, p.operations, intersectConstraints(normalizeConstraints(t.constraints), requested), {
+          ...(ttlMs !== undefined ? { ttlMs } : {}),
+          holder: agent.ref,
+        });
+        return issued(c);
+      }
+      // Otherwise a narrowing of something the agent already holds: a child of it, bound here.
+      for (const held of usable()) {
+        if (held.resourceType !== p.resource.type || p.operations.some((o) => !held.operations.includes(o))) continue;
+        let covers = false;
+        try {
+          covers = patternCovers(held.resource, p.resource.pattern);
+          checkNarrowing(held.constraints, requested);
+        } catch {
+          covers = false;
+        }
+        // A tool capability whose allowedTools exclude the one named would be granted but useless.
+        if (covers && held.resourceType === 'tool' && held.constraints.allowedTools && compilePattern(p.resource.pattern).kind === 'exact') {
+          covers = held.constraints.allowedTools.includes(p.resource.pattern);
+        }
+        if (!covers) continue;
+        const c = kernel.delegate(held.id, agent.id, { resource: p.resource.pattern, operations: p.operations, constraints: requested, ...(p.ttlMs !== undefined ? { ttlMs: p.ttlMs } : {}), holder: agent.ref }, caller);
+        return issued(c);
+      }
+      return denyRequest('E_NOT_REQUESTABLE', `no requestable template or held capability covers ${p.resource.type} '${p.resource.pattern}' with [${p.operations.join(', ')}]`, {
+        resourceType: p.resource.type,
+        resource: p.resource.pattern,
+        operations: p.operations,
+      });
+    }),
+
+    'capabilities.delegate': wrap(DelegateParams, (p) => {
+      // Delegating to a running agent binds the child to that agent's process: it dies with it.
+      const target = supervisor.runningAgent(p.to);
+      const c = kernel.delegate(
+        p.capability,
+        p.to,
+        {
+          ...(p.operations !== undefined ? { operations: p.operations } : {}),
+          ...(p.constraints !== undefined ? { constraints: p.constraints } : {}),
+          ...(p.ttlMs !== undefined ? { ttlMs: p.ttlMs } : {}),
+          ...(target ? { holder: target.ref } : {}),
+        },
+        caller,
+      );
+      return issued(c);
+    }),
+
+    'capabilities.revoke': wrap(RevokeParams, (p) => {
+      const id = capabilityId(p.capability);
+      const c = book.get(id);
+      if (!c) throw new RpcError(RPC_ERROR.NOT_FOUND, `no capability ${id} is known to this sidecar`, { code: 'E_UNKNOWN_CAPABILITY', reason: 'unknown capability' });
+      const mine = c.principal === agent.id || c.ancestors.some((a) => book.get(a)?.principal === agent.id);
+      if (!mine) {
+        const message = `capability ${id} is neither held by '${agent.id}' nor delegated from one it holds`;
+        audit.record({ type: 'access_denied', principal: agent.id, capabilityId: id, process: agent.ref, details: { code: 'E_NOT_OWNER', message, operation: 'revoke' } });
+        throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code: 'E_NOT_OWNER', reason: message });
+      }
+      const revoked = kernel.revokeCapability(id, `revoked by agent ${agent.id}`);
+      runner.killRevoked();
+      return { revoked };
+    }),
+
+    'tools.list': wrap(Empty, () => {
+      const caps = usable().filter((c) => c.resourceType === 'tool' && c.operations.includes('invoke'));
+      const tools = policy
+        .names()
+        .filter((name) => caps.some((c) => matchPattern(c.resource, name) && (c.constraints.allowedTools === undefined || c.constraints.allowedTools.includes(name))))
+        .map((name) => {
+          const t = policy.tool(name)!;
+          return { name, ...(t.spec.description !== undefined ? { description: t.spec.description } : {}), args: t.spec.args };
+        });
+      return { tools };
+    }),
+
+    'tools.invoke': wrap(InvokeParams, async (p) => {
+      if (runner.runningFor(agent.id) >= ctx.config.maxToolCallsPerAgent) {
+        throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many tool calls in flight for ${agent.id} (maxToolCallsPerAgent ${ctx.config.maxToolCallsPerAgent})`);
+      }
+      return runner.invoke({ principal: agent.id, process: agent.ref, agentId: agent.id }, { tool: p.tool, args: p.args, capability: p.capability });
+    }),
+
+    'agents.spawn': wrap(SpawnParams, (p) => {
+      const limits = narrowLimits(agent.spec.limits, toLimits(p.limits));
+      const granted: Capability[] = [];
+      const sub = supervisor.launch(
+        { id: p.id, command: p.command, args: p.args, cwd: agent.spec.cwd, env: p.env, limits, requestable: [] },
+        agent,
+        (child) => {
+          for (const d of p.capabilities) {
+            const c = kernel.delegate(
+              d.capability,
+              child.id,
+              {
+                ...(d.operations !== undefined ? { operations: d.operations } : {}),
+                ...(d.constraints !== undefined ? { constraints: d.constraints } : {}),
+                ...(d.ttlMs !== undefined ? { ttlMs: d.ttlMs } : {}),
+                holder: child.ref,
+              },
+              caller,
+            );
+            book.add(c);
+            granted.push(c);
+          }
+        },
+      );
+      return { id: sub.id, pid: sub.ref.pid, startTime: sub.ref.startTime, capabilities: granted.map((c) => book.view(c)) };
+    }),
+  };
+}

@@ -1,0 +1,371 @@
+// Launches agents (and sub-agents) in sandboxes, each with a private channel on fd 3, and owns
+// what happens when one ends. The channel is the identity: the process ref recorded here at
+// launch is the only one the agent's requests are ever judged as.
+//
+// Exit, in this order, at the first exit signal (the leader's exit): every capability bound to
+// the agent is revoked (and, by cascade, everything delegated from them), its in-flight tool
+// calls are stopped (onAgentExit: kill), its sub-agents are stopped, its channel is closed.
+// The sandbox is only "gone" once its cgroup is empty and removed (the sandbox promise).
+import { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
+import type { Capability, ProcessRef } from '../kernel/capability.js';
+import type { Limits } from '../kernel/constraints.js';
+import type { AuditSink } from '../kernel/events.js';
+import type { SecurityKernel } from '../kernel/kernel.js';
+import { which } from '../isolation/host.js';
+import { DEFAULT_PATH } from '../isolation/limits.js';
+import { SandboxSpawnError } from '../isolation/errors.js';
+import { runSandboxed, type KillReason, type Sandbox, type SandboxResult } from '../isolation/sandbox.js';
+import { log } from '../log.js';
+import type { CapabilityTemplate, SidecarConfig } from './config.js';
+import { RPC_ERROR, RpcConnection, RpcError, type RpcHandler } from './jsonrpc.js';
+import type { SidecarMetrics } from './metrics.js';
+import { sandboxLimits, type SandboxCounters, type ToolRunner } from './runner.js';
+
+// ---------------------------------------------------------------------------------------------
+// Capability book: the kernel keeps capabilities by id only; the sidecar remembers which it
+// issued, so it can list them by principal and as a tree.
+
+export interface CapView {
+  id: string;
+  token: string;
+  principal: string;
+  resource: { type: string; pattern: string };
+  operations: string[];
+  constraints: Capability['constraints'];
+  parent: string | null;
+  depth: number;
+  issuedAt: number;
+  expiresAt: number;
+  holder: { pid: number; startTime: number } | null;
+  revoked: boolean;
+}
+
+export class CapabilityBook {
+  /** Insertion order is issue order, so a parent always comes before its children. */
+  private readonly ids = new Set<string>();
+  private readonly byPrincipal = new Map<string, Set<string>>();
+
+  constructor(private readonly kernel: SecurityKernel) {}
+
+  add(c: Capability): void {
+    this.ids.add(c.id);
+    let s = this.byPrincipal.get(c.principal);
+    if (!s) this.byPrincipal.set(c.principal, (s = new Set()));
+    s.add(c.id);
+  }
+
+  has(id: string): boolean {
+    return this.ids.has(id);
+  }
+
+  /** The stored record (it carries any later binding). */
+  get(id: string): Capability | undefined {
+    return this.ids.has(id) ? this.kernel.getCapability(id) : undefined;
+  }
+
+  principals(): string[] {
+    return [...this.byPrincipal.keys()];
+  }
+
+  ofPrincipal(principal: string): Capability[] {
+    return [...(this.byPrincipal.get(principal) ?? [])].map((id) => this.kernel.getCapability(id)).filter((c): c is Capability => c !== undefined);
+  }
+
+  /** Every capability, parents before children (depth-first from each root, in issue order). */
+  tree(principal?: string): Capability[] {
+    const all = [...this.ids].map((id) => this.kernel.getCapability(id)).filter((c): c is Capability => c !== undefined);
+    const kids = new Map<string | null, Capability[]>();
+    for (const c of all) {
+      const p = c.parentId !== null && this.ids.has(c.parentId) ? c.parentId : null;
+      const l = kids.get(p) ?? [];
+      l.push(c);
+      kids.set(p, l);
+    }
+    const out: Capability[] = [];
+    const walk = (p: string | null) => {
+      for (const c of kids.get(p) ?? []) {
+        out.push(c);
+        walk(c.id);
+      }
+    };
+    walk(null);
+    return principal === undefined ? out : out.filter((c) => c.principal === principal);
+  }
+
+  isRevoked(c: Capability): boolean {
+    return this.kernel.isRevoked(c.id) || c.ancestors.some((a) => this.kernel.isRevoked(a));
+  }
+
+  /** Live: not revoked (nor an ancestor) and not expired. */
+  isLive(c: Capability, now = Date.now()): boolean {
+    return now < c.expiresAt && !this.isRevoked(c);
+  }
+
+  view(c: Capability): CapView {
+    return {
+      id: c.id,
+      token: this.kernel.token(c.id),
+      principal: c.principal,
+      resource: { type: c.resourceType, pattern: c.resource },
+      operations: [...c.operations],
+      constraints: c.constraints,
+      parent: c.parentId,
+      depth: c.depth,
+      issuedAt: c.issuedAt,
+      expiresAt: c.expiresAt,
+      holder: c.holder ? { pid: c.holder.pid, startTime: c.holder.startTime } : null,
+      revoked: this.isRevoked(c),
+    };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agents
+
+export interface LaunchSpec {
+  id: string;
+  command: string;
+  args: string[];
+  cwd: string;
+  env: Record<string, string>;
+  limits: Limits;
+  /** Templates the agent may turn into capabilities with capabilities.request. */
+  requestable: CapabilityTemplate[];
+}
+
+export interface AgentHandle {
+  readonly id: string;
+  readonly parent: string | null;
+  readonly spec: LaunchSpec;
+  readonly sandbox: Sandbox;
+  /** The channel's identity: fixed at launch. */
+  readonly ref: ProcessRef;
+  readonly children: Set<string>;
+  state: 'running' | 'exited';
+  exitReason: string | null;
+  conn: RpcConnection | undefined;
+  /** Resolves once the sandbox is gone (cgroup empty and removed). */
+  readonly done: Promise<void>;
+}
+
+export interface SupervisorOptions {
+  kernel: SecurityKernel;
+  book: CapabilityBook;
+  runner: ToolRunner;
+  audit: AuditSink;
+  config: SidecarConfig;
+  counters: SandboxCounters;
+  metrics?: SidecarMetrics;
+  /** One line of an agent's stdout or stderr (default: serve's stderr, prefixed `[id] `). */
+  output?: (agentId: string, stream: 'stdout' | 'stderr', line: string) => void;
+  /** The agent-channel methods, bound to this agent. */
+  handlers: (agent: AgentHandle) => Readonly<Record<string, RpcHandler>>;
+}
+
+// Moves the socket captrap handed over as stdin to fd 3 and gives the agent /dev/null as stdin,
+// then execs the agent: same pid, so the process ref taken at spawn is the agent's.
+const CHANNEL_WRAPPER = 'exec 3<&0 0</dev/null; exec "$@"';
+const AGENT_OUTPUT_CAP = 64 * 1024;
+const MAX_FORWARDED_LINE = 16 * 1024;
+
+function forwardLines(stream: Readable | null, emit: (line: string) => void): void {
+  if (!stream) return;
+  let partial = '';
+  // Decode here rather than setEncoding: the sandbox's own output capture reads Buffers from the same stream.
+  const decoder = new StringDecoder('utf8');
+  stream.on('data', (chunk: Buffer) => {
+    partial += decoder.write(chunk);
+    let nl: number;
+    while ((nl = partial.indexOf('\n')) >= 0) {
+      emit(partial.slice(0, nl));
+      partial = partial.slice(nl + 1);
+    }
+    if (partial.length > MAX_FORWARDED_LINE) {
+      emit(partial);
+      partial = '';
+    }
+  });
+  stream.on('end', () => {
+    if (partial) emit(partial);
+    partial = '';
+  });
+}
+
+const defaultOutput = (id: string, _stream: 'stdout' | 'stderr', line: string) => {
+  process.stderr.write(`[${id}] ${line}\n`);
+};
+
+/** The pipe handle behind a child's stdin: node creates stdio pipes as Unix socket pairs, so it reads too. */
+function duplexOfStdin(sb: Sandbox): Socket | undefined {
+  const handle = (sb.stdin as unknown as { _handle?: unknown } | null)?._handle;
+  if (!handle) return undefined;
+  // `handle` is an undocumented but long-standing net.Socket option (child_process uses it itself).
+  return new Socket({ handle, readable: true, writable: true } as ConstructorParameters<typeof Socket>[0]);
+}
+
+export class Supervisor {
+  private readonly agents = new Map<string, AgentHandle>();
+  private stopping = false;
+
+  constructor(private readonly o: SupervisorOptions) {}
+
+  get(id: string): AgentHandle | undefined {
+    return this.agents.get(id);
+  }
+
+  list(): AgentHandle[] {
+    return [...this.agents.values()];
+  }
+
+  running(): AgentHandle[] {
+    return this.list().filter((a) => a.state === 'running');
+  }
+
+  /** The running agent whose principal is `principal`, if any. */
+  runningAgent(principal: string): AgentHandle | undefined {
+    const a = this.agents.get(principal);
+    return a && a.state === 'running' ? a : undefined;
+  }
+
+  /**
+   * Starts an agent. `grant` issues its capabilities once its process ref is known (they must be
+   * bound to it); if `grant` throws, the agent is stopped and the error rethrown.
+   */
+  launch(spec: LaunchSpec, parent: AgentHandle | null, grant: (agent: AgentHandle) => void): AgentHandle {
+    const { config, counters } = this.o;
+    if (this.stopping) throw new RpcError(RPC_ERROR.UNAVAILABLE, 'the sidecar is shutting down');
+    const existing = this.agents.get(spec.id);
+    if (existing && existing.state === 'running') throw new RpcError(RPC_ERROR.INVALID_PARAMS, `agent id '${spec.id}' is in use`, { path: ['id'], expected: 'an agent id not in use' });
+    if (this.running().length >= config.maxAgents) throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many agents: the limit is ${config.maxAgents} (maxAgents)`);
+
+    const env: Record<string, string> = { PATH: DEFAULT_PATH, ...spec.env, CAPTRAP_FD: '3', CAPTRAP_AGENT_ID: spec.id };
+    const resolved = spec.command.includes('/') ? which(spec.command.startsWith('/') ? spec.command : `${spec.cwd}/${spec.command}`) : which(spec.command, env.PATH);
+    if (!resolved) throw new SandboxSpawnError('E_COMMAND_NOT_FOUND', `agent ${spec.id}: command '${spec.command}' not found or not executable`, { command: spec.command });
+
+    const sb = runSandboxed('/bin/sh', ['-c', CHANNEL_WRAPPER, 'captrap-agent', resolved, ...spec.args], {
+      ...sandboxLimits(spec.limits),
+      env,
+      cwd: spec.cwd,
+      stdin: 'pipe',
+      cgroupBase: config.cgroupBase,
+      allowDegraded: config.sandbox.allowDegraded,
+      backend: config.sandbox.backend,
+      maxOutputBytes: AGENT_OUTPUT_CAP,
+      killGrace: config.sandbox.killGraceMs ?? 1000,
+    });
+    counters.start();
+    const socket = duplexOfStdin(sb);
+    if (!sb.ref || !socket) {
+      // The process is already gone (or has no channel): nothing can be bound to it.
+      sb.kill('killed');
+      void sb.then(
+        (r) => counters.end(r.reason.kind),
+        () => counters.end('error'),
+      );
+      throw new RpcError(RPC_ERROR.SANDBOX_ERROR, `agent ${spec.id}: the process exited before it could be registered`, { code: 'E_SPAWN' });
+    }
+    const ref: ProcessRef = { pid: sb.ref.pid, startTime: sb.ref.startTime };
+    let markDone!: () => void;
+    const agent: AgentHandle = {
+      id: spec.id,
+      parent: parent?.id ?? null,
+      spec,
+      sandbox: sb,
+      ref,
+      children: new Set(),
+      state: 'running',
+      exitReason: null,
+      conn: undefined,
+      done: new Promise<void>((r) => (markDone = r)),
+    };
+    this.agents.set(spec.id, agent);
+    parent?.children.add(spec.id);
+    socket.on('error', () => {
+      /* the RpcConnection closes on it; a dead peer is not our error */
+    });
+    const out = this.o.output ?? defaultOutput;
+    forwardLines(sb.stdout, (l) => out(spec.id, 'stdout', l));
+    forwardLines(sb.stderr, (l) => out(spec.id, 'stderr', l));
+    this.o.audit.record({
+      type: 'sandbox_started',
+      principal: spec.id,
+      process: ref,
+      details: { kind: 'agent', agent: spec.id, parent: agent.parent, cgroup: sb.cgroupName, limits: spec.limits },
+    });
+    sb.child.once('exit', (code, signal) => this.onLeaderExit(agent, socket, code, signal));
+    sb.then(
+      (r) => {
+        this.onGone(agent, r);
+        markDone();
+      },
+      (err: unknown) => {
+        this.onGone(agent, undefined, err);
+        markDone();
+      },
+    );
+    try {
+      grant(agent);
+    } catch (err) {
+      sb.kill('killed');
+      throw err;
+    }
+    // Only now does the agent get answers: every capability it was launched with exists.
+    agent.conn = new RpcConnection(socket, socket, { handlers: this.o.handlers(agent), maxLineBytes: 1024 * 1024, maxInFlight: 64, maxPendingWriteBytes: 1024 * 1024 });
+    agent.conn.on('protocolError', (e) => this.o.metrics?.rpcErrors.inc({ channel: 'agent', code: String(e.code) }));
+    return agent;
+  }
+
+  /** The first exit signal: revoke before anything else, then stop what depended on the agent. */
+  private onLeaderExit(agent: AgentHandle, socket: Socket, code: number | null, signal: NodeJS.Signals | null): void {
+    const { kernel, runner, config } = this.o;
+    agent.state = 'exited';
+    agent.exitReason = signal ? `signaled(${signal})` : `exited(${code ?? 0})`;
+    let revoked: string[] = [];
+    try {
+      revoked = kernel.processExited(agent.ref, `agent ${agent.id} exited`);
+    } catch (err) {
+      log.error({ err, agent: agent.id }, 'revoking the capabilities of an exited agent failed');
+    }
+    if (config.onAgentExit === 'kill') runner.killOwnedBy(agent.id, 'owner-exited');
+    runner.killRevoked(config.onAgentExit === 'finish' ? agent.id : undefined);
+    for (const id of agent.children) {
+      const child = this.agents.get(id);
+      if (child && child.state === 'running') child.sandbox.kill('owner-exited');
+    }
+    agent.conn?.close();
+    socket.destroy();
+    log.info({ agent: agent.id, code, signal, revoked: revoked.length }, 'agent exited');
+  }
+
+  private onGone(agent: AgentHandle, r: SandboxResult | undefined, err?: unknown): void {
+    const reason = r ? (r.reason.kind === 'exited' ? `exited(${r.reason.code})` : r.reason.kind === 'signaled' ? `signaled(${r.reason.signal})` : r.reason.kind) : 'error';
+    agent.state = 'exited';
+    agent.exitReason = reason;
+    this.o.counters.end(r?.reason.kind ?? 'error');
+    this.o.metrics?.agentExits.inc({ reason: r?.reason.kind ?? 'error' });
+    if (err) log.error({ err, agent: agent.id }, 'agent sandbox failed');
+    this.o.audit.record({
+      type: 'sandbox_exited',
+      principal: agent.id,
+      process: agent.ref,
+      details: { kind: 'agent', agent: agent.id, reason: r?.reason.kind ?? 'error', exitCode: r?.exitCode ?? null, signal: r?.signal ?? null, durationMs: r ? Math.round(r.durationMs) : null, cleanedUp: r?.cleanedUp ?? false },
+    });
+  }
+
+  /** Stops one agent (its sandbox: SIGTERM, grace, then the whole tree). */
+  kill(id: string, reason: KillReason = 'killed'): boolean {
+    const a = this.agents.get(id);
+    if (!a || a.state !== 'running') return false;
+    a.sandbox.kill(reason);
+    return true;
+  }
+
+  /** Refuses new launches, stops every agent and waits until every agent sandbox is gone. */
+  async stopAll(): Promise<void> {
+    this.stopping = true;
+    for (const a of this.agents.values()) if (a.state === 'running') a.sandbox.kill('killed');
+    await Promise.all([...this.agents.values()].map((a) => a.done));
+  }
+}

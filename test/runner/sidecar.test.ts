@@ -1,0 +1,391 @@
+// The sidecar end to end, in-process: real agents (node processes) in real sandboxes, talking
+// over their fd-3 channels through a relay the test controls, real tools, real cgroups, a real
+// audit log. Each test starts its own sidecar with a unique cgroup base and state directory.
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { readAuditRecords, verifyAuditLog } from '../../src/kernel/audit.js';
+import { readSecretFile, readEd25519PublicKey } from '../../src/kernel/keys.js';
+import { probeHost } from '../../src/isolation/host.js';
+import { removeCgroupBase } from '../../src/isolation/cgroup.js';
+import { isSameProcess } from '../../src/isolation/proc.js';
+import { parseConfig, type SidecarConfig } from '../../src/runner/config.js';
+import { RPC_ERROR, RpcConnection, RpcError } from '../../src/runner/jsonrpc.js';
+import { publicKeyFileFor, Sidecar } from '../../src/runner/sidecar.js';
+
+const RELAY = join(import.meta.dirname, '../fixtures/agents/core-relay.mjs');
+const BASE = `captrap-t-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+const host = probeHost();
+
+let root: string;
+let dataDir: string;
+const sidecars: Sidecar[] = [];
+const servers: Server[] = [];
+
+beforeAll(() => {
+  root = mkdtempSync(join(tmpdir(), 'captrap-sidecar-'));
+  dataDir = join(root, 'data');
+  mkdirSync(dataDir);
+  writeFileSync(join(dataDir, 'hello.txt'), 'hello from data\n');
+  writeFileSync(join(root, 'secret.txt'), 'secret\n');
+});
+
+afterEach(async () => {
+  for (const s of sidecars.splice(0)) await s.stop();
+  for (const s of servers.splice(0)) s.close();
+});
+
+afterAll(() => {
+  removeCgroupBase(host, BASE);
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** A control socket the relay agent connects to; each connection is one agent. */
+class Control {
+  readonly path: string;
+  private readonly server: Server;
+  private readonly waiting: ((a: { conn: RpcConnection; id: string; pid: number; sock: Socket }) => void)[] = [];
+  private readonly ready: { conn: RpcConnection; id: string; pid: number; sock: Socket }[] = [];
+
+  constructor(name: string) {
+    this.path = join(root, `${name}-${Math.random().toString(36).slice(2, 8)}.sock`);
+    this.server = createServer((sock) => {
+      let buf = Buffer.alloc(0);
+      const onData = (c: Buffer) => {
+        buf = Buffer.concat([buf, c]);
+        const nl = buf.indexOf(10);
+        if (nl < 0) return;
+        sock.off('data', onData);
+        const hello = JSON.parse(buf.subarray(0, nl).toString()) as { hello: string; pid: number };
+        const rest = buf.subarray(nl + 1);
+        if (rest.length > 0) sock.unshift(rest);
+        const a = { conn: new RpcConnection(sock, sock), id: hello.hello, pid: hello.pid, sock };
+        const w = this.waiting.shift();
+        if (w) w(a);
+        else this.ready.push(a);
+      };
+      sock.on('data', onData);
+      sock.on('error', () => {});
+    });
+    this.server.listen(this.path);
+    servers.push(this.server);
+  }
+
+  next(): Promise<{ conn: RpcConnection; id: string; pid: number; sock: Socket }> {
+    const r = this.ready.shift();
+    if (r) return Promise.resolve(r);
+    return new Promise((res) => this.waiting.push(res));
+  }
+}
+
+const TOOLS = [
+  { name: 'read_file', command: ['cat', '{path}'], args: { path: { type: 'string' } }, resources: [{ kind: 'file', arg: 'path', access: 'read' }] },
+  { name: 'echo', command: ['echo', '{text}'], args: { text: { type: 'string' } } },
+  { name: 'sleep', command: ['sleep', '{seconds}'], args: { seconds: { type: 'string', pattern: '[0-9.]+' } } },
+  // Allocates far beyond the tool's memory limit.
+  { name: 'hog', command: ['node', '-e', 'const a=[];for(;;)a.push(Buffer.alloc(1<<20,1))'], args: {}, limits: { memoryBytes: 48 * 1024 * 1024 } },
+];
+
+function toolCap(tools: string[], paths?: string[]) {
+  return { resource: { type: 'tool', pattern: '*' }, operations: ['invoke'], constraints: { allowedTools: tools, ...(paths ? { paths } : {}) } };
+}
+
+function config(agents: { id: string; control: Control; capabilities?: unknown[]; requestable?: unknown[]; limits?: unknown }[], extra: Record<string, unknown> = {}): SidecarConfig {
+  const stateDir = mkdtempSync(join(root, 'state-'));
+  return parseConfig(
+    {
+      stateDir,
+      cgroupBase: BASE,
+      audit: { flushIntervalMs: 20 },
+      sandbox: { memory: '256M', pids: 64, timeout: '20s', killGrace: '200ms' },
+      tools: TOOLS,
+      agents: agents.map((a) => ({
+        id: a.id,
+        command: 'node',
+        args: [RELAY, a.control.path],
+        limits: a.limits ?? { memory: '512M', pids: 64 },
+        capabilities: a.capabilities ?? [toolCap(['read_file', 'echo', 'sleep', 'hog'], [dataDir])],
+        requestable: a.requestable ?? [],
+      })),
+      ...extra,
+    },
+    'test config',
+    root,
+  );
+}
+
+async function start(cfg: SidecarConfig): Promise<Sidecar> {
+  const s = await Sidecar.start(cfg, { output: () => {} });
+  sidecars.push(s);
+  return s;
+}
+
+async function adminClient(path: string): Promise<RpcConnection> {
+  const sock = createConnection(path);
+  await new Promise<void>((r, j) => {
+    sock.once('connect', () => r());
+    sock.once('error', j);
+  });
+  return new RpcConnection(sock, sock);
+}
+
+async function rpcError(p: Promise<unknown>): Promise<RpcError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof RpcError) return e;
+    throw e;
+  }
+  throw new Error('expected an RPC error');
+}
+
+async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function capId(caps: { capabilities: { id: string }[] }): string {
+  return caps.capabilities[0]!.id;
+}
+
+describe('sidecar', () => {
+  it('runs an allowed tool and refuses what the capability does not allow, spawning nothing', async () => {
+    const ctl = new Control('a');
+    const s = await start(config([{ id: 'planner', control: ctl }]));
+    const a = await ctl.next();
+    expect(a.id).toBe('planner');
+    const caps = (await a.conn.call('capabilities.list', {})) as { capabilities: { id: string; token: string; holder: { pid: number } }[] };
+    expect(caps.capabilities).toHaveLength(1);
+    expect(caps.capabilities[0]!.holder.pid).toBe(a.pid);
+    const cap = capId(caps);
+
+    const ok = (await a.conn.call('tools.invoke', { tool: 'read_file', args: { path: join(dataDir, 'hello.txt') }, capability: cap })) as { reason: string; exitCode: number; stdout: string };
+    expect(ok).toMatchObject({ reason: 'exited', exitCode: 0, stdout: 'hello from data\n' });
+    // By token too.
+    const byToken = (await a.conn.call('tools.invoke', { tool: 'echo', args: { text: 'hi' }, capability: caps.capabilities[0]!.token })) as { stdout: string };
+    expect(byToken.stdout).toBe('hi\n');
+
+    const started = s.counters.started;
+    const outside = await rpcError(a.conn.call('tools.invoke', { tool: 'read_file', args: { path: join(root, 'secret.txt') }, capability: cap }));
+    expect(outside.rpcCode).toBe(RPC_ERROR.ACCESS_DENIED);
+    expect((outside.data as { code: string }).code).toBe('E_PATH_OUTSIDE_ROOTS');
+    const policyTool = await rpcError(a.conn.call('tools.invoke', { tool: 'nope', args: {}, capability: cap }));
+    expect(policyTool.rpcCode).toBe(RPC_ERROR.NOT_FOUND);
+    const bad = await rpcError(a.conn.call('tools.invoke', { tool: 'echo', args: { text: 3 }, capability: cap }));
+    expect((bad.data as { code: string }).code).toBe('E_INVALID_ARGUMENTS');
+    const noParams = await rpcError(a.conn.call('tools.invoke', { tool: 'echo' }));
+    expect(noParams.rpcCode).toBe(RPC_ERROR.INVALID_PARAMS);
+    expect((noParams.data as { path: string[] }).path).toEqual(['capability']);
+    expect(s.counters.started).toBe(started); // nothing spawned for any denial
+
+    const tools = (await a.conn.call('tools.list', {})) as { tools: { name: string }[] };
+    expect(tools.tools.map((t) => t.name).sort()).toEqual(['echo', 'hog', 'read_file', 'sleep']);
+
+    await s.stop();
+    const denied = readAuditRecords(s.config.audit.dir, (r) => r.type === 'access_denied');
+    expect(denied.map((r) => r.details?.['code'])).toEqual(expect.arrayContaining(['E_PATH_OUTSIDE_ROOTS', 'E_UNKNOWN_TOOL', 'E_INVALID_ARGUMENTS']));
+    expect(denied.every((r) => r.principal === 'planner' && r.process?.pid === a.pid)).toBe(true);
+  });
+
+  it('judges identity by the channel: another agent cannot use a capability, whatever it sends', async () => {
+    const c1 = new Control('a');
+    const c2 = new Control('b');
+    const s = await start(config([
+      { id: 'alice', control: c1 },
+      { id: 'bob', control: c2 },
+    ]));
+    const [x, y] = await Promise.all([c1.next(), c2.next()]);
+    const [alice, bob] = x.id === 'alice' ? [x, y] : [y, x];
+    const aliceCaps = (await alice.conn.call('capabilities.list', {})) as { capabilities: { id: string; token: string }[] };
+    const e1 = await rpcError(bob.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: aliceCaps.capabilities[0]!.token }));
+    expect((e1.data as { code: string }).code).toBe('E_WRONG_PRINCIPAL');
+    // Claims about identity in params are rejected outright, not trusted.
+    const e2 = await rpcError(bob.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: aliceCaps.capabilities[0]!.id, principal: 'alice' }));
+    expect(e2.rpcCode).toBe(RPC_ERROR.INVALID_PARAMS);
+    // Bob cannot revoke Alice's capability.
+    const e3 = await rpcError(bob.conn.call('capabilities.revoke', { capability: aliceCaps.capabilities[0]!.id }));
+    expect((e3.data as { code: string }).code).toBe('E_NOT_OWNER');
+    // A tampered token is refused.
+    const t = aliceCaps.capabilities[0]!.token;
+    const tampered = t.slice(0, -6) + (t.endsWith('A') ? 'B' : 'A') + t.slice(-5);
+    const e4 = await rpcError(alice.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: tampered }));
+    expect(e4.rpcCode === RPC_ERROR.ACCESS_DENIED || e4.rpcCode === RPC_ERROR.NOT_FOUND).toBe(true);
+    expect(s.kernel.isRevoked(aliceCaps.capabilities[0]!.id)).toBe(false);
+  });
+
+  it('answers garbage with errors and keeps serving every agent', async () => {
+    const c1 = new Control('a');
+    const c2 = new Control('b');
+    await start(config([
+      { id: 'evil', control: c1 },
+      { id: 'good', control: c2 },
+    ]));
+    const [x, y] = await Promise.all([c1.next(), c2.next()]);
+    const [evil, good] = x.id === 'evil' ? [x, y] : [y, x];
+    const answers: string[] = [];
+    evil.sock.on('data', (d: Buffer) => answers.push(d.toString()));
+    evil.sock.write('not json at all\n{"jsonrpc":"2.0"}\n\x00\xff\xfe garbage\n{"jsonrpc":"2.0","id":7,"method":"no.such"}\n');
+    evil.sock.write(Buffer.alloc(2 * 1024 * 1024, 0x41)); // a 2 MiB line, over the 1 MiB limit
+    evil.sock.write('\n');
+    const goodCaps = (await good.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] };
+    const r = (await good.conn.call('tools.invoke', { tool: 'echo', args: { text: 'still here' }, capability: capId(goodCaps) })) as { stdout: string };
+    expect(r.stdout).toBe('still here\n');
+    await until(() => answers.join('').split('\n').filter((l) => l.includes('"error"')).length >= 5);
+    const text = answers.join('');
+    expect(text).toContain(String(RPC_ERROR.PARSE_ERROR));
+    expect(text).toContain(String(RPC_ERROR.METHOD_NOT_FOUND));
+    expect(text).toContain(String(RPC_ERROR.LINE_TOO_LONG));
+    // And the evil agent itself is still served.
+    const evilCaps = (await evil.conn.call('capabilities.list', {})) as { capabilities: unknown[] };
+    expect(evilCaps.capabilities).toHaveLength(1);
+  });
+
+  it('revokes everything bound to an agent at its exit, kills its tools and its sub-agents, and audits the cleanup', async () => {
+    const ctl = new Control('p');
+    const subCtl = new Control('s');
+    const s = await start(config([{ id: 'parent', control: ctl }]));
+    const p = await ctl.next();
+    const cap = capId((await p.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    // Wider limits than the parent's are refused.
+    const wide = await rpcError(
+      p.conn.call('agents.spawn', { id: 'child', command: 'node', args: [RELAY, subCtl.path], limits: { memory: '1G' }, capabilities: [{ capability: cap }] }),
+    );
+    expect((wide.data as { code: string; dimension: string })).toMatchObject({ code: 'E_WIDENS', dimension: 'limits.memoryBytes' });
+    const spawned = (await p.conn.call('agents.spawn', {
+      id: 'child',
+      command: 'node',
+      args: [RELAY, subCtl.path],
+      limits: { memory: '256M' },
+      capabilities: [{ capability: cap, constraints: { allowedTools: ['echo', 'sleep'] } }],
+    })) as { id: string; pid: number; capabilities: { id: string; holder: { pid: number }; parent: string }[] };
+    const c = await subCtl.next();
+    expect(c.pid).toBe(spawned.pid);
+    expect(spawned.capabilities[0]!.holder.pid).toBe(spawned.pid);
+    expect(spawned.capabilities[0]!.parent).toBe(cap);
+    const childCap = spawned.capabilities[0]!.id;
+    const narrowed = await rpcError(c.conn.call('tools.invoke', { tool: 'read_file', args: { path: join(dataDir, 'hello.txt') }, capability: childCap }));
+    expect((narrowed.data as { code: string }).code).toBe('E_TOOL_NOT_ALLOWED');
+
+    // A long tool call of the child and of the parent are running when the parent dies.
+    // Both channels close when their agents die, so both calls end in a channel error.
+    const childCall = c.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '30' }, capability: childCap }).catch((e: unknown) => e);
+    const parentCall = p.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '30' }, capability: cap }).catch((e: unknown) => e);
+    await until(() => s.runner.running === 2);
+    const parentAgent = s.supervisor.get('parent')!;
+    const childAgent = s.supervisor.get('child')!;
+    process.kill(parentAgent.ref.pid, 'SIGKILL');
+    await until(() => parentAgent.state === 'exited');
+    // Revoked at the first exit signal: the parent's and, by cascade, the child's.
+    expect(s.kernel.isRevoked(cap)).toBe(true);
+    expect(s.book.isRevoked(s.book.get(childCap)!)).toBe(true);
+    expect(await parentCall).toBeInstanceOf(RpcError);
+    expect(await childCall).toBeInstanceOf(RpcError);
+    await childAgent.done;
+    await parentAgent.done;
+    expect(isSameProcess(childAgent.ref)).toBe(false);
+    expect(s.runner.running).toBe(0);
+
+    const admin = await adminClient(s.adminSocket);
+    const list = (await admin.call('agents.list', {})) as { agents: { id: string; state: string; parent: string | null }[] };
+    expect(list.agents).toEqual(expect.arrayContaining([expect.objectContaining({ id: 'parent', state: 'exited' }), expect.objectContaining({ id: 'child', state: 'exited', parent: 'parent' })]));
+    admin.close();
+
+    await s.stop();
+    const cleanup = readAuditRecords(s.config.audit.dir, (r) => r.type === 'principal_cleanup');
+    expect(cleanup.some((r) => r.process?.pid === parentAgent.ref.pid && (r.details?.['ids'] as string[]).includes(cap))).toBe(true);
+    expect(cleanup.some((r) => r.process?.pid === childAgent.ref.pid)).toBe(true);
+    // The parent's own tool call was stopped for its owner's exit; the child's for the revocation (or its owner's exit).
+    const toolExits = readAuditRecords(s.config.audit.dir, (r) => r.type === 'sandbox_exited' && r.details?.['kind'] === 'tool');
+    expect(toolExits.find((r) => r.principal === 'parent')?.details?.['reason']).toBe('owner-exited');
+    expect(['revoked', 'owner-exited']).toContain(toolExits.find((r) => r.principal === 'child')?.details?.['reason']);
+  });
+
+  it('reports a tool over its memory limit as oom', async () => {
+    const ctl = new Control('o');
+    await start(config([{ id: 'oomer', control: ctl }]));
+    const a = await ctl.next();
+    const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    const r = (await a.conn.call('tools.invoke', { tool: 'hog', args: {}, capability: cap })) as { reason: string; usage: { memoryPeakBytes: number } };
+    expect(r.reason).toBe('oom');
+  });
+
+  it('grants requests only within a requestable template or a held capability', async () => {
+    const ctl = new Control('r');
+    await start(
+      config([
+        {
+          id: 'asker',
+          control: ctl,
+          capabilities: [toolCap(['echo', 'read_file'], [dataDir])],
+          requestable: [{ resource: { type: 'tool', pattern: 'sleep' }, operations: ['invoke'], constraints: {}, ttlMs: 60_000 }],
+        },
+      ]),
+    );
+    const a = await ctl.next();
+    const fromTemplate = (await a.conn.call('capabilities.request', { resource: { type: 'tool', pattern: 'sleep' }, operations: ['invoke'] })) as { id: string; parent: null; holder: { pid: number } };
+    expect(fromTemplate.parent).toBeNull();
+    expect(fromTemplate.holder.pid).toBe(a.pid);
+    const narrowed = (await a.conn.call('capabilities.request', { resource: { type: 'tool', pattern: 'echo' }, operations: ['invoke'], constraints: { allowedTools: ['echo'] } })) as { id: string; parent: string };
+    expect(narrowed.parent).not.toBeNull();
+    const r = (await a.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: narrowed.id })) as { stdout: string };
+    expect(r.stdout).toBe('x\n');
+    const refused = await rpcError(a.conn.call('capabilities.request', { resource: { type: 'tool', pattern: 'hog' }, operations: ['invoke'] }));
+    expect((refused.data as { code: string }).code).toBe('E_NOT_REQUESTABLE');
+    // Revoking its own capability works and cascades.
+    const rev = (await a.conn.call('capabilities.revoke', { capability: narrowed.parent })) as { revoked: string[] };
+    expect(rev.revoked).toEqual(expect.arrayContaining([narrowed.parent, narrowed.id]));
+    const after = await rpcError(a.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: narrowed.id }));
+    expect((after.data as { code: string }).code).toBe('E_REVOKED');
+  });
+
+  it('admin socket: 0600, lists, revokes, kills, stats and metrics; stop leaves no socket, cgroup or process', async () => {
+    const ctl = new Control('m');
+    const s = await start(config([{ id: 'worker', control: ctl }]));
+    const a = await ctl.next();
+    expect(statSync(s.adminSocket).mode & 0o777).toBe(0o600);
+    const admin = await adminClient(s.adminSocket);
+    const list = (await admin.call('agents.list', {})) as { agents: { id: string; pid: number; state: string; capabilities: number; limits: { memoryBytes: number } }[] };
+    expect(list.agents).toHaveLength(1);
+    expect(list.agents[0]).toMatchObject({ id: 'worker', pid: a.pid, state: 'running', capabilities: 1, limits: { memoryBytes: 512 * 1024 * 1024 } });
+    const caps = (await admin.call('capabilities.list', { principal: 'worker' })) as { capabilities: { id: string }[] };
+    const rev = (await admin.call('capabilities.revoke', { id: caps.capabilities[0]!.id })) as { revoked: string[] };
+    expect(rev.revoked).toEqual([caps.capabilities[0]!.id]);
+    const denied = await rpcError(a.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: caps.capabilities[0]!.id }));
+    expect((denied.data as { code: string }).code).toBe('E_REVOKED');
+    const stats = (await admin.call('stats', {})) as { kernel: { denials: number }; agents: { running: number }; sandboxes: { running: number }; audit: { eventsLogged: number } };
+    expect(stats.agents.running).toBe(1);
+    expect(stats.sandboxes.running).toBe(1);
+    expect(stats.kernel.denials).toBeGreaterThanOrEqual(1);
+    expect(stats.audit.eventsLogged).toBeGreaterThan(0);
+    const metrics = (await admin.call('metrics', {})) as { text: string };
+    expect(metrics.text).toContain('captrap_agents_running 1');
+    const missing = await rpcError(admin.call('agents.kill', { id: 'nobody' }));
+    expect(missing.rpcCode).toBe(RPC_ERROR.NOT_FOUND);
+    expect(await admin.call('agents.kill', { id: 'worker' })).toEqual({ killed: true });
+    const worker = s.supervisor.get('worker')!;
+    await worker.done;
+    expect(worker.exitReason).toBe('killed');
+    admin.close();
+
+    await s.stop();
+    expect(existsSync(s.adminSocket)).toBe(false);
+    expect(isSameProcess(worker.ref)).toBe(false);
+    for (const dir of readdirSync('/sys/fs/cgroup')) expect(existsSync(join('/sys/fs/cgroup', dir, BASE))).toBe(false);
+    // The chain verifies and a second start continues it.
+    const key = readSecretFile(s.config.audit.keyFile);
+    const publicKey = readEd25519PublicKey(publicKeyFileFor(s.config.audit.signingKeyFile));
+    const first = verifyAuditLog(s.config.audit.dir, { key, publicKey });
+    expect(first.ok).toBe(true);
+    const again = await start({ ...s.config, agents: [] });
+    await again.stop();
+    const second = verifyAuditLog(s.config.audit.dir, { key, publicKey });
+    expect(second.ok).toBe(true);
+    expect(second.records).toBeGreaterThan(first.records);
+    expect(second.firstSeq).toBe(first.firstSeq);
+  });
+});
