@@ -1,135 +1,350 @@
-// `npm run demo`: a printed walk through the capability kernel. A capability is requested,
-// delegated with narrower constraints, used, denied for a tool outside allowedTools, and
-// revoked with its children. Nothing is spawned; everything lives in a temp dir removed at the end.
+// `npm run demo`: the sidecar end to end, as a printed transcript. `captrap serve` starts with
+// examples/demo.yaml and launches two agents: "planner" (TypeScript, captrap/agent) and "scribe"
+// (Python speaking JSON-RPC by hand on fd 3). The planner reads a file under its root, is denied
+// a tool and a path it was not given (nothing is spawned for either), and launches a sub-agent
+// with a narrower capability; the demo SIGKILLs the sub-agent and shows its capabilities revoked.
+// The scribe runs a tool past its memory limit, reported as `oom`. Then serve stops on SIGTERM
+// and `captrap audit verify` checks the log. Every claim is checked: any miss exits 1.
+// Everything lives in a temp dir and a unique cgroup, both removed at the end.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MemoryAuditSink } from '../src/kernel/events.js';
-import { SecurityKernel, type Caller } from '../src/kernel/kernel.js';
-import { Keyring } from '../src/kernel/keyring.js';
-import { ToolPolicy } from '../src/kernel/policy.js';
-import type { ProcessRef } from '../src/kernel/capability.js';
+import { fileURLToPath } from 'node:url';
+import { cleanupStaleCgroups, removeCgroupBase } from '../src/isolation/cgroup.js';
+import { probeHost } from '../src/isolation/host.js';
+import { cgroupsOf, isSameProcess, listPids, readStat, type ProcessRef } from '../src/isolation/proc.js';
+import { readAuditRecords } from '../src/kernel/audit-verify.js';
+import { AdminClient, type AgentRow } from '../src/runner/admin-client.js';
 
-const CATALOGUE = `version: 1
-tools:
-  - name: read_file
-    command: [/bin/cat, "{path}"]
-    args: { path: { type: string, maxLength: 4096 } }
-    resources: [{ kind: file, arg: path, access: read }]
-    limits: { memoryBytes: 67108864, pids: 8, timeoutMs: 5000 }
-  - name: write_file
-    command: [/usr/bin/tee, "{path}"]
-    args: { path: { type: string }, content: { type: string } }
-    resources: [{ kind: file, arg: path, access: write, sizeFrom: content }]
-  - name: fetch
-    command: [/usr/bin/curl, -sS, "{url}"]
-    args: { url: { type: string } }
-    resources: [{ kind: url, arg: url }]
-`;
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const EXAMPLES = join(ROOT, 'examples');
+const CLI = join(ROOT, 'src/runner/cli.ts');
+const TSX = import.meta.resolve('tsx');
+const STEP_TIMEOUT_MS = 20_000;
+const t0 = Date.now();
 
-/** This process as a process ref: field 22 of /proc/self/stat is its start time. */
-function selfRef(): ProcessRef {
-  try {
-    const stat = readFileSync('/proc/self/stat', 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { pid: process.pid, startTime: Number(fields[19]) };
-  } catch {
-    return { pid: process.pid, startTime: 0 };
-  }
-}
+// ---------------------------------------------------------------------------------------------
+// Transcript
 
 let step = 0;
+const failures: string[] = [];
 const say = (text: string) => console.log(`\n${++step}. ${text}`);
-const show = (text: string) => console.log(`   ${text}`);
-const short = (id: string) => id.slice(0, 12) + '…';
+const show = (text: string) => console.log(text.replace(/\n$/, '').replace(/^/gm, '   '));
+const note = (text: string) => console.log(`   ${text}`);
 
-function attempt(what: string, fn: () => string): void {
-  try {
-    show(`${what} -> allowed: ${fn()}`);
-  } catch (err) {
-    const e = err as { code?: string; message: string };
-    show(`${what} -> denied (${e.code}): ${e.message}`);
+/** A claim the demo makes: printed with ✓, or recorded as a failure (exit 1) with ✗. */
+function check(ok: boolean, claim: string): boolean {
+  if (ok) note(`✓ ${claim}`);
+  else {
+    note(`✗ NOT TRUE: ${claim}`);
+    failures.push(claim);
   }
+  return ok;
 }
 
-function main(): void {
-  const dir = mkdtempSync(join(tmpdir(), 'captrap-demo-'));
-  try {
-    const ws = join(dir, 'workspace');
-    mkdirSync(join(ws, 'src'), { recursive: true });
-    writeFileSync(join(ws, 'src', 'notes.txt'), 'hello from the workspace\n');
-    writeFileSync(join(dir, 'secrets.env'), 'TOKEN=not-for-agents\n');
-    writeFileSync(join(dir, 'tools.yaml'), CATALOGUE);
-    const stateDir = join(dir, 'state');
-    const keys = new Keyring({ id: 'demo-key', secret: randomBytes(32) });
-    const audit = new MemoryAuditSink();
-    const policy = ToolPolicy.fromFile(join(dir, 'tools.yaml'));
-    let kernel = new SecurityKernel({ keys, audit, policy, stateDir });
+class DemoError extends Error {}
 
-    console.log('captrap demo: the capability kernel decides who may call which tool, before anything runs.');
-    console.log(`(working in a temporary directory, removed at the end; tools: ${policy.names().join(', ')})`);
+// ---------------------------------------------------------------------------------------------
+// Processes
 
-    say('The operator grants "planner" tool access, limited to the workspace and example.com.');
-    const planner = kernel.requestCapability('planner', { type: 'tool', pattern: '*' }, ['invoke', 'delegate'], {
-      allowedTools: ['read_file', 'write_file', 'fetch'],
-      paths: [ws],
-      maxFileSize: 1 << 20,
-      allowedDomains: ['example.com', '*.example.com'],
-      maxDelegationDepth: 2,
-      limits: { memoryBytes: 256 << 20, pids: 32, cpu: 1, timeoutMs: 30_000 },
-    }, { ttlMs: 60 * 60_000 });
-    show(`capability ${short(planner.id)}  tools [${planner.constraints.allowedTools!.join(', ')}]  root ${ws}  expires in 60 min`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-    say('planner delegates to "agent-7" with narrower constraints: read_file only, src/ only, 64 KiB files, 10 minutes.');
-    const agent = kernel.delegate(planner.id, 'agent-7', {
-      operations: ['invoke'],
-      constraints: { allowedTools: ['read_file'], paths: [join(ws, 'src')], maxFileSize: 64 << 10, limits: { memoryBytes: 64 << 20 } },
-      ttlMs: 10 * 60_000,
+/** Runs the captrap CLI the way a user would (from the config's directory) and returns its output. */
+function captrap(dir: string, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', TSX, CLI, ...args], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
+/** Runs and prints a CLI command; `excerpt` picks what of its stdout to print (all by default). */
+async function showCommand(dir: string, args: string[], excerpt: (out: string) => string = (o) => o): Promise<{ code: number | null; out: string; err: string }> {
+  console.log(`\n   $ captrap ${args.join(' ')}`);
+  const r = await captrap(dir, args);
+  if (r.out) show(excerpt(r.out));
+  if (r.err) show(r.err);
+  return r;
+}
+
+interface AgentLine {
+  agent: string;
+  text: string;
+}
+
+/** What serve writes to stderr: agents' lines (`[id] text`) are kept for the transcript, its own log for errors. */
+class ServeOutput {
+  readonly lines: AgentLine[] = [];
+  private log = '';
+  private partial = '';
+  private wake: (() => void) | undefined;
+
+  attach(child: ChildProcess): void {
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => {
+      this.partial += chunk;
+      let nl: number;
+      while ((nl = this.partial.indexOf('\n')) >= 0) {
+        const line = this.partial.slice(0, nl);
+        this.partial = this.partial.slice(nl + 1);
+        const m = /^\[([A-Za-z][\w.-]*)\] (.*)$/.exec(line);
+        if (m) this.lines.push({ agent: m[1]!, text: m[2]! });
+        else this.log = (this.log + line + '\n').slice(-8000);
+      }
+      this.wake?.();
     });
-    const me = selfRef();
-    kernel.bindToProcess(agent.id, me);
-    show(`capability ${short(agent.id)}  depth ${agent.depth}  parent ${short(planner.id)}  bound to process ${me.pid} (start time ${me.startTime})`);
-    const agent7: Caller = { principal: 'agent-7', process: me };
+  }
 
-    say('agent-7 uses it.');
-    attempt('read_file src/notes.txt', () => {
-      const a = kernel.authorizeToolCall(agent.id, 'read_file', { path: join(ws, 'src', 'notes.txt') }, agent7);
-      return `would run [${a.argv.join(' ')}] with memory ${a.limits.memoryBytes! >> 20} MiB, ${a.limits.pids} pids, ${a.limits.timeoutMs} ms`;
-    });
+  tail(): string {
+    return this.log.trim() || '(serve wrote nothing else)';
+  }
 
-    say('agent-7 asks for tools and files its capability does not cover.');
-    attempt('write_file src/notes.txt', () => kernel.authorizeToolCall(agent.id, 'write_file', { path: join(ws, 'src', 'notes.txt'), content: 'x' }, agent7).tool.name);
-    attempt('read_file src/../../secrets.env', () => kernel.authorizeToolCall(agent.id, 'read_file', { path: `${ws}/src/../../secrets.env` }, agent7).tool.name);
-    attempt('the same capability used by "agent-9"', () => kernel.authorizeToolCall(agent.id, 'read_file', { path: join(ws, 'src', 'notes.txt') }, { principal: 'agent-9', process: me }).tool.name);
-
-    say('agent-7 passes a share on to "helper"; it cannot hand out more than it has.');
-    attempt('delegate fetch to helper', () => short(kernel.delegate(agent.id, 'helper', { constraints: { allowedTools: ['fetch'] } }, agent7).id));
-    const helper = kernel.delegate(agent.id, 'helper', { constraints: { maxFileSize: 4096 } }, agent7);
-    show(`delegate read_file (4 KiB files) to helper -> capability ${short(helper.id)} at depth ${helper.depth}`);
-    const token = kernel.token(helper.id);
-    show(`helper receives it as a token: ${token.slice(0, 32)}… (${token.length} chars, signed with key ${helper.keyId})`);
-
-    say('The operator revokes planner\'s capability; its children go with it.');
-    const revoked = kernel.revokeCapability(planner.id, 'demo: task finished');
-    show(`revoked ${revoked.length} capabilities: ${revoked.map(short).join(', ')}`);
-    attempt('agent-7 reads src/notes.txt again', () => kernel.authorizeToolCall(agent.id, 'read_file', { path: join(ws, 'src', 'notes.txt') }, agent7).tool.name);
-
-    say('captrap restarts; revocations were written to disk, so nothing comes back.');
-    kernel.close();
-    kernel = new SecurityKernel({ keys, audit, policy, stateDir });
-    attempt('helper presents its token to the new kernel', () => kernel.authorizeToolCall(token, 'read_file', { path: join(ws, 'src', 'notes.txt') }, { principal: 'helper' }).tool.name);
-    kernel.close();
-
-    console.log('\nAudit trail (what the kernel recorded):');
-    for (const e of audit.events) {
-      const code = e.details?.['code'] ? ` ${String(e.details['code'])}` : '';
-      console.log(`   ${e.type.padEnd(22)} ${(e.principal ?? '').padEnd(8)} ${e.capabilityId ? short(e.capabilityId) : ''}${code}`);
+  /**
+   * Prints the lines of `agents` as they arrive (from where the last call for them stopped)
+   * until `done` holds for all lines of those agents seen so far.
+   */
+  async follow(agents: string[], done: (lines: AgentLine[]) => boolean, what: string, printed: Set<number>): Promise<AgentLine[]> {
+    const deadline = Date.now() + STEP_TIMEOUT_MS;
+    for (;;) {
+      const mine: AgentLine[] = [];
+      this.lines.forEach((l, i) => {
+        if (!agents.includes(l.agent)) return;
+        mine.push(l);
+        if (!printed.has(i)) {
+          printed.add(i);
+          note(`[${l.agent}] ${l.text}`);
+        }
+      });
+      if (done(mine)) return mine;
+      if (Date.now() > deadline) throw new DemoError(`timed out waiting for ${what}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 200);
+        this.wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
     }
-    console.log('\nDone. Nothing was spawned; the temporary directory is removed.');
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
-main();
+const has = (lines: AgentLine[], agent: string, re: RegExp) => lines.some((l) => l.agent === agent && re.test(l.text));
+
+async function waitFor<T>(fn: () => Promise<T | undefined> | T | undefined, timeoutMs: number, everyMs = 20): Promise<T | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined || Date.now() > deadline) return v;
+    await sleep(everyMs);
+  }
+}
+
+/** Processes (live, not zombies) in any cgroup under `base`: must be none once serve is gone. */
+function processesIn(base: string): ProcessRef[] {
+  const out: ProcessRef[] = [];
+  for (const pid of listPids()) {
+    const paths = cgroupsOf(pid);
+    if (!paths) continue;
+    if ([...paths.values()].some((p) => p === `/${base}` || p.startsWith(`/${base}/`))) {
+      const st = readStat(pid);
+      if (st && st.state !== 'Z') out.push({ pid, startTime: st.startTime });
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo
+
+interface ServeRef {
+  child?: ChildProcess;
+  exited?: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  output?: ServeOutput;
+}
+
+function prepare(dir: string, cgroupBase: string): void {
+  const ws = join(dir, 'workspace');
+  mkdirSync(join(ws, 'reports'), { recursive: true });
+  writeFileSync(join(ws, 'notes.txt'), 'ship the sidecar on friday\n');
+  writeFileSync(join(ws, 'reports', 'summary.txt'), 'all green\n');
+  writeFileSync(join(dir, 'secrets.env'), 'TOKEN=not-for-agents\n');
+  const config = readFileSync(join(EXAMPLES, 'demo.yaml'), 'utf8')
+    .replaceAll('{{CGROUP_BASE}}', cgroupBase)
+    .replaceAll('{{NODE}}', process.execPath)
+    .replaceAll('{{TSX}}', TSX)
+    .replaceAll('{{EXAMPLES}}', EXAMPLES)
+    .replaceAll('{{DIR}}', dir);
+  writeFileSync(join(dir, 'demo.yaml'), config);
+}
+
+async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise<void> {
+  prepare(dir, cgroupBase);
+  say('The config (examples/demo.yaml, copied into a temporary directory):');
+  note('tools    read_file, word_count, write_file, hog (tail /dev/zero under a 32 MiB limit)');
+  note('planner  TypeScript agent using captrap/agent   may invoke [read_file, word_count] under workspace/');
+  note('scribe   Python agent, raw JSON-RPC on fd 3     may invoke [word_count, hog] under workspace/');
+  note(`cgroup   ${cgroupBase} (unique to this run)`);
+
+  say('Start the sidecar. It launches both agents, each in its own sandbox with a private channel on fd 3.');
+  console.log('\n   $ captrap serve --config demo.yaml');
+  const child = spawn(process.execPath, ['--import', TSX, CLI, 'serve', '--config', 'demo.yaml'], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, CAPTRAP_LOG_LEVEL: process.env.CAPTRAP_LOG_LEVEL ?? 'warn' },
+  });
+  serveRef.child = child;
+  serveRef.exited = new Promise((r) => child.on('exit', (code, signal) => r({ code, signal })));
+  const output = new ServeOutput();
+  output.attach(child);
+  serveRef.output = output;
+  const started = Date.now();
+  const socketPath = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new DemoError(`serve was not ready within ${STEP_TIMEOUT_MS} ms`)), STEP_TIMEOUT_MS);
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (c: string) => {
+      out += c;
+      const m = /^captrap: ready (.+)\n/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]!);
+      }
+    });
+    void serveRef.exited!.then((e) => {
+      clearTimeout(timer);
+      reject(new DemoError(`serve exited before it was ready (code ${e.code}, signal ${e.signal})`));
+    });
+  });
+  note(`captrap: ready ${socketPath}   (${Date.now() - started} ms)`);
+  const admin = await AdminClient.connect(socketPath);
+  try {
+    await showCommand(dir, ['ps']);
+
+    say('planner works through its capability; the sidecar forwards its output:');
+    const printed = new Set<number>();
+    const pw = await output.follow(
+      ['planner', 'worker'],
+      (ls) => has(ls, 'planner', /^spawned worker/) && has(ls, 'worker', /^idle/),
+      'the planner to launch its worker',
+      printed,
+    );
+    check(has(pw, 'planner', /^read_file workspace\/notes\.txt -> allowed, exited\(0\): "ship the sidecar/), 'a tool allowed by the capability ran and read the file under its root');
+    check(has(pw, 'planner', /^write_file .* -> denied E_TOOL_NOT_ALLOWED/), 'a tool outside allowedTools was denied (E_TOOL_NOT_ALLOWED)');
+    check(has(pw, 'planner', /^read_file workspace\/\.\.\/secrets\.env -> denied E_PATH_OUTSIDE_ROOTS/), 'a path outside the root was denied, `..` and all (E_PATH_OUTSIDE_ROOTS)');
+    check(has(pw, 'worker', /^read_file workspace\/reports\/summary\.txt -> allowed/) && has(pw, 'worker', /^read_file workspace\/notes\.txt -> denied E_PATH_OUTSIDE_ROOTS/), 'the sub-agent got only the narrower share: reports/ yes, the rest of the workspace no');
+
+    say('The worker is SIGKILLed. Its capabilities were bound to its process, so they die with it.');
+    const { agents } = await admin.agents();
+    const worker = agents.find((a: AgentRow) => a.id === 'worker');
+    if (!worker || worker.state !== 'running') throw new DemoError(`the worker is not running: ${JSON.stringify(worker)}`);
+    const ref: ProcessRef = { pid: worker.pid, startTime: worker.startTime };
+    if (!isSameProcess(ref)) throw new DemoError(`the worker's pid ${worker.pid} no longer names it`);
+    const before = (await admin.capabilities('worker')).capabilities;
+    process.kill(ref.pid, 'SIGKILL');
+    const killedAt = Date.now();
+    note(`kill -KILL ${ref.pid}   (the worker held ${before.filter((c) => !c.revoked).length} live capability)`);
+    const revokedAfter = await waitFor(async () => {
+      const { capabilities } = await admin.capabilities('worker');
+      return capabilities.length > 0 && capabilities.every((c) => c.revoked) ? Date.now() - killedAt : undefined;
+    }, 5000);
+    await showCommand(dir, ['caps', '--principal', 'worker']);
+    check(revokedAfter !== undefined, `every capability of the worker is revoked${revokedAfter !== undefined ? ` (seen ${revokedAfter} ms after the kill)` : ''}`);
+    const plannerCaps = (await admin.capabilities('planner')).capabilities;
+    check(plannerCaps.some((c) => !c.revoked), "the planner's own capability is untouched: only what was delegated to the dead process went");
+    await waitFor(async () => ((await admin.agents()).agents.find((a) => a.id === 'worker')?.state === 'exited' ? true : undefined), 5000);
+    await showCommand(dir, ['ps']);
+
+    say('Meanwhile scribe, a Python script speaking JSON-RPC by hand, ran its tools:');
+    const sc = await output.follow(['scribe'], (ls) => has(ls, 'scribe', /^done/) || has(ls, 'scribe', /Traceback|Error/), 'the scribe to finish', printed);
+    await sleep(100); // a traceback is several lines: let them all arrive before judging
+    check(has(sc, 'scribe', /^word_count .* -> exited\(0\): 5 words/), 'a language-independent agent: plain Python called tools over the NDJSON channel');
+    check(has(sc, 'scribe', /^read_file .* -> denied E_TOOL_NOT_ALLOWED/), "the scribe's capability does not cover read_file");
+    check(has(sc, 'scribe', /^hog \(32 MiB limit\) -> oom,/), 'the tool that outgrew its memory limit is reported as `oom`');
+
+    say('Counters of the running sidecar:');
+    const stats = await showCommand(dir, ['stats'], (out) => {
+      const kernelAt = out.indexOf('\nkernel\n');
+      return kernelAt < 0 ? out : `${out.slice(0, kernelAt)}\n(kernel and audit counters left out here)\n`;
+    });
+    check(/ {4}oom\s+1\b/.test(stats.out), 'the sandbox counters record one OOM');
+  } finally {
+    admin.close();
+  }
+
+  say('Stop the sidecar with SIGTERM: it kills every sandbox, revokes everything and closes the audit log.');
+  const stopAt = Date.now();
+  child.kill('SIGTERM');
+  const exit = await Promise.race([serveRef.exited!, sleep(STEP_TIMEOUT_MS).then(() => undefined)]);
+  if (!exit) throw new DemoError('serve did not exit within 20 s of SIGTERM');
+  check(exit.code === 0, `serve exited with code ${exit.code}${exit.signal ? ` (signal ${exit.signal})` : ''} after ${Date.now() - stopAt} ms`);
+
+  say('Check the audit log.');
+  const auditDir = join(dir, '.captrap', 'audit');
+  const verify = await showCommand(dir, ['audit', 'verify', '.captrap/audit', '--key', '.captrap/audit.key', '--pubkey', '.captrap/audit-signing.pub']);
+  check(verify.code === 0, '`captrap audit verify` passes');
+  const records = readAuditRecords(auditDir);
+  const toolStarts = records.filter((r) => r.type === 'sandbox_started' && r.details?.['kind'] === 'tool');
+  const denials = records.filter((r) => r.type === 'access_denied');
+  note(`${records.length} records; tool sandboxes started: ${toolStarts.map((r) => String(r.details?.['tool'])).join(', ')}; calls denied: ${denials.length}`);
+  check(toolStarts.length === 4 && !toolStarts.some((r) => r.details?.['tool'] === 'write_file'), 'only the 4 allowed tool calls started a sandbox; the denied ones spawned nothing');
+  const cleanups = records.filter((r) => r.type === 'principal_cleanup').map((r) => r.principal);
+  check(cleanups.includes('worker'), `principal_cleanup recorded for the dead worker (cleanups: ${[...new Set(cleanups)].join(', ')})`);
+
+  say('Leftovers:');
+  const procs = processesIn(cgroupBase);
+  check(procs.length === 0, `no process left in ${cgroupBase}${procs.length ? `: ${procs.map((p) => p.pid).join(', ')}` : ''}`);
+}
+
+async function main(): Promise<number> {
+  console.log('captrap demo: agents call tools through the sidecar; capabilities decide, sandboxes contain, the audit log remembers.');
+  if (process.getuid?.() !== 0) {
+    console.log('\nThe demo needs root: the sidecar puts agents and tools in cgroups it creates under /sys/fs/cgroup.');
+    return 2;
+  }
+  const host = probeHost();
+  const dir = mkdtempSync(join(tmpdir(), 'captrap-demo-'));
+  const cgroupBase = `captrap-demo-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const serve: ServeRef = {};
+  let status = 0;
+  try {
+    await run(dir, cgroupBase, serve);
+  } catch (err) {
+    status = 1;
+    console.log(`\n✗ the demo stopped: ${(err as Error).message}`);
+    if (!(err instanceof DemoError)) console.log((err as Error).stack);
+    if (serve.output) console.log(`\n   serve's own log (tail):\n${serve.output.tail().replace(/^/gm, '   ')}`);
+  } finally {
+    // Whatever happened above: serve gets SIGTERM, then SIGKILL; then the cgroups and the dir go.
+    const { child, exited } = serve;
+    if (child && child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      if (!(await Promise.race([exited, sleep(10_000).then(() => undefined)]))) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    }
+    for (const p of processesIn(cgroupBase)) if (isSameProcess(p)) process.kill(p.pid, 'SIGKILL');
+    await cleanupStaleCgroups(host, cgroupBase).catch(() => undefined);
+    const bases = removeCgroupBase(host, cgroupBase);
+    rmSync(dir, { recursive: true, force: true });
+    note(`removed ${bases.length} cgroup base director${bases.length === 1 ? 'y' : 'ies'} and the temporary directory`);
+  }
+  if (status === 0 && failures.length > 0) status = 1;
+  console.log(status === 0 ? `\nDone in ${((Date.now() - t0) / 1000).toFixed(1)} s: every claim above held.` : `\nThe demo FAILED (${failures.length} claim(s) did not hold).`);
+  return status;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    console.error(err);
+    process.exitCode = 1;
+  },
+);

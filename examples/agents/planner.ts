@@ -1,0 +1,47 @@
+// The demo's planner: a TypeScript agent using the `captrap/agent` client. Everything it prints
+// goes to its stdout, which `captrap serve` forwards to its own stderr as `[planner] ...` lines.
+// It uses a file under its root, is denied a tool and a path it was not given, and launches a
+// sub-agent ("worker") with a narrower share of its capability, then waits to be stopped.
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AgentCallError, connectAgent, type ToolResult } from 'captrap/agent';
+
+const workspace = process.env.DEMO_WORKSPACE!;
+const agent = connectAgent();
+const short = (id: string) => `${id.slice(0, 12)}…`;
+const ending = (r: ToolResult) => (r.reason === 'exited' ? `exited(${r.exitCode})` : r.reason === 'signaled' ? `signaled(${r.signal})` : r.reason);
+
+async function attempt(what: string, run: () => Promise<ToolResult>): Promise<void> {
+  try {
+    const r = await run();
+    console.log(`${what} -> allowed, ${ending(r)}: ${JSON.stringify(r.stdout.trim())}`);
+  } catch (err) {
+    if (!(err instanceof AgentCallError)) throw err;
+    console.log(`${what} -> denied ${err.code}: ${err.reason ?? err.message}`);
+  }
+}
+
+const [cap] = (await agent.listCapabilities()).filter((c) => !c.revoked);
+if (!cap) throw new Error('planner was launched without a capability');
+console.log(`holds ${short(cap.id)}: tools [${cap.constraints.allowedTools?.join(', ')}] under ${cap.constraints.paths?.join(', ')}, bound to pid ${cap.holder?.pid}`);
+console.log(`tools.list -> ${(await agent.listTools()).map((t) => t.name).join(', ')}`);
+
+await attempt('read_file workspace/notes.txt', () => agent.invoke('read_file', { path: join(workspace, 'notes.txt') }, cap));
+await attempt('write_file workspace/notes.txt', () => agent.invoke('write_file', { path: join(workspace, 'notes.txt'), content: 'overwritten' }, cap));
+await attempt('read_file workspace/../secrets.env', () => agent.invoke('read_file', { path: `${workspace}/../secrets.env` }, cap));
+
+// The worker runs the same way this agent does (node + tsx), with a share of `cap` narrowed to
+// read_file under workspace/reports, and tighter limits than ours.
+const worker = await agent.spawnAgent({
+  id: 'worker',
+  command: process.execPath,
+  args: [...process.execArgv, fileURLToPath(new URL('./worker.ts', import.meta.url))],
+  env: { TSX_TSCONFIG_PATH: process.env.TSX_TSCONFIG_PATH ?? '', DEMO_WORKSPACE: workspace },
+  limits: { memory: '256M', pids: 32 },
+  capabilities: [{ capability: cap, operations: ['invoke'], constraints: { allowedTools: ['read_file'], paths: [join(workspace, 'reports')] }, ttlMs: 300_000 }],
+});
+console.log(`spawned worker (pid ${worker.pid}) with ${short(worker.capabilities[0]!.id)}: read_file only, workspace/reports only`);
+
+// Stay up until the sidecar closes the channel (it stops us at shutdown); a sub-agent dies with its parent.
+agent.onClose(() => process.exit(0));
+setInterval(() => undefined, 60_000);
