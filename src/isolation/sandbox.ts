@@ -191,7 +191,9 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
     backend = 'none';
   }
   degraded.push(...cgroupBackend(backend, host).check(options.limits));
-  if (launcher.kind === 'sh') degraded.push({ limit: 'parent-death', reason: 'setpriv (util-linux) is not installed, so the command gets no parent-death signal', fix: 'install util-linux' });
+  if (launcher.kind === 'sh') {
+    degraded.push({ limit: 'parent-death', reason: 'setpriv (util-linux) is not installed and captrap-launch is not in use, so the command gets no parent-death signal', fix: "install util-linux, or run 'npm run build' with a C compiler (unset CAPTRAP_LAUNCHER=sh)" });
+  }
   const missingNs = options.namespaces.filter((n) => !host.namespaces[n]);
   if (missingNs.length > 0) degraded.push({ limit: 'namespaces', reason: `this host cannot create ${missingNs.join(', ')} namespace(s)`, fix: 'run captrap as root, or allow unprivileged user namespaces' });
   if (degraded.length > 0 && !options.allowDegraded) {
