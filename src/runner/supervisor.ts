@@ -169,6 +169,7 @@ export interface SupervisorOptions {
 const CHANNEL_WRAPPER = 'exec 3<&0 0</dev/null; exec "$@"';
 const AGENT_OUTPUT_CAP = 64 * 1024;
 const MAX_FORWARDED_LINE = 16 * 1024;
+const MAX_EXITED_RECORDS = 256;
 
 function forwardLines(stream: Readable | null, emit: (line: string) => void): void {
   if (!stream) return;
@@ -207,6 +208,8 @@ function duplexOfStdin(sb: Sandbox): Socket | undefined {
 
 export class Supervisor {
   private readonly agents = new Map<string, AgentHandle>();
+  /** Agents whose sandbox is not gone yet (listed or not): shutdown waits for every one. */
+  private readonly notGone = new Set<AgentHandle>();
   private stopping = false;
 
   constructor(private readonly o: SupervisorOptions) {}
@@ -238,6 +241,10 @@ export class Supervisor {
     if (this.stopping) throw new RpcError(RPC_ERROR.UNAVAILABLE, 'the sidecar is shutting down');
     const existing = this.agents.get(spec.id);
     if (existing && existing.state === 'running') throw new RpcError(RPC_ERROR.INVALID_PARAMS, `agent id '${spec.id}' is in use`, { path: ['id'], expected: 'an agent id not in use' });
+    // A sub-agent never takes the principal of a configured agent: that would let it receive what is delegated to that agent.
+    if (parent && config.agents.some((a) => a.id === spec.id)) {
+      throw new RpcError(RPC_ERROR.INVALID_PARAMS, `agent id '${spec.id}' belongs to a configured agent`, { path: ['id'], expected: 'an id that is not a configured agent' });
+    }
     if (this.running().length >= config.maxAgents) throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many agents: the limit is ${config.maxAgents} (maxAgents)`);
 
     const env: Record<string, string> = { PATH: DEFAULT_PATH, ...spec.env, CAPTRAP_FD: '3', CAPTRAP_AGENT_ID: spec.id };
@@ -280,8 +287,10 @@ export class Supervisor {
       conn: undefined,
       done: new Promise<void>((r) => (markDone = r)),
     };
+    this.agents.delete(spec.id); // a re-used id is listed once, in launch order
     this.agents.set(spec.id, agent);
     parent?.children.add(spec.id);
+    this.prune();
     socket.on('error', () => {
       /* the RpcConnection closes on it; a dead peer is not our error */
     });
@@ -295,16 +304,14 @@ export class Supervisor {
       details: { kind: 'agent', agent: spec.id, parent: agent.parent, cgroup: sb.cgroupName, limits: spec.limits },
     });
     sb.child.once('exit', (code, signal) => this.onLeaderExit(agent, socket, code, signal));
+    this.notGone.add(agent);
     sb.then(
-      (r) => {
-        this.onGone(agent, r);
-        markDone();
-      },
-      (err: unknown) => {
-        this.onGone(agent, undefined, err);
-        markDone();
-      },
-    );
+      (r) => this.onGone(agent, r),
+      (err: unknown) => this.onGone(agent, undefined, err),
+    ).finally(() => {
+      this.notGone.delete(agent);
+      markDone();
+    });
     try {
       grant(agent);
     } catch (err) {
@@ -354,6 +361,18 @@ export class Supervisor {
     });
   }
 
+  /** Keeps the records of exited agents bounded: a long-running sidecar spawning sub-agents must not grow without end. */
+  private prune(): void {
+    let exited = 0;
+    for (const a of this.agents.values()) if (a.state === 'exited') exited++;
+    for (const [id, a] of this.agents) {
+      if (exited <= MAX_EXITED_RECORDS) break;
+      if (a.state !== 'exited' || this.notGone.has(a)) continue;
+      this.agents.delete(id);
+      exited--;
+    }
+  }
+
   /** Stops one agent (its sandbox: SIGTERM, grace, then the whole tree). */
   kill(id: string, reason: KillReason = 'killed'): boolean {
     const a = this.agents.get(id);
@@ -365,7 +384,7 @@ export class Supervisor {
   /** Refuses new launches, stops every agent and waits until every agent sandbox is gone. */
   async stopAll(): Promise<void> {
     this.stopping = true;
-    for (const a of this.agents.values()) if (a.state === 'running') a.sandbox.kill('killed');
-    await Promise.all([...this.agents.values()].map((a) => a.done));
+    for (const a of this.notGone) a.sandbox.kill('killed');
+    await Promise.all([...this.notGone].map((a) => a.done));
   }
 }

@@ -84,6 +84,13 @@ const TOOLS = [
   { name: 'read_file', command: ['cat', '{path}'], args: { path: { type: 'string' } }, resources: [{ kind: 'file', arg: 'path', access: 'read' }] },
   { name: 'echo', command: ['echo', '{text}'], args: { text: { type: 'string' } } },
   { name: 'sleep', command: ['sleep', '{seconds}'], args: { seconds: { type: 'string', pattern: '[0-9.]+' } } },
+  // Prints the memory and pids limits of its own cgroups (v1 hierarchies on this host).
+  {
+    name: 'limits',
+    command: ['sh', '-c', 'd=$(grep :memory: /proc/self/cgroup | cut -d: -f3); cat /sys/fs/cgroup/memory$d/memory.limit_in_bytes; d=$(grep :pids: /proc/self/cgroup | cut -d: -f3); cat /sys/fs/cgroup/pids$d/pids.max'],
+    args: {},
+    limits: { memoryBytes: 128 * 1024 * 1024, pids: 16 },
+  },
   // Allocates far beyond the tool's memory limit.
   { name: 'hog', command: ['node', '-e', 'const a=[];for(;;)a.push(Buffer.alloc(1<<20,1))'], args: {}, limits: { memoryBytes: 48 * 1024 * 1024 } },
 ];
@@ -106,7 +113,7 @@ function config(agents: { id: string; control: Control; capabilities?: unknown[]
         command: 'node',
         args: [RELAY, a.control.path],
         limits: a.limits ?? { memory: '512M', pids: 64 },
-        capabilities: a.capabilities ?? [toolCap(['read_file', 'echo', 'sleep', 'hog'], [dataDir])],
+        capabilities: a.capabilities ?? [toolCap(['read_file', 'echo', 'sleep', 'hog', 'limits'], [dataDir])],
         requestable: a.requestable ?? [],
       })),
       ...extra,
@@ -184,7 +191,7 @@ describe('sidecar', () => {
     expect(s.counters.started).toBe(started); // nothing spawned for any denial
 
     const tools = (await a.conn.call('tools.list', {})) as { tools: { name: string }[] };
-    expect(tools.tools.map((t) => t.name).sort()).toEqual(['echo', 'hog', 'read_file', 'sleep']);
+    expect(tools.tools.map((t) => t.name).sort()).toEqual(['echo', 'hog', 'limits', 'read_file', 'sleep']);
 
     await s.stop();
     const denied = readAuditRecords(s.config.audit.dir, (r) => r.type === 'access_denied');
@@ -256,6 +263,9 @@ describe('sidecar', () => {
       p.conn.call('agents.spawn', { id: 'child', command: 'node', args: [RELAY, subCtl.path], limits: { memory: '1G' }, capabilities: [{ capability: cap }] }),
     );
     expect((wide.data as { code: string; dimension: string })).toMatchObject({ code: 'E_WIDENS', dimension: 'limits.memoryBytes' });
+    const impersonate = await rpcError(p.conn.call('agents.spawn', { id: 'parent', command: 'node', args: [RELAY, subCtl.path], capabilities: [] }));
+    expect(impersonate.rpcCode).toBe(RPC_ERROR.INVALID_PARAMS);
+    const started = s.counters.started;
     const spawned = (await p.conn.call('agents.spawn', {
       id: 'child',
       command: 'node',
@@ -264,6 +274,7 @@ describe('sidecar', () => {
       capabilities: [{ capability: cap, constraints: { allowedTools: ['echo', 'sleep'] } }],
     })) as { id: string; pid: number; capabilities: { id: string; holder: { pid: number }; parent: string }[] };
     const c = await subCtl.next();
+    expect(s.counters.started).toBe(started + 1); // the refused spawns started nothing
     expect(c.pid).toBe(spawned.pid);
     expect(spawned.capabilities[0]!.holder.pid).toBe(spawned.pid);
     expect(spawned.capabilities[0]!.parent).toBe(cap);
@@ -312,6 +323,28 @@ describe('sidecar', () => {
     const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
     const r = (await a.conn.call('tools.invoke', { tool: 'hog', args: {}, capability: cap })) as { reason: string; usage: { memoryPeakBytes: number } };
     expect(r.reason).toBe('oom');
+  });
+
+  it('runs a tool under the tightest of sandbox defaults, tool limits and capability limits', async () => {
+    const ctl = new Control('l');
+    const s = await start(
+      config([{ id: 'limited', control: ctl, capabilities: [{ ...toolCap(['limits', 'sleep']), constraints: { allowedTools: ['limits', 'sleep'], limits: { memoryBytes: 64 * 1024 * 1024, timeoutMs: 300 } } }] }]),
+    );
+    const a = await ctl.next();
+    const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    const r = (await a.conn.call('tools.invoke', { tool: 'limits', args: {}, capability: cap })) as { stdout: string };
+    // memory: capability 64M < tool 128M < default 256M; pids: tool 16 < default 64.
+    expect(r.stdout.trim().split('\n')).toEqual([String(64 * 1024 * 1024), '16']);
+    const slow = (await a.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '5' }, capability: cap })) as { reason: string; durationMs: number };
+    expect(slow.reason).toBe('timeout');
+    expect(slow.durationMs).toBeLessThan(3000);
+    // An administrator's revocation stops a running call: reason 'revoked'.
+    const running = a.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '0.25' }, capability: cap });
+    await until(() => s.runner.running === 1);
+    const admin = await adminClient(s.adminSocket);
+    await admin.call('capabilities.revoke', { principal: 'limited' });
+    admin.close();
+    expect(await running).toMatchObject({ reason: 'revoked' });
   });
 
   it('grants requests only within a requestable template or a held capability', async () => {
