@@ -47,13 +47,14 @@ export async function main(argv: string[]): Promise<number> {
       `v1 controllers:   ${Object.keys(report.v1Controllers).join(' ') || 'none writable'}`,
       `cgroup.kill:      ${report.cgroupKill ? 'yes' : 'no'}`,
       `setpriv:          ${report.tools.setpriv ?? 'missing'}`,
+      `launcher:         ${report.launcher.kind ?? 'NONE'} (${report.launcher.why})`,
       `unshare:          ${report.tools.unshare ?? 'missing'}   namespaces: ${Object.entries(report.namespaces).map(([k, v]) => `${k}=${v ? 'yes' : 'no'}`).join(' ')}`,
       `systemd-run:      ${report.systemdRun.available ? 'available' : 'unavailable'} (${report.systemdRun.reason})`,
       `bubblewrap:       ${report.tools.bwrap ?? 'not installed'}`,
       '',
       'guarantees:',
       ...report.guarantees.map(
-        (g) => `  ${g.holds ? 'yes' : 'NO '}  ${g.name.padEnd(16)} ${g.mechanism}${g.note ? `\n         ${''.padEnd(16)} ${g.note}` : ''}${required.includes(g.name) ? '' : '  (not required)'}`,
+        (g) => `  ${g.holds ? 'yes' : 'NO '}  ${g.name.padEnd(17)} ${g.mechanism}${g.note ? `\n         ${''.padEnd(17)} ${g.note}` : ''}${required.includes(g.name) ? '' : '  (not required)'}`,
       ),
     ];
     if (report.guarantees.find((g) => g.name === 'tree-kill' && !g.holds)) {
