@@ -74,7 +74,7 @@ export const FAULT_TOOLS: ToolConfig[] = [
     command: [
       '/bin/sh',
       '-c',
-      'echo "$(cut -d" " -f1,22 /proc/self/stat)" >> "$1/pids"; setsid /bin/sh -c \'echo "$(cut -d" " -f1,22 /proc/self/stat)" >> "$1/pids"; exec sleep 300\' esc "$1" & sleep 300',
+      'echo "$$ $(cut -d" " -f22 /proc/$$/stat)" >> "$1/pids"; setsid /bin/sh -c \'echo "$$ $(cut -d" " -f22 /proc/$$/stat)" >> "$1/pids"; exec sleep 300\' esc "$1" & sleep 300',
       'hang',
       '{dir}',
     ],
@@ -513,6 +513,16 @@ export async function shutdown(h: ServeHandle, opts: { keepDir?: boolean } = {})
 
 // ---------------------------------------------------------------------------- audit
 
+/** The principal_cleanup records for a process (the record names the principal only when the process held one principal's capabilities). */
+export function cleanupRecords(h: Pick<ServeHandle, 'auditDir'>, who: { id: string; ref: ProcessRef }): AuditRecord[] {
+  return readAuditRecords(
+    h.auditDir,
+    (r) =>
+      r.type === 'principal_cleanup' &&
+      ((r.process?.pid === who.ref.pid && r.process.startTime === who.ref.startTime) || r.principal === who.id || (Array.isArray(r.details?.principals) && (r.details.principals as unknown[]).includes(who.id))),
+  );
+}
+
 export function auditRecords(h: Pick<ServeHandle, 'auditDir'>, filter?: (r: AuditRecord) => boolean): AuditRecord[] {
   return readAuditRecords(h.auditDir, filter);
 }
@@ -603,7 +613,10 @@ export async function startHang(h: ServeHandle, agent: ProxyAgent, capability?: 
   const dir = join(h.dir, `hang-${agent.id}-${++hangSeq}`);
   mkdirSync(dir, { recursive: true });
   const cap = capability ?? (await toolCap(agent)).id;
-  const call = agent.call<{ reason: string }>('tools.invoke', { tool: 'hang', args: { dir }, capability: cap }, 120_000);
+  // The agent may be killed before the answer comes: then the call settles as an error, never rejects.
+  const call = agent
+    .call<{ reason: string }>('tools.invoke', { tool: 'hang', args: { dir }, capability: cap }, 120_000)
+    .catch((err: unknown): RpcOutcome<{ reason: string }> => ({ error: { code: -1, message: `agent gone: ${(err as Error).message}` } }));
   const ok = await waitFor(() => recordedRefs(dir).length >= 2, 10_000);
   if (!ok) {
     const early = await Promise.race([call, sleep(10).then(() => undefined)]);

@@ -1,0 +1,17 @@
+// A few randomized fault-injection rounds (the same code as `npm run fault-inject`, which runs many):
+// zero violations means no capability valid for a dead process, nothing left behind after each
+// round and at the end, and a verifying audit log.
+import { describe, expect, it } from 'vitest';
+import { formatSummary, runRounds } from '../../scripts/fault-inject.js';
+import { host } from './harness.js';
+
+describe.skipIf(host.layout === 'none')('randomized fault rounds', () => {
+  it('6 rounds, fixed seed: no violations', async () => {
+    const s = await runRounds({ rounds: 6, seed: 20261124, sidecarKillRate: 0 });
+    expect(s.violations, formatSummary(s)).toEqual([]);
+    expect(s.rounds).toBe(6);
+    expect(s.agentsSpawned).toBeGreaterThanOrEqual(6);
+    expect(Object.values(s.kills).reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(5);
+    expect(s.audit?.ok).toBe(true);
+  }, 60_000);
+});
