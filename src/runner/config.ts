@@ -86,6 +86,12 @@ const SandboxInput = z
     killGrace: Duration.optional(),
     allowDegraded: z.boolean().default(false),
     backend: z.enum(['auto', 'cgroup-v2', 'cgroup-v1', 'none']).default('auto'),
+    /**
+     * Namespaces for tool sandboxes (default none). With `pid`, a tool's whole tree (setsid
+     * escapees included) dies with its namespace init even if captrap is SIGKILLed; without it,
+     * such descendants survive in the stale cgroup until the next start removes it.
+     */
+    namespaces: z.array(z.enum(['pid', 'mount', 'net', 'ipc', 'uts'])).optional(),
   })
   .strict();
 
@@ -153,6 +159,8 @@ export interface SandboxDefaults {
   killGraceMs?: number;
   allowDegraded: boolean;
   backend: 'auto' | 'cgroup-v2' | 'cgroup-v1' | 'none';
+  /** Tool sandboxes' namespaces (default none). */
+  namespaces?: ('pid' | 'mount' | 'net' | 'ipc' | 'uts')[];
 }
 
 export interface SidecarConfig {
@@ -213,6 +221,7 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
   };
   if (c.sandbox.maxOutputBytes !== undefined) sandbox.maxOutputBytes = c.sandbox.maxOutputBytes;
   if (c.sandbox.killGrace !== undefined) sandbox.killGraceMs = c.sandbox.killGrace;
+  if (c.sandbox.namespaces !== undefined) sandbox.namespaces = c.sandbox.namespaces;
   const audit: SidecarConfig['audit'] = {
     dir: c.audit.dir !== undefined ? abs(c.audit.dir) : resolve(stateDir, 'audit'),
     keyFile: c.audit.keyFile !== undefined ? abs(c.audit.keyFile) : resolve(stateDir, 'audit.key'),

@@ -299,7 +299,7 @@ describe('sidecar', () => {
     await childAgent.done;
     await parentAgent.done;
     expect(isSameProcess(childAgent.ref)).toBe(false);
-    expect(s.runner.running).toBe(0);
+    await s.runner.whenIdle(); // the tool sandboxes end after their kill grace
 
     const admin = await adminClient(s.adminSocket);
     const list = (await admin.call('agents.list', {})) as { agents: { id: string; state: string; parent: string | null }[] };
