@@ -8,11 +8,11 @@
 // Everything lives in a temp dir and a unique cgroup, both removed at the end.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cleanupStaleCgroups, removeCgroupBase } from '../src/isolation/cgroup.js';
+import { cleanupStaleCgroups, hierarchyRoots, removeCgroupBase } from '../src/isolation/cgroup.js';
 import { probeHost } from '../src/isolation/host.js';
 import { cgroupsOf, isSameProcess, listPids, readStat, type ProcessRef } from '../src/isolation/proc.js';
 import { readAuditRecords } from '../src/kernel/audit-verify.js';
@@ -50,6 +50,16 @@ class DemoError extends Error {}
 // Processes
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** `p`, or undefined after `ms`; the timer is cleared either way so it never holds the process open. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** Runs the captrap CLI the way a user would (from the config's directory) and returns its output. */
 function captrap(dir: string, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
@@ -154,6 +164,21 @@ function processesIn(base: string): ProcessRef[] {
       const st = readStat(pid);
       if (st && st.state !== 'Z') out.push({ pid, startTime: st.startTime });
     }
+  }
+  return out;
+}
+
+/** Sandbox cgroup directories below `base` in any hierarchy. */
+function cgroupsUnder(base: string): string[] {
+  const out: string[] = [];
+  for (const h of hierarchyRoots(probeHost())) {
+    let names: string[] = [];
+    try {
+      names = readdirSync(join(h.root, base), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name);
+    } catch {
+      continue; // no such base here: nothing left
+    }
+    out.push(...names.map((n) => join(h.root, base, n)));
   }
   return out;
 }
@@ -279,7 +304,7 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
   say('Stop the sidecar with SIGTERM: it kills every sandbox, revokes everything and closes the audit log.');
   const stopAt = Date.now();
   child.kill('SIGTERM');
-  const exit = await Promise.race([serveRef.exited!, sleep(STEP_TIMEOUT_MS).then(() => undefined)]);
+  const exit = await within(serveRef.exited!, STEP_TIMEOUT_MS);
   if (!exit) throw new DemoError('serve did not exit within 20 s of SIGTERM');
   check(exit.code === 0, `serve exited with code ${exit.code}${exit.signal ? ` (signal ${exit.signal})` : ''} after ${Date.now() - stopAt} ms`);
 
@@ -298,6 +323,8 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
   say('Leftovers:');
   const procs = processesIn(cgroupBase);
   check(procs.length === 0, `no process left in ${cgroupBase}${procs.length ? `: ${procs.map((p) => p.pid).join(', ')}` : ''}`);
+  const cgroups = cgroupsUnder(cgroupBase);
+  check(cgroups.length === 0, `no sandbox cgroup left under ${cgroupBase}${cgroups.length ? `: ${cgroups.join(', ')}` : ''}`);
 }
 
 async function main(): Promise<number> {
@@ -323,7 +350,7 @@ async function main(): Promise<number> {
     const { child, exited } = serve;
     if (child && child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
-      if (!(await Promise.race([exited, sleep(10_000).then(() => undefined)]))) {
+      if (!(await within(exited!, 10_000))) {
         child.kill('SIGKILL');
         await exited;
       }
@@ -332,7 +359,7 @@ async function main(): Promise<number> {
     await cleanupStaleCgroups(host, cgroupBase).catch(() => undefined);
     const bases = removeCgroupBase(host, cgroupBase);
     rmSync(dir, { recursive: true, force: true });
-    note(`removed ${bases.length} cgroup base director${bases.length === 1 ? 'y' : 'ies'} and the temporary directory`);
+    note(`removed the temporary directory${bases.length ? ` and ${bases.length} empty cgroup base director${bases.length === 1 ? 'y' : 'ies'}` : ''}`);
   }
   if (status === 0 && failures.length > 0) status = 1;
   console.log(status === 0 ? `\nDone in ${((Date.now() - t0) / 1000).toFixed(1)} s: every claim above held.` : `\nThe demo FAILED (${failures.length} claim(s) did not hold).`);
