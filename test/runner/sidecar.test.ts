@@ -347,6 +347,60 @@ describe('sidecar', () => {
     expect(await running).toMatchObject({ reason: 'revoked' });
   });
 
+  it('onAgentExit: finish lets a dead agent\'s tool call run to its end; delegation to a running agent binds to it', async () => {
+    const c1 = new Control('f');
+    const c2 = new Control('g');
+    const s = await start(config([{ id: 'giver', control: c1 }, { id: 'taker', control: c2 }], { onAgentExit: 'finish' }));
+    const [x, y] = await Promise.all([c1.next(), c2.next()]);
+    const [giver, taker] = x.id === 'giver' ? [x, y] : [y, x];
+    const cap = capId((await giver.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    const child = (await giver.conn.call('capabilities.delegate', { capability: cap, to: 'taker', constraints: { allowedTools: ['echo'] } })) as { id: string; holder: { pid: number } };
+    expect(child.holder.pid).toBe(taker.pid);
+    expect(await taker.conn.call('tools.invoke', { tool: 'echo', args: { text: 'given' }, capability: child.id })).toMatchObject({ stdout: 'given\n' });
+    // A delegation may not widen.
+    const wider = await rpcError(giver.conn.call('capabilities.delegate', { capability: child.id, to: 'giver' }));
+    expect(wider.rpcCode).toBe(RPC_ERROR.ACCESS_DENIED);
+
+    void giver.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '0.3' }, capability: cap }).catch(() => undefined);
+    await until(() => s.runner.running === 1);
+    const g = s.supervisor.get('giver')!;
+    process.kill(g.ref.pid, 'SIGKILL');
+    await until(() => g.state === 'exited');
+    // Revoked at once, for the taker too ...
+    const denied = await rpcError(taker.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: child.id }));
+    expect((denied.data as { code: string }).code).toBe('E_REVOKED');
+    // ... but the giver's running call finishes normally.
+    await s.runner.whenIdle();
+    await s.stop();
+    const exits = readAuditRecords(s.config.audit.dir, (r) => r.type === 'sandbox_exited' && r.details?.['tool'] === 'sleep');
+    expect(exits.map((r) => r.details?.['reason'])).toEqual(['exited']);
+  });
+
+  it('refuses calls with UNAVAILABLE while shutting down; a failed sub-agent delegation leaves nothing running', async () => {
+    const ctl = new Control('u');
+    const sub = new Control('v');
+    const s = await start(config([{ id: 'late', control: ctl }]));
+    const a = await ctl.next();
+    const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    const failed = await rpcError(
+      a.conn.call('agents.spawn', { id: 'kid', command: 'node', args: [RELAY, sub.path], capabilities: [{ capability: cap, operations: ['invoke', 'admin'] }] }),
+    );
+    expect((failed.data as { code: string }).code).toBe('E_WIDENS');
+    const kid = s.supervisor.get('kid');
+    await kid?.done;
+    expect(kid === undefined || kid.state === 'exited').toBe(true);
+    expect(s.supervisor.running().map((r) => r.id)).toEqual(['late']);
+
+    const slow = a.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '20' }, capability: cap }).catch((e: unknown) => e);
+    await until(() => s.runner.running === 1);
+    const stopping = s.stop();
+    const refused = await rpcError(a.conn.call('capabilities.list', {}));
+    expect(refused.rpcCode).toBe(RPC_ERROR.UNAVAILABLE);
+    await stopping;
+    expect(await slow).toBeInstanceOf(RpcError); // the agent's channel closed with it
+    expect(s.kernel.isRevoked(cap)).toBe(true);
+  });
+
   it('grants requests only within a requestable template or a held capability', async () => {
     const ctl = new Control('r');
     await start(
