@@ -32,6 +32,11 @@ export interface ToolCaller {
   process: ProcessRef;
   /** The agent whose channel carried the call (owner of the sandbox). */
   agentId: string;
+  /**
+   * The caller's own ceilings: a tool acting for an agent gets no more memory, tasks or CPU than
+   * the agent itself has (its wall-clock limit is not carried over: tools have their own).
+   */
+  budget?: Limits;
 }
 
 export interface InvokeRequest {
@@ -106,7 +111,9 @@ export class ToolRunner {
       metrics?.toolDenials.inc({ code: (err as { code?: string }).code ?? 'E_INTERNAL' });
       throw err;
     }
-    const limits = tightest(defaults.limits, auth.limits);
+    const budget: Limits = { ...caller.budget };
+    delete budget.timeoutMs;
+    const limits = tightest(defaults.limits, auth.limits, budget);
     const opts: SandboxOptions = {
       ...sandboxLimits(limits),
       cgroupBase: this.o.cgroupBase,

@@ -260,7 +260,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
       if (runner.runningFor(agent.id) >= ctx.config.maxToolCallsPerAgent) {
         throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many tool calls in flight for ${agent.id} (maxToolCallsPerAgent ${ctx.config.maxToolCallsPerAgent})`);
       }
-      return runner.invoke({ principal: agent.id, process: agent.ref, agentId: agent.id }, { tool: p.tool, args: p.args, capability: p.capability });
+      return runner.invoke({ principal: agent.id, process: agent.ref, agentId: agent.id, budget: agent.spec.limits }, { tool: p.tool, args: p.args, capability: p.capability });
     }),
 
     'agents.spawn': wrap(SpawnParams, (p) => {

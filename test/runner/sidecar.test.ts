@@ -325,16 +325,16 @@ describe('sidecar', () => {
     expect(r.reason).toBe('oom');
   });
 
-  it('runs a tool under the tightest of sandbox defaults, tool limits and capability limits', async () => {
+  it('runs a tool under the tightest of sandbox defaults, tool limits, capability limits and the agent\'s own limits', async () => {
     const ctl = new Control('l');
     const s = await start(
-      config([{ id: 'limited', control: ctl, capabilities: [{ ...toolCap(['limits', 'sleep']), constraints: { allowedTools: ['limits', 'sleep'], limits: { memoryBytes: 64 * 1024 * 1024, timeoutMs: 300 } } }] }]),
+      config([{ id: 'limited', control: ctl, limits: { memory: '512M', pids: 12 }, capabilities: [{ ...toolCap(['limits', 'sleep']), constraints: { allowedTools: ['limits', 'sleep'], limits: { memoryBytes: 64 * 1024 * 1024, timeoutMs: 300 } } }] }]),
     );
     const a = await ctl.next();
     const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
     const r = (await a.conn.call('tools.invoke', { tool: 'limits', args: {}, capability: cap })) as { stdout: string };
-    // memory: capability 64M < tool 128M < default 256M; pids: tool 16 < default 64.
-    expect(r.stdout.trim().split('\n')).toEqual([String(64 * 1024 * 1024), '16']);
+    // memory: capability 64M < tool 128M < default 256M < agent 512M; pids: agent 12 < tool 16 < default 64.
+    expect(r.stdout.trim().split('\n')).toEqual([String(64 * 1024 * 1024), '12']);
     const slow = (await a.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '5' }, capability: cap })) as { reason: string; durationMs: number };
     expect(slow.reason).toBe('timeout');
     expect(slow.durationMs).toBeLessThan(3000);
