@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cleanupStaleCgroups, hierarchyRoots, removeCgroupBase } from '../src/isolation/cgroup.js';
-import { probeHost } from '../src/isolation/host.js';
+import { probeHost, which } from '../src/isolation/host.js';
 import { cgroupsOf, isSameProcess, listPids, readStat, type ProcessRef } from '../src/isolation/proc.js';
 import { readAuditRecords } from '../src/kernel/audit-verify.js';
 import { AdminClient, type AgentRow } from '../src/runner/admin-client.js';
@@ -217,7 +217,11 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
 
   say('Start the sidecar. It launches both agents, each in its own sandbox with a private channel on fd 3.');
   console.log('\n   $ captrap serve --config demo.yaml');
-  const child = spawn(process.execPath, ['--import', TSX, CLI, 'serve', '--config', 'demo.yaml'], {
+  // setpriv --pdeathsig: should this demo die without cleaning up (SIGKILL), serve still gets
+  // SIGTERM and shuts down gracefully instead of living on with its agents.
+  const setpriv = which('setpriv');
+  const serveArgv = [process.execPath, '--import', TSX, CLI, 'serve', '--config', 'demo.yaml'];
+  const child = spawn(setpriv ?? serveArgv[0]!, setpriv ? ['--pdeathsig', 'TERM', ...serveArgv] : serveArgv.slice(1), {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, CAPTRAP_LOG_LEVEL: process.env.CAPTRAP_LOG_LEVEL ?? 'warn' },
@@ -338,6 +342,14 @@ async function main(): Promise<number> {
   const cgroupBase = `captrap-demo-${process.pid}-${randomBytes(3).toString('hex')}`;
   const serve: ServeRef = {};
   let status = 0;
+  // Stopped half-way (Ctrl-C, a closed pipe such as `| head`): stop serve, so the clean-up below runs.
+  const interrupt = (why: string) => {
+    failures.push(why);
+    serve.child?.kill('SIGTERM');
+  };
+  const onSignal = (sig: NodeJS.Signals) => interrupt(`interrupted by ${sig}`);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSignal);
+  process.stdout.on('error', () => interrupt('stdout closed'));
   try {
     await run(dir, cgroupBase, serve);
   } catch (err) {
