@@ -106,6 +106,8 @@ export interface ServeOptions {
   /** Copy serve's stderr to ours (debugging). */
   echoStderr?: boolean;
   readyTimeoutMs?: number;
+  /** Audit flush interval (default 20 ms so tests see records soon; omit-equivalent 100 is serve's default). */
+  auditFlushIntervalMs?: number;
 }
 
 export function uniqueBase(tag = 'f'): string {
@@ -303,7 +305,7 @@ export function writeConfig(dir: string, opts: ServeOptions, controlPath: string
     adminSocket: 'state/admin.sock',
     cgroupBase,
     keys: { capabilityKeyFile: 'state/cap.key' },
-    audit: { dir: 'state/audit', flushIntervalMs: 20 },
+    audit: { dir: 'state/audit', flushIntervalMs: opts.auditFlushIntervalMs ?? 20 },
     sandbox: { memory: '256M', pids: 128, timeout: '60s', maxOutputBytes: '64K', ...(opts.sandbox ?? {}) },
     onAgentExit: opts.onAgentExit ?? 'kill',
     tools: opts.tools ?? FAULT_TOOLS,
