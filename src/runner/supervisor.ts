@@ -303,7 +303,8 @@ export class Supervisor {
       process: ref,
       details: { kind: 'agent', agent: spec.id, parent: agent.parent, cgroup: sb.cgroupName, limits: spec.limits },
     });
-    sb.child.once('exit', (code, signal) => this.onLeaderExit(agent, socket, code, signal));
+    // Ahead of the sandbox's own exit handling (its tree kill, its cgroup wait): revocation comes first.
+    sb.child.prependOnceListener('exit', (code, signal) => this.onLeaderExit(agent, socket, code, signal));
     this.notGone.add(agent);
     sb.then(
       (r) => this.onGone(agent, r),
