@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cleanupStaleCgroups, hierarchyRoots, removeCgroupBase } from '../src/isolation/cgroup.js';
 import { probeHost, which } from '../src/isolation/host.js';
+import { DEFAULT_PATH } from '../src/isolation/limits.js';
 import { cgroupsOf, isSameProcess, listPids, readStat, type ProcessRef } from '../src/isolation/proc.js';
 import { readAuditRecords } from '../src/kernel/audit-verify.js';
 import { AdminClient, type AgentRow } from '../src/runner/admin-client.js';
@@ -192,13 +193,19 @@ interface ServeRef {
   output?: ServeOutput;
 }
 
+/** The scribe is Python; on a host without python3 the same agent in POSIX shell stands in (CAPTRAP_DEMO_SCRIBE=sh forces it). */
+const scribeInShell = process.env.CAPTRAP_DEMO_SCRIBE === 'sh' || which('python3', DEFAULT_PATH) === undefined;
+const scribeLanguage = scribeInShell ? 'a POSIX shell script' : 'a Python script';
+
 function prepare(dir: string, cgroupBase: string): void {
   const ws = join(dir, 'workspace');
   mkdirSync(join(ws, 'reports'), { recursive: true });
   writeFileSync(join(ws, 'notes.txt'), 'ship the sidecar on friday\n');
   writeFileSync(join(ws, 'reports', 'summary.txt'), 'all green\n');
   writeFileSync(join(dir, 'secrets.env'), 'TOKEN=not-for-agents\n');
-  const config = readFileSync(join(EXAMPLES, 'demo.yaml'), 'utf8')
+  let config = readFileSync(join(EXAMPLES, 'demo.yaml'), 'utf8');
+  if (scribeInShell) config = config.replace('command: python3', 'command: /bin/sh').replace('agents/scribe.py', 'agents/scribe.sh');
+  config = config
     .replaceAll('{{CGROUP_BASE}}', cgroupBase)
     .replaceAll('{{NODE}}', process.execPath)
     .replaceAll('{{TSX}}', TSX)
@@ -212,7 +219,8 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
   say('The config (examples/demo.yaml, copied into a temporary directory):');
   note('tools    read_file, word_count, write_file, hog (tail /dev/zero under a 32 MiB limit)');
   note('planner  TypeScript agent using captrap/agent   may invoke [read_file, word_count] under workspace/');
-  note('scribe   Python agent, raw JSON-RPC on fd 3     may invoke [word_count, hog] under workspace/');
+  note(`scribe   ${scribeInShell ? 'shell' : 'Python'} agent, raw JSON-RPC on fd 3${scribeInShell ? '  ' : ''}     may invoke [word_count, hog] under workspace/`);
+  if (scribeInShell) note('         (no python3 on this host, or CAPTRAP_DEMO_SCRIBE=sh: examples/agents/scribe.sh stands in for scribe.py)');
   note(`cgroup   ${cgroupBase} (unique to this run)`);
 
   say('Start the sidecar. It launches both agents, each in its own sandbox with a private channel on fd 3.');
@@ -288,10 +296,10 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
     await waitFor(async () => ((await admin.agents()).agents.find((a) => a.id === 'worker')?.state === 'exited' ? true : undefined), 5000);
     await showCommand(dir, ['ps']);
 
-    say('Meanwhile scribe, a Python script speaking JSON-RPC by hand, ran its tools:');
+    say(`Meanwhile scribe, ${scribeLanguage} speaking JSON-RPC by hand, ran its tools:`);
     const sc = await output.follow(['scribe'], (ls) => has(ls, 'scribe', /^done/) || has(ls, 'scribe', /Traceback|Error/), 'the scribe to finish', printed);
     await sleep(100); // a traceback is several lines: let them all arrive before judging
-    check(has(sc, 'scribe', /^word_count .* -> exited\(0\): 5 words/), 'a language-independent agent: plain Python called tools over the NDJSON channel');
+    check(has(sc, 'scribe', /^word_count .* -> exited\(0\): 5 words/), `a language-independent agent: ${scribeInShell ? 'plain shell' : 'plain Python'} called tools over the NDJSON channel`);
     check(has(sc, 'scribe', /^read_file .* -> denied E_TOOL_NOT_ALLOWED/), "the scribe's capability does not cover read_file");
     check(has(sc, 'scribe', /^hog \(32 MiB limit\) -> oom,/), 'the tool that outgrew its memory limit is reported as `oom`');
 
