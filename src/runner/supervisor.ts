@@ -9,7 +9,7 @@
 import { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
-import type { Capability, ProcessRef } from '../kernel/capability.js';
+import { toToken, type Capability, type ProcessRef } from '../kernel/capability.js';
 import type { Limits } from '../kernel/constraints.js';
 import type { AuditSink } from '../kernel/events.js';
 import type { SecurityKernel } from '../kernel/kernel.js';
@@ -73,12 +73,16 @@ export class CapabilityBook {
     return [...(this.byPrincipal.get(principal) ?? [])].map((id) => this.kernel.getCapability(id)).filter((c): c is Capability => c !== undefined);
   }
 
-  /** Every capability, parents before children (depth-first from each root, in issue order). */
+  /**
+   * Capabilities (all, or one principal's), parents before children: depth-first from each root
+   * in issue order. A capability whose parent is not in the set counts as a root.
+   */
   tree(principal?: string): Capability[] {
-    const all = [...this.ids].map((id) => this.kernel.getCapability(id)).filter((c): c is Capability => c !== undefined);
+    const set = principal === undefined ? this.ids : (this.byPrincipal.get(principal) ?? new Set<string>());
+    const all = [...set].map((id) => this.kernel.getCapability(id)).filter((c): c is Capability => c !== undefined);
     const kids = new Map<string | null, Capability[]>();
     for (const c of all) {
-      const p = c.parentId !== null && this.ids.has(c.parentId) ? c.parentId : null;
+      const p = c.parentId !== null && set.has(c.parentId) ? c.parentId : null;
       const l = kids.get(p) ?? [];
       l.push(c);
       kids.set(p, l);
@@ -91,7 +95,7 @@ export class CapabilityBook {
       }
     };
     walk(null);
-    return principal === undefined ? out : out.filter((c) => c.principal === principal);
+    return out;
   }
 
   isRevoked(c: Capability): boolean {
@@ -103,10 +107,18 @@ export class CapabilityBook {
     return now < c.expiresAt && !this.isRevoked(c);
   }
 
+  /** Stored capabilities are frozen (a re-binding stores a new object), so a token can be remembered per object. */
+  private readonly tokens = new WeakMap<Capability, string>();
+  private tokenOf(c: Capability): string {
+    let t = this.tokens.get(c);
+    if (t === undefined) this.tokens.set(c, (t = toToken(c)));
+    return t;
+  }
+
   view(c: Capability): CapView {
     return {
       id: c.id,
-      token: this.kernel.token(c.id),
+      token: this.tokenOf(c),
       principal: c.principal,
       resource: { type: c.resourceType, pattern: c.resource },
       operations: [...c.operations],

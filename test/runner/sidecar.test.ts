@@ -421,6 +421,10 @@ describe('sidecar', () => {
     expect(narrowed.parent).not.toBeNull();
     const r = (await a.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: narrowed.id })) as { stdout: string };
     expect(r.stdout).toBe('x\n');
+    // Listed as a tree: the parent before its child.
+    const listed = ((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] }).capabilities.map((c) => c.id);
+    expect(listed).toHaveLength(3);
+    expect(listed.indexOf(narrowed.parent)).toBeLessThan(listed.indexOf(narrowed.id));
     const refused = await rpcError(a.conn.call('capabilities.request', { resource: { type: 'tool', pattern: 'hog' }, operations: ['invoke'] }));
     expect((refused.data as { code: string }).code).toBe('E_NOT_REQUESTABLE');
     // Revoking its own capability works and cascades.
