@@ -24,4 +24,6 @@ export { hostReport, type HostReport } from './isolation/report.js';
 export { buildSystemdRunArgs } from './isolation/systemd-run.js';
 export type { LauncherKind } from './isolation/launcher/launcher.js';
 
+export { AdminClient, AdminClientError, AdminCallError, resolveSocketPath, type AgentRow, type SidecarStats } from './runner/admin-client.js';
+
 export { CaptrapError } from './errors.js';
