@@ -119,6 +119,8 @@ const ConfigInput = z
     maxAgents: PositiveInt.default(64),
     /** Tool calls running at once per agent; more are refused with UNAVAILABLE rather than queued without bound. */
     maxToolCallsPerAgent: PositiveInt.default(256),
+    /** Live capabilities one principal may hold; requests and delegations beyond it are refused (E_TOO_MANY_CAPABILITIES). */
+    maxCapabilitiesPerAgent: PositiveInt.default(4096),
     tools: z.array(z.unknown()).default([]),
     agents: z.array(AgentInput).default([]),
   })
@@ -177,6 +179,7 @@ export interface SidecarConfig {
   onAgentExit: 'kill' | 'finish';
   maxAgents: number;
   maxToolCallsPerAgent: number;
+  maxCapabilitiesPerAgent: number;
   catalogue: Catalogue;
   agents: AgentConfig[];
 }
@@ -240,6 +243,7 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
     onAgentExit: c.onAgentExit,
     maxAgents: c.maxAgents,
     maxToolCallsPerAgent: c.maxToolCallsPerAgent,
+    maxCapabilitiesPerAgent: c.maxCapabilitiesPerAgent,
     catalogue,
     agents: c.agents.map((a) => ({
       id: a.id,

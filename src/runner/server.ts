@@ -167,6 +167,15 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
       }
     };
 
+  /** Keeps what one principal can make the kernel hold bounded. */
+  const checkQuota = (principal: string, adding = 1): void => {
+    const max = ctx.config.maxCapabilitiesPerAgent;
+    const live = book.ofPrincipal(principal).filter((c) => book.isLive(c, now())).length;
+    if (live + adding > max) {
+      denyRequest('E_TOO_MANY_CAPABILITIES', `'${principal}' holds ${live} live capabilities; the limit is ${max} (maxCapabilitiesPerAgent)`, { principal, live, max });
+    }
+  };
+
   const denyRequest = (code: string, message: string, details: Record<string, unknown>): never => {
     audit.record({ type: 'capability_denied', principal: agent.id, process: agent.ref, details: { code, message, ...details } });
     throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code, reason: message });
@@ -176,6 +185,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     'capabilities.list': wrap(Empty, () => ({ capabilities: book.tree(agent.id).map((c) => book.view(c)) })),
 
     'capabilities.request': wrap(RequestParams, (p) => {
+      checkQuota(agent.id);
       const requested = normalizeConstraints(p.constraints ?? {});
       // A configured template first: the result is a root capability bound to this process.
       for (const t of agent.spec.requestable) {
@@ -215,6 +225,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     'capabilities.delegate': wrap(DelegateParams, (p) => {
       // Delegating to a running agent binds the child to that agent's process: it dies with it.
       const target = supervisor.runningAgent(p.to);
+      checkQuota(p.to);
       const c = kernel.delegate(
         p.capability,
         p.to,
@@ -264,6 +275,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     }),
 
     'agents.spawn': wrap(SpawnParams, (p) => {
+      checkQuota(p.id, p.capabilities.length);
       const limits = narrowLimits(agent.spec.limits, toLimits(p.limits));
       const granted: Capability[] = [];
       const sub = supervisor.launch(

@@ -411,7 +411,7 @@ describe('sidecar', () => {
           capabilities: [toolCap(['echo', 'read_file'], [dataDir])],
           requestable: [{ resource: { type: 'tool', pattern: 'sleep' }, operations: ['invoke'], constraints: {}, ttlMs: 60_000 }],
         },
-      ]),
+      ], { maxCapabilitiesPerAgent: 4 }),
     );
     const a = await ctl.next();
     const fromTemplate = (await a.conn.call('capabilities.request', { resource: { type: 'tool', pattern: 'sleep' }, operations: ['invoke'] })) as { id: string; parent: null; holder: { pid: number } };
@@ -427,6 +427,10 @@ describe('sidecar', () => {
     expect(listed.indexOf(narrowed.parent)).toBeLessThan(listed.indexOf(narrowed.id));
     const refused = await rpcError(a.conn.call('capabilities.request', { resource: { type: 'tool', pattern: 'hog' }, operations: ['invoke'] }));
     expect((refused.data as { code: string }).code).toBe('E_NOT_REQUESTABLE');
+    // The quota (maxCapabilitiesPerAgent: 4 here) bounds what an agent can make the kernel hold.
+    await a.conn.call('capabilities.request', { resource: { type: 'tool', pattern: 'sleep' }, operations: ['invoke'] });
+    const full = await rpcError(a.conn.call('capabilities.request', { resource: { type: 'tool', pattern: 'sleep' }, operations: ['invoke'] }));
+    expect((full.data as { code: string }).code).toBe('E_TOO_MANY_CAPABILITIES');
     // Revoking its own capability works and cascades.
     const rev = (await a.conn.call('capabilities.revoke', { capability: narrowed.parent })) as { revoked: string[] };
     expect(rev.revoked).toEqual(expect.arrayContaining([narrowed.parent, narrowed.id]));
