@@ -107,7 +107,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
   let seq = 0;
 
   try {
-    for (let round = 1; round <= opts.rounds; round++) {
+    rounds: for (let round = 1; round <= opts.rounds; round++) {
       summary.rounds = round;
       const subs: Sub[] = [];
       const calls: Promise<unknown>[] = [];
@@ -158,87 +158,94 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
       };
 
       try {
-        // 1-3 sub-agents of root, sometimes one nested under another.
-        const n = 1 + Math.floor(rand() * 3);
-        for (let i = 0; i < n; i++) await spawnSub(root, rootCap);
-        if (subs.length > 0 && rand() < 0.4) {
-          const p = pick(subs);
-          await spawnSub(p.agent, p.cap);
-        }
-        for (const s of [...subs]) for (let i = 0, k = 1 + Math.floor(rand() * 4); i < k; i++) calls.push(randomCall(s));
-
-        // Random moment, random victim.
-        await sleep(Math.floor(rand() * 250));
-        if (rand() < (opts.sidecarKillRate ?? 0.02)) {
-          count(summary.kills, 'sidecar');
-          const refs = [...processesInBase(h.cgroupBase), ...subs.map((s) => s.agent.ref), root.ref];
-          process.kill(h.ref.pid, 'SIGKILL');
-          const t = Date.now();
-          if (!(await waitFor(() => refs.every(gone), 1000, 2))) violation(round, `processes alive 1 s after the sidecar was SIGKILLed: ${JSON.stringify(refs.filter((r) => !gone(r)))}`);
-          log(`round ${round}: sidecar SIGKILLed, its processes gone in ${Date.now() - t} ms; restarting`);
-          await h.exited;
-          h.admin.close();
-          h.control.close();
-          await Promise.allSettled(calls);
-          h = await startServe({ dir, cgroupBase, agents: [proxyAgent('root')] });
-          summary.sidecarRestarts++;
-          const stale = cgroupsUnder(cgroupBase).filter((d) => !d.includes(`/${h.ref.pid}.`));
-          if (stale.length > 0) violation(round, `stale cgroups after restart: ${stale.join(', ')}`);
-          root = await h.agent('root');
-          rootCap = await toolCap(root);
-          continue;
-        }
-        const live = subs.filter((s) => !gone(s.agent.ref));
-        if (live.length > 0) {
-          const kill = pick(KILLS);
-          const victim = pick(live);
-          count(summary.kills, kill);
-          switch (kill) {
-            case 'sigkill-agent':
-              killIfSame(victim.agent.ref, 'SIGKILL');
-              deadIds.add(victim.agent.id);
-              break;
-            case 'stop-then-kill':
-              killIfSame(victim.agent.ref, 'SIGSTOP');
-              await sleep(Math.floor(rand() * 50));
-              killIfSame(victim.agent.ref, 'SIGKILL');
-              deadIds.add(victim.agent.id);
-              break;
-            case 'admin-kill':
-              await h.adminCall('agents.kill', { id: victim.agent.id }).catch(() => undefined);
-              deadIds.add(victim.agent.id);
-              break;
-            case 'kill-tool': {
-              const refs = victim.hangs.flatMap((d) => recordedRefs(d));
-              if (refs.length > 0) killIfSame(pick(refs), 'SIGKILL');
-              break;
-            }
-            case 'kill-parent': {
-              const parent = subs.find((s) => s.agent.id === victim.parent) ?? victim;
-              killIfSame(parent.agent.ref, 'SIGKILL');
-              deadIds.add(parent.agent.id);
-              for (const s of subs) if (s.parent === parent.agent.id) deadIds.add(s.agent.id);
-              break;
-            }
-            case 'revoke-principal':
-              await h.adminCall('capabilities.revoke', { principal: victim.agent.id }).catch(() => undefined);
-              break;
-            case 'agent-exit':
-              await victim.agent.order('exit', { code: Math.floor(rand() * 3) }, 5000).catch(() => undefined);
-              deadIds.add(victim.agent.id);
-              break;
+        try {
+          // 1-3 sub-agents of root, sometimes one nested under another.
+          const n = 1 + Math.floor(rand() * 3);
+          for (let i = 0; i < n; i++) await spawnSub(root, rootCap);
+          if (subs.length > 0 && rand() < 0.4) {
+            const p = pick(subs);
+            await spawnSub(p.agent, p.cap);
           }
-        }
-        await sleep(Math.floor(rand() * 100));
+          for (const s of [...subs]) for (let i = 0, k = 1 + Math.floor(rand() * 4); i < k; i++) calls.push(randomCall(s));
 
-        // Invariant while the sidecar runs: no capability valid for a dead process.
-        const deadRefs = subs.filter((s) => deadIds.has(s.agent.id)).map((s) => s.agent.ref);
-        if (!(await waitFor(() => deadRefs.every(gone), 3000))) violation(round, `killed agents still alive: ${JSON.stringify(deadRefs.filter((r) => !gone(r)))}`);
-        const settled = await waitFor(async () => liveCapsOfDeadHolders(await h.caps()).length === 0, 3000, 20);
-        if (!settled) violation(round, `capabilities live for dead holders: ${JSON.stringify(liveCapsOfDeadHolders(await h.caps()).map((c) => `${c.id}@${c.principal}`))}`);
-        for (const id of deadIds) {
-          const caps = await h.caps(id);
-          if (caps.some((c) => !c.revoked)) violation(round, `dead agent ${id} still has live capabilities`);
+          // Random moment, random victim.
+          await sleep(Math.floor(rand() * 250));
+          if (rand() < (opts.sidecarKillRate ?? 0.02)) {
+            count(summary.kills, 'sidecar');
+            const refs = [...processesInBase(h.cgroupBase), ...subs.map((s) => s.agent.ref), root.ref];
+            process.kill(h.ref.pid, 'SIGKILL');
+            const t = Date.now();
+            if (!(await waitFor(() => refs.every(gone), 1000, 2))) violation(round, `processes alive 1 s after the sidecar was SIGKILLed: ${JSON.stringify(refs.filter((r) => !gone(r)))}`);
+            log(`round ${round}: sidecar SIGKILLed, its processes gone in ${Date.now() - t} ms; restarting`);
+            await h.exited;
+            h.admin.close();
+            h.control.close();
+            await Promise.allSettled(calls);
+            h = await startServe({ dir, cgroupBase, agents: [proxyAgent('root')] });
+            summary.sidecarRestarts++;
+            const stale = cgroupsUnder(cgroupBase).filter((d) => !d.includes(`/${h.ref.pid}.`));
+            if (stale.length > 0) violation(round, `stale cgroups after restart: ${stale.join(', ')}`);
+            root = await h.agent('root');
+            rootCap = await toolCap(root);
+            continue;
+          }
+          const live = subs.filter((s) => !gone(s.agent.ref));
+          if (live.length > 0) {
+            const kill = pick(KILLS);
+            const victim = pick(live);
+            count(summary.kills, kill);
+            switch (kill) {
+              case 'sigkill-agent':
+                killIfSame(victim.agent.ref, 'SIGKILL');
+                deadIds.add(victim.agent.id);
+                break;
+              case 'stop-then-kill':
+                killIfSame(victim.agent.ref, 'SIGSTOP');
+                await sleep(Math.floor(rand() * 50));
+                killIfSame(victim.agent.ref, 'SIGKILL');
+                deadIds.add(victim.agent.id);
+                break;
+              case 'admin-kill':
+                await h.adminCall('agents.kill', { id: victim.agent.id }).catch(() => undefined);
+                deadIds.add(victim.agent.id);
+                break;
+              case 'kill-tool': {
+                const refs = victim.hangs.flatMap((d) => recordedRefs(d));
+                if (refs.length > 0) killIfSame(pick(refs), 'SIGKILL');
+                break;
+              }
+              case 'kill-parent': {
+                const parent = subs.find((s) => s.agent.id === victim.parent) ?? victim;
+                killIfSame(parent.agent.ref, 'SIGKILL');
+                deadIds.add(parent.agent.id);
+                for (const s of subs) if (s.parent === parent.agent.id) deadIds.add(s.agent.id);
+                break;
+              }
+              case 'revoke-principal':
+                await h.adminCall('capabilities.revoke', { principal: victim.agent.id }).catch(() => undefined);
+                break;
+              case 'agent-exit':
+                await victim.agent.order('exit', { code: Math.floor(rand() * 3) }, 5000).catch(() => undefined);
+                deadIds.add(victim.agent.id);
+                break;
+            }
+          }
+          await sleep(Math.floor(rand() * 100));
+
+          // Invariant while the sidecar runs: no capability valid for a dead process.
+          const deadRefs = subs.filter((s) => deadIds.has(s.agent.id)).map((s) => s.agent.ref);
+          if (!(await waitFor(() => deadRefs.every(gone), 3000))) violation(round, `killed agents still alive: ${JSON.stringify(deadRefs.filter((r) => !gone(r)))}`);
+          const settled = await waitFor(async () => liveCapsOfDeadHolders(await h.caps()).length === 0, 3000, 20);
+          if (!settled) violation(round, `capabilities live for dead holders: ${JSON.stringify(liveCapsOfDeadHolders(await h.caps()).map((c) => `${c.id}@${c.principal}`))}`);
+          for (const id of deadIds) {
+            const caps = await h.caps(id);
+            if (caps.some((c) => !c.revoked)) violation(round, `dead agent ${id} still has live capabilities`);
+          }
+        } catch (err) {
+          // The harness or the sidecar failed in a way no check anticipated: record it and stop
+          // (the state is unknown); the clean-up and the final checks still run.
+            violation(round, `unexpected error: ${err instanceof Error ? err.message : String(err)}`);
+          break rounds;
         }
       } finally {
         // End of round: the remaining sub-agents go, and only root may be left in the base.

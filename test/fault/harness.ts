@@ -5,7 +5,7 @@
 // the audit log verifies). Used by test/fault/*.test.ts, scripts/fault-inject.ts and the sidecar bench.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, type Dirent } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -409,13 +409,13 @@ export function cgroupsUnder(base: string): string[] {
   const out: string[] = [];
   for (const h of hierarchyRoots(host)) {
     const d = `${h.root}/${base}`;
-    let names: string[];
+    let entries: Dirent[];
     try {
-      names = readdirSync(d);
+      entries = readdirSync(d, { withFileTypes: true });
     } catch {
       continue;
     }
-    for (const n of names) if (statSync(`${d}/${n}`).isDirectory()) out.push(`${d}/${n}`);
+    for (const e of entries) if (e.isDirectory()) out.push(`${d}/${e.name}`);
   }
   return out;
 }
