@@ -438,6 +438,24 @@ describe('sidecar', () => {
     expect((after.data as { code: string }).code).toBe('E_REVOKED');
   });
 
+  it('a start that fails (missing agent command, socket of a live sidecar) leaves nothing behind', async () => {
+    const ctl = new Control('z');
+    const cfg = config([{ id: 'fine', control: ctl }]);
+    const broken = { ...cfg, agents: [...cfg.agents, { ...cfg.agents[0]!, id: 'broken', command: 'no-such-command-here' }] };
+    await expect(Sidecar.start(broken, { output: () => {} })).rejects.toMatchObject({ code: 'E_COMMAND_NOT_FOUND' });
+    expect(existsSync(cfg.adminSocket)).toBe(false);
+    for (const dir of readdirSync('/sys/fs/cgroup')) expect(existsSync(join('/sys/fs/cgroup', dir, BASE))).toBe(false);
+    // (The first agent was started, then stopped with everything else: its cgroups are gone with the base.)
+
+    const s = await start(cfg);
+    // The same audit directory is refused by its lock; another one gets as far as the socket, which is refused.
+    await expect(Sidecar.start({ ...cfg, agents: [] }, { output: () => {} })).rejects.toMatchObject({ code: 'E_AUDIT_LOCKED' });
+    const other = mkdtempSync(join(root, 'state-'));
+    const second = { ...cfg, agents: [], stateDir: other, audit: { ...cfg.audit, dir: join(other, 'audit') } };
+    await expect(Sidecar.start(second, { output: () => {} })).rejects.toMatchObject({ code: 'E_ADMIN_SOCKET' });
+    expect(existsSync(s.adminSocket)).toBe(true); // the running sidecar's socket is untouched
+  });
+
   it('admin socket: 0600, lists, revokes, kills, stats and metrics; stop leaves no socket, cgroup or process', async () => {
     const ctl = new Control('m');
     const s = await start(config([{ id: 'worker', control: ctl }]));
