@@ -185,6 +185,8 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
             summary.sidecarRestarts++;
             const stale = cgroupsUnder(cgroupBase).filter((d) => !d.includes(`/${h.ref.pid}.`));
             if (stale.length > 0) violation(round, `stale cgroups after restart: ${stale.join(', ')}`);
+            const survivors = refs.filter((r) => !gone(r));
+            if (survivors.length > 0) violation(round, `processes of the killed sidecar still alive after the restart: ${JSON.stringify(survivors)}`);
             root = await h.agent('root');
             rootCap = await toolCap(root);
             continue;
