@@ -70,6 +70,9 @@ const AgentInput = z
     args: z.array(z.string()).default([]),
     cwd: z.string().min(1).optional(),
     env: EnvInput.default({}),
+    /** Run the agent (and its sub-agents) as this user/group; captrap must be root to switch. */
+    uid: z.number().int().nonnegative().optional(),
+    gid: z.number().int().nonnegative().optional(),
     limits: LimitsInput.optional(),
     capabilities: z.array(CapabilityInput).default([]),
     requestable: z.array(CapabilityInput).default([]),
@@ -86,6 +89,9 @@ const SandboxInput = z
     killGrace: Duration.optional(),
     allowDegraded: z.boolean().default(false),
     backend: z.enum(['auto', 'cgroup-v2', 'cgroup-v1', 'none']).default('auto'),
+    /** Run tools as this user/group (captrap must be root to switch). */
+    uid: z.number().int().nonnegative().optional(),
+    gid: z.number().int().nonnegative().optional(),
     /**
      * Namespaces for tool sandboxes (default none). With `pid`, a tool's whole tree (setsid
      * escapees included) dies with its namespace init even if captrap is SIGKILLed; without it,
@@ -150,6 +156,8 @@ export interface AgentConfig {
   /** Absolute; defaults to the config file's directory. */
   cwd: string;
   env: Record<string, string>;
+  uid?: number;
+  gid?: number;
   limits: Limits;
   capabilities: CapabilityTemplate[];
   requestable: CapabilityTemplate[];
@@ -161,6 +169,8 @@ export interface SandboxDefaults {
   killGraceMs?: number;
   allowDegraded: boolean;
   backend: 'auto' | 'cgroup-v2' | 'cgroup-v1' | 'none';
+  uid?: number;
+  gid?: number;
   /** Tool sandboxes' namespaces (default none). */
   namespaces?: ('pid' | 'mount' | 'net' | 'ipc' | 'uts')[];
 }
@@ -225,6 +235,8 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
   if (c.sandbox.maxOutputBytes !== undefined) sandbox.maxOutputBytes = c.sandbox.maxOutputBytes;
   if (c.sandbox.killGrace !== undefined) sandbox.killGraceMs = c.sandbox.killGrace;
   if (c.sandbox.namespaces !== undefined) sandbox.namespaces = c.sandbox.namespaces;
+  if (c.sandbox.uid !== undefined) sandbox.uid = c.sandbox.uid;
+  if (c.sandbox.gid !== undefined) sandbox.gid = c.sandbox.gid;
   const audit: SidecarConfig['audit'] = {
     dir: c.audit.dir !== undefined ? abs(c.audit.dir) : resolve(stateDir, 'audit'),
     keyFile: c.audit.keyFile !== undefined ? abs(c.audit.keyFile) : resolve(stateDir, 'audit.key'),
@@ -251,6 +263,8 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
       args: a.args,
       cwd: a.cwd !== undefined ? abs(a.cwd) : baseDir,
       env: a.env,
+      ...(a.uid !== undefined ? { uid: a.uid } : {}),
+      ...(a.gid !== undefined ? { gid: a.gid } : {}),
       limits: toLimits(a.limits),
       capabilities: a.capabilities.map(template),
       requestable: a.requestable.map(template),

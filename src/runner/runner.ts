@@ -125,6 +125,8 @@ export class ToolRunner {
     if (defaults.maxOutputBytes !== undefined) opts.maxOutputBytes = defaults.maxOutputBytes;
     if (defaults.killGraceMs !== undefined) opts.killGrace = defaults.killGraceMs;
     if (defaults.namespaces !== undefined) opts.namespaces = defaults.namespaces;
+    if (defaults.uid !== undefined) opts.uid = defaults.uid;
+    if (defaults.gid !== undefined) opts.gid = defaults.gid;
     const [command, ...args] = auth.argv;
     const sb = runSandboxed(command!, args, opts); // throws before creating anything if it cannot start
     this.o.counters.start();

@@ -279,7 +279,17 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
       const limits = narrowLimits(agent.spec.limits, toLimits(p.limits));
       const granted: Capability[] = [];
       const sub = supervisor.launch(
-        { id: p.id, command: p.command, args: p.args, cwd: agent.spec.cwd, env: p.env, limits, requestable: [] },
+        {
+          id: p.id,
+          command: p.command,
+          args: p.args,
+          cwd: agent.spec.cwd,
+          env: p.env,
+          ...(agent.spec.uid !== undefined ? { uid: agent.spec.uid } : {}),
+          ...(agent.spec.gid !== undefined ? { gid: agent.spec.gid } : {}),
+          limits,
+          requestable: [],
+        },
         agent,
         (child) => {
           for (const d of p.capabilities) {

@@ -136,7 +136,8 @@ export class Sidecar {
   }
 
   private launchConfigured(a: SidecarConfig['agents'][number]): AgentHandle {
-    return this.supervisor.launch({ id: a.id, command: a.command, args: a.args, cwd: a.cwd, env: a.env, limits: a.limits, requestable: a.requestable }, null, (agent) => {
+    const spec = { id: a.id, command: a.command, args: a.args, cwd: a.cwd, env: a.env, limits: a.limits, requestable: a.requestable, ...(a.uid !== undefined ? { uid: a.uid } : {}), ...(a.gid !== undefined ? { gid: a.gid } : {}) };
+    return this.supervisor.launch(spec, null, (agent) => {
       for (const t of a.capabilities) {
         const c: Capability = this.kernel.requestCapability(a.id, t.resource, t.operations, t.constraints, {
           ...(t.ttlMs !== undefined ? { ttlMs: t.ttlMs } : {}),

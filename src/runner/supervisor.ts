@@ -142,6 +142,9 @@ export interface LaunchSpec {
   args: string[];
   cwd: string;
   env: Record<string, string>;
+  /** User and group the agent runs as (sub-agents inherit their parent's). */
+  uid?: number;
+  gid?: number;
   limits: Limits;
   /** Templates the agent may turn into capabilities with capabilities.request. */
   requestable: CapabilityTemplate[];
@@ -273,6 +276,8 @@ export class Supervisor {
       backend: config.sandbox.backend,
       maxOutputBytes: AGENT_OUTPUT_CAP,
       killGrace: config.sandbox.killGraceMs ?? 1000,
+      ...(spec.uid !== undefined ? { uid: spec.uid } : {}),
+      ...(spec.gid !== undefined ? { gid: spec.gid } : {}),
     });
     counters.start();
     const socket = duplexOfStdin(sb);

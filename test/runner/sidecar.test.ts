@@ -91,6 +91,7 @@ const TOOLS = [
     args: {},
     limits: { memoryBytes: 128 * 1024 * 1024, pids: 16 },
   },
+  { name: 'uid', command: ['id', '-u'], args: {} },
   // Allocates far beyond the tool's memory limit.
   { name: 'hog', command: ['node', '-e', 'const a=[];for(;;)a.push(Buffer.alloc(1<<20,1))'], args: {}, limits: { memoryBytes: 48 * 1024 * 1024 } },
 ];
@@ -436,6 +437,27 @@ describe('sidecar', () => {
     expect(rev.revoked).toEqual(expect.arrayContaining([narrowed.parent, narrowed.id]));
     const after = await rpcError(a.conn.call('tools.invoke', { tool: 'echo', args: { text: 'x' }, capability: narrowed.id }));
     expect((after.data as { code: string }).code).toBe('E_REVOKED');
+  });
+
+  it('runs agents and tools as the configured user; forwards agent output by line', async () => {
+    const lines: string[] = [];
+    const ctl = new Control('w');
+    const base = config([{ id: 'caller', control: ctl, capabilities: [toolCap(['uid'])] }]);
+    const cfg = {
+      ...base,
+      sandbox: { ...base.sandbox, uid: 65534, gid: 65534 },
+      agents: [
+        ...base.agents,
+        { id: 'nobody', command: 'sh', args: ['-c', 'echo "uid $(id -u) gid $(id -g)"; echo oops >&2; exec sleep 30'], cwd: root, env: {}, uid: 65534, gid: 65534, limits: {}, capabilities: [], requestable: [] },
+      ],
+    };
+    const s = await Sidecar.start(cfg, { output: (id, stream, line) => lines.push(`${id} ${stream} ${line}`) });
+    sidecars.push(s);
+    await until(() => lines.length >= 2);
+    expect(lines.sort()).toEqual(['nobody stderr oops', 'nobody stdout uid 65534 gid 65534']);
+    const a = await ctl.next();
+    const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    expect(await a.conn.call('tools.invoke', { tool: 'uid', args: {}, capability: cap })).toMatchObject({ stdout: '65534\n' });
   });
 
   it('a start that fails (missing agent command, socket of a live sidecar) leaves nothing behind', async () => {
