@@ -460,6 +460,28 @@ describe('sidecar', () => {
     expect(await a.conn.call('tools.invoke', { tool: 'uid', args: {}, capability: cap })).toMatchObject({ stdout: '65534\n' });
   });
 
+  it('speaks to a plain shell agent: the protocol needs nothing but fd 3', async () => {
+    const lines: string[] = [];
+    const script = [
+      `printf '%s\\n' '{"jsonrpc":"2.0","id":1,"method":"tools.list","params":{}}' >&3`,
+      'read -r answer <&3',
+      'echo "$answer"',
+      `printf '%s\\n' '{"jsonrpc":"2.0","id":2,"method":"tools.invoke","params":{"tool":"read_file","args":{"path":"/etc/hostname"},"capability":"cap_AAAAAAAAAAAAAAAAAAAAAA"}}' >&3`,
+      'read -r answer <&3',
+      'echo "$answer"',
+      'exec sleep 30',
+    ].join('\n');
+    const cfg = parseConfig({ tools: TOOLS, agents: [{ id: 'shell', command: 'sh', args: ['-c', script], capabilities: [toolCap(['echo'])] }], cgroupBase: BASE, stateDir: mkdtempSync(join(root, 'state-')) }, 'shell config', root);
+    const s = await Sidecar.start(cfg, { output: (_id, stream, line) => stream === 'stdout' && lines.push(line) });
+    sidecars.push(s);
+    await until(() => lines.length >= 2);
+    expect(JSON.parse(lines[0]!)).toEqual({ jsonrpc: '2.0', id: 1, result: { tools: [{ name: 'echo', args: { text: { type: 'string', required: true } } }] } });
+    const denied = JSON.parse(lines[1]!) as { id: number; error: { code: number; data: { code: string } } };
+    expect(denied.id).toBe(2);
+    expect(denied.error.code).toBe(RPC_ERROR.NOT_FOUND);
+    expect(denied.error.data.code).toBe('E_UNKNOWN_CAPABILITY');
+  });
+
   it('a start that fails (missing agent command, socket of a live sidecar) leaves nothing behind', async () => {
     const ctl = new Control('z');
     const cfg = config([{ id: 'fine', control: ctl }]);
