@@ -74,8 +74,8 @@ export const FAULT_TOOLS: ToolConfig[] = [
     command: [
       '/bin/sh',
       '-c',
-      'echo "$$ $(cut -d" " -f22 /proc/$$/stat)" >> "$1/pids"; setsid /bin/sh -c \'echo "$$ $(cut -d" " -f22 /proc/$$/stat)" >> "$1/pids"; exec sleep 300\' esc "$1" & sleep 300',
-      'hang',
+      // The shell itself opens /proc/self/stat, so the host pid is recorded even inside a pid namespace ($$ would be the namespace's).
+      'read -r s < /proc/self/stat; set -- $s; p=$1; shift 21; echo "$p $1" >> "$0/pids"; setsid /bin/sh -c \'read -r s < /proc/self/stat; set -- $s; p=$1; shift 21; echo "$p $1" >> "$0/pids"; exec sleep 300\' "$0" & sleep 300',
       '{dir}',
     ],
     args: { dir: { type: 'string', maxLength: 4096 } },

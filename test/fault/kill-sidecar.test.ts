@@ -9,6 +9,7 @@ import {
   allGone,
   auditRecords,
   auditVerify,
+  cgroupDirsOf,
   cgroupsUnder,
   collectAndClean,
   existingDirs,
@@ -36,8 +37,10 @@ afterAll(async () => {
 }, 30_000);
 
 /** A sidecar with two agents, each with a tool running (a shell, its child, a setsid escapee) and a setsid child of its own. */
-async function busySidecar(): Promise<{ h: ServeHandle; leaders: ProcessRef[]; everything: ProcessRef[]; oldToken: string }> {
-  const h = await startServe({ agents: [proxyAgent('a1'), proxyAgent('a2')] });
+async function busySidecar(
+  sandbox: Record<string, unknown> = {},
+): Promise<{ h: ServeHandle; leaders: ProcessRef[]; toolTrees: ProcessRef[]; everything: ProcessRef[]; oldToken: string }> {
+  const h = await startServe({ agents: [proxyAgent('a1'), proxyAgent('a2')], sandbox });
   const a1 = await h.agent('a1');
   const a2 = await h.agent('a2');
   const oldToken = (await toolCap(a1)).token;
@@ -46,9 +49,13 @@ async function busySidecar(): Promise<{ h: ServeHandle; leaders: ProcessRef[]; e
   const t1 = await startHang(h, a1);
   const t2 = await startHang(h, a2);
   const leaders = [a1.ref, a2.ref, t1.refs[0]!, t2.refs[0]!];
-  const everything = [...leaders, forkRef, t1.refs[1]!, t2.refs[1]!, ...processesInBase(h.cgroupBase)];
+  const toolCgroups = new Set([...t1.cgroups, ...t2.cgroups].map((d) => d.slice(d.lastIndexOf('/') + 1)));
+  // Every process inside the two tools' cgroups (shell, its children, the setsid escapee, unshare's init).
+  const toolTrees = [...t1.refs, ...t2.refs, ...processesInBase(h.cgroupBase).filter((r) => cgroupDirsOf(r.pid, h.cgroupBase).some((d) => toolCgroups.has(d.slice(d.lastIndexOf('/') + 1))))];
+  const everything = [...leaders, forkRef, ...toolTrees, ...processesInBase(h.cgroupBase)];
   expect(allGone(everything)).toBe(false);
-  return { h, leaders, everything, oldToken };
+  expect(toolTrees.length).toBeGreaterThanOrEqual(6);
+  return { h, leaders, toolTrees, everything, oldToken };
 }
 
 describe.skipIf(host.layout === 'none')('kill the sidecar', () => {
@@ -106,11 +113,30 @@ describe.skipIf(host.layout === 'none')('kill the sidecar', () => {
     rmSync(h.dir, { recursive: true, force: true });
   }, 45_000);
 
-  // SKIPPED — serve bug (reported to CORE): serve starts agents and tools without a pid namespace, so
-  // SIGKILLing it kills only each sandbox's leader (parent-death signal); the leaders' children and
-  // setsid escapees live on in the stale cgroups until the next start cleans them. Issue 5 wants
-  // every one of them dead within 1 s: run sandboxes with namespaces: ['pid'] where the host allows
-  // (the isolation layer then kills the whole tree when the namespace's init dies).
+  it.skipIf(!host.namespaces.pid)('SIGKILL serve with sandbox.namespaces [pid]: agents and whole tool trees (setsid escapees included) die within 1 s', async () => {
+    const busy = await busySidecar({ namespaces: ['pid'] });
+    first = busy.h;
+    const watched = [...busy.leaders, ...busy.toolTrees];
+    const t0 = performance.now();
+    signalRef(busy.h.ref, 'SIGKILL');
+    const dead = await waitFor(() => allGone(watched), 1000, 2);
+    const elapsed = performance.now() - t0;
+    await busy.h.exited;
+    busy.h.admin.close();
+    busy.h.control.close();
+    const alive = watched.filter((r) => !gone(r));
+    await collectAndClean(busy.h);
+    rmSync(busy.h.dir, { recursive: true, force: true });
+    first = undefined;
+    expect(dead, `alive ${elapsed.toFixed(0)} ms after the sidecar's SIGKILL: ${JSON.stringify(alive)}`).toBe(true);
+  }, 30_000);
+
+  // SKIPPED — serve gap (reported): by default serve starts tools without a pid namespace
+  // (sandbox.namespaces is opt-in) and agents never in one, so a SIGKILLed sidecar kills only each
+  // sandbox's leader (parent-death signal); the leaders' children and setsid escapees live on in the
+  // stale cgroups until the next start removes them. Issue 5 wants every one of them dead within 1 s:
+  // pid namespaces by default where the host has them, for agents too. The test above shows tools
+  // are fine once opted in.
   it.skip('SIGKILL serve: every process it started, descendants and setsid escapees included, dies within 1 s', async () => {
     const busy = await busySidecar();
     first = busy.h;
