@@ -38,6 +38,8 @@ export interface RoundsOptions {
   seed: number;
   /** Probability per round of SIGKILLing the sidecar itself (then restarting it). Default 0.02. */
   sidecarKillRate?: number;
+  /** Run tools in their own pid namespace (serve's sandbox.namespaces: [pid]). */
+  pidNamespace?: boolean;
   log?: (line: string) => void;
 }
 
@@ -51,6 +53,7 @@ export interface RoundsSummary {
   sidecarRestarts: number;
   violations: string[];
   audit: { ok: boolean; records: number } | null;
+  pidNamespace: boolean;
   ms: number;
 }
 
@@ -91,6 +94,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
     sidecarRestarts: 0,
     violations: [],
     audit: null,
+    pidNamespace: opts.pidNamespace === true,
     ms: 0,
   };
   const violation = (round: number, what: string) => {
@@ -100,7 +104,8 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
   const count = (bucket: Record<string, number>, key: string) => (bucket[key] = (bucket[key] ?? 0) + 1);
 
   const cgroupBase = uniqueBase('fi');
-  let h: ServeHandle = await startServe({ agents: [proxyAgent('root')], cgroupBase });
+  const sandbox = opts.pidNamespace ? { namespaces: ['pid'] } : {};
+  let h: ServeHandle = await startServe({ agents: [proxyAgent('root')], cgroupBase, sandbox });
   const dir = h.dir;
   let root = await h.agent('root');
   let rootCap = await toolCap(root);
@@ -181,7 +186,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
             h.admin.close();
             h.control.close();
             await Promise.allSettled(calls);
-            h = await startServe({ dir, cgroupBase, agents: [proxyAgent('root')] });
+            h = await startServe({ dir, cgroupBase, sandbox, agents: [proxyAgent('root')] });
             summary.sidecarRestarts++;
             const stale = cgroupsUnder(cgroupBase).filter((d) => !d.includes(`/${h.ref.pid}.`));
             if (stale.length > 0) violation(round, `stale cgroups after restart: ${stale.join(', ')}`);
@@ -293,7 +298,7 @@ function killIfSame(ref: ProcessRef, sig: NodeJS.Signals): void {
 export function formatSummary(s: RoundsSummary): string {
   const kv = (o: Record<string, number>) => Object.entries(o).sort().map(([k, v]) => `${k}=${v}`).join(' ') || '-';
   return [
-    `fault-inject: ${s.rounds} round(s), seed ${s.seed}, ${(s.ms / 1000).toFixed(1)} s`,
+    `fault-inject: ${s.rounds} round(s), seed ${s.seed}, ${(s.ms / 1000).toFixed(1)} s${s.pidNamespace ? ', tools in pid namespaces' : ''}`,
     `  agents spawned: ${s.agentsSpawned}; calls: ${s.calls}; sidecar restarts: ${s.sidecarRestarts}`,
     `  kills: ${kv(s.kills)}`,
     `  call outcomes: ${kv(s.callOutcomes)}`,
@@ -303,11 +308,11 @@ export function formatSummary(s: RoundsSummary): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  let values: { rounds?: string; seed?: string; 'sidecar-kill-rate'?: string; quiet?: boolean; help?: boolean };
+  let values: { rounds?: string; seed?: string; 'sidecar-kill-rate'?: string; 'pid-namespace'?: boolean; quiet?: boolean; help?: boolean };
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { rounds: { type: 'string' }, seed: { type: 'string' }, 'sidecar-kill-rate': { type: 'string' }, quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: { rounds: { type: 'string' }, seed: { type: 'string' }, 'sidecar-kill-rate': { type: 'string' }, 'pid-namespace': { type: 'boolean' }, quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
       strict: true,
     }));
   } catch (err) {
@@ -315,7 +320,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (values.help) {
-    process.stdout.write('usage: npm run fault-inject -- [--rounds N (default 20)] [--seed S (default: time)] [--sidecar-kill-rate P (default 0.02)] [--quiet]\n');
+    process.stdout.write('usage: npm run fault-inject -- [--rounds N (default 20)] [--seed S (default: time)] [--sidecar-kill-rate P (default 0.02)] [--pid-namespace] [--quiet]\n');
     return 0;
   }
   const rounds = Number(values.rounds ?? 20);
@@ -325,7 +330,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write('fault-inject: --rounds must be a positive integer, --seed an integer, --sidecar-kill-rate in [0, 1]\n');
     return 2;
   }
-  const summary = await runRounds({ rounds, seed, sidecarKillRate: rate, log: values.quiet ? undefined : (l) => process.stderr.write(l + '\n') });
+  const summary = await runRounds({ rounds, seed, sidecarKillRate: rate, pidNamespace: values['pid-namespace'] === true, log: values.quiet ? undefined : (l) => process.stderr.write(l + '\n') });
   process.stdout.write(formatSummary(summary) + '\n');
   return summary.violations.length === 0 ? 0 : 1;
 }
