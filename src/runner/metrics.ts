@@ -30,6 +30,17 @@ export class SidecarMetrics {
     });
     this.agentExits = new Counter({ name: 'captrap_agent_exits_total', help: 'Agents that exited, by exit reason', labelNames: ['reason'], registers });
     this.rpcErrors = new Counter({ name: 'captrap_rpc_errors_total', help: 'JSON-RPC error answers, by channel (agent|admin) and code', labelNames: ['channel', 'code'], registers });
+    // One scrape reads several gauges from kernel.stats(), which walks every capability: read it once per scrape.
+    let kernelAt = 0;
+    let kernelStats: ReturnType<MetricsSource['kernel']> | undefined;
+    const kernel = () => {
+      const now = Date.now();
+      if (!kernelStats || now - kernelAt > 50) {
+        kernelStats = source.kernel();
+        kernelAt = now;
+      }
+      return kernelStats;
+    };
     const gauge = (name: string, help: string, read: () => number) =>
       new Gauge({
         name,
@@ -41,11 +52,11 @@ export class SidecarMetrics {
       });
     gauge('captrap_agents_running', 'Agents (and sub-agents) alive', () => source.agentsRunning());
     gauge('captrap_sandboxes_running', 'Sandboxes (agents and tool calls) alive', () => source.sandboxesRunning());
-    gauge('captrap_capabilities_live', 'Capabilities neither expired nor revoked', () => source.kernel().live);
-    gauge('captrap_capabilities_bound', 'Live capabilities bound to a process', () => source.kernel().bound);
-    gauge('captrap_capabilities_revoked', 'Revoked capability ids (persisted)', () => source.kernel().revoked);
-    gauge('captrap_validations', 'Capability validations since start', () => source.kernel().validations);
-    gauge('captrap_denials', 'Capability denials since start', () => source.kernel().denials);
+    gauge('captrap_capabilities_live', 'Capabilities neither expired nor revoked', () => kernel().live);
+    gauge('captrap_capabilities_bound', 'Live capabilities bound to a process', () => kernel().bound);
+    gauge('captrap_capabilities_revoked', 'Revoked capability ids (persisted)', () => kernel().revoked);
+    gauge('captrap_validations', 'Capability validations since start', () => kernel().validations);
+    gauge('captrap_denials', 'Capability denials since start', () => kernel().denials);
     gauge('captrap_audit_events', 'Audit events logged since start', () => source.audit()?.eventsLogged ?? 0);
     gauge('captrap_audit_buffer_depth', 'Audit events recorded but not yet written', () => source.audit()?.bufferDepth ?? 0);
   }
