@@ -70,6 +70,12 @@ const AgentInput = z
     args: z.array(z.string()).default([]),
     cwd: z.string().min(1).optional(),
     env: EnvInput.default({}),
+    /**
+     * Namespaces for the agent's sandbox (sub-agents inherit them). With `pid` the agent's whole
+     * tree dies with it even if captrap is SIGKILLed; the agent then sees itself as pid 1, while
+     * the sidecar reports (and binds capabilities to) the namespace's launcher process.
+     */
+    namespaces: z.array(z.enum(['pid', 'mount', 'net', 'ipc', 'uts'])).optional(),
     /** Run the agent (and its sub-agents) as this user/group; captrap must be root to switch. */
     uid: z.number().int().nonnegative().optional(),
     gid: z.number().int().nonnegative().optional(),
@@ -156,6 +162,7 @@ export interface AgentConfig {
   /** Absolute; defaults to the config file's directory. */
   cwd: string;
   env: Record<string, string>;
+  namespaces?: ('pid' | 'mount' | 'net' | 'ipc' | 'uts')[];
   uid?: number;
   gid?: number;
   limits: Limits;
@@ -263,6 +270,7 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
       args: a.args,
       cwd: a.cwd !== undefined ? abs(a.cwd) : baseDir,
       env: a.env,
+      ...(a.namespaces !== undefined ? { namespaces: a.namespaces } : {}),
       ...(a.uid !== undefined ? { uid: a.uid } : {}),
       ...(a.gid !== undefined ? { gid: a.gid } : {}),
       limits: toLimits(a.limits),

@@ -285,6 +285,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
           args: p.args,
           cwd: agent.spec.cwd,
           env: p.env,
+          ...(agent.spec.namespaces !== undefined ? { namespaces: agent.spec.namespaces } : {}),
           ...(agent.spec.uid !== undefined ? { uid: agent.spec.uid } : {}),
           ...(agent.spec.gid !== undefined ? { gid: agent.spec.gid } : {}),
           limits,

@@ -136,7 +136,7 @@ export class Sidecar {
   }
 
   private launchConfigured(a: SidecarConfig['agents'][number]): AgentHandle {
-    const spec = { id: a.id, command: a.command, args: a.args, cwd: a.cwd, env: a.env, limits: a.limits, requestable: a.requestable, ...(a.uid !== undefined ? { uid: a.uid } : {}), ...(a.gid !== undefined ? { gid: a.gid } : {}) };
+    const spec = { id: a.id, command: a.command, args: a.args, cwd: a.cwd, env: a.env, limits: a.limits, requestable: a.requestable, ...(a.namespaces !== undefined ? { namespaces: a.namespaces } : {}), ...(a.uid !== undefined ? { uid: a.uid } : {}), ...(a.gid !== undefined ? { gid: a.gid } : {}) };
     return this.supervisor.launch(spec, null, (agent) => {
       for (const t of a.capabilities) {
         const c: Capability = this.kernel.requestCapability(a.id, t.resource, t.operations, t.constraints, {

@@ -142,6 +142,8 @@ export interface LaunchSpec {
   args: string[];
   cwd: string;
   env: Record<string, string>;
+  /** Namespaces of the agent's sandbox (sub-agents inherit their parent's). */
+  namespaces?: ('pid' | 'mount' | 'net' | 'ipc' | 'uts')[];
   /** User and group the agent runs as (sub-agents inherit their parent's). */
   uid?: number;
   gid?: number;
@@ -276,6 +278,7 @@ export class Supervisor {
       backend: config.sandbox.backend,
       maxOutputBytes: AGENT_OUTPUT_CAP,
       killGrace: config.sandbox.killGraceMs ?? 1000,
+      ...(spec.namespaces !== undefined ? { namespaces: spec.namespaces } : {}),
       ...(spec.uid !== undefined ? { uid: spec.uid } : {}),
       ...(spec.gid !== undefined ? { gid: spec.gid } : {}),
     });

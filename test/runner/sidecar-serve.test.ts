@@ -2,13 +2,13 @@
 // SIGTERM (exit 0, nothing left), and SIGKILL of the sidecar (agents die with it; the next start
 // removes the stale cgroups and continues the audit chain).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { removeCgroupBase } from '../../src/isolation/cgroup.js';
+import { cleanupStaleCgroups, removeCgroupBase } from '../../src/isolation/cgroup.js';
 import { probeHost } from '../../src/isolation/host.js';
 import { isSameProcess } from '../../src/isolation/proc.js';
 import { readAuditRecords, verifyAuditLog } from '../../src/kernel/audit.js';
@@ -21,13 +21,28 @@ const host = probeHost();
 const dirs: string[] = [];
 const children: ChildProcess[] = [];
 
-afterAll(() => {
+afterAll(async () => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once('exit', r)) : undefined)));
+  // Whatever a failed test left: the owners (serve processes) are dead, so this kills and removes it.
+  await cleanupStaleCgroups(host, BASE);
   removeCgroupBase(host, BASE);
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-function writeConfig(): { dir: string; file: string } {
+/** Host pids of every process in the cgroups under `base` (v1 pids hierarchy). */
+function pidsUnder(base: string): number[] {
+  const d = join('/sys/fs/cgroup/pids', base);
+  if (!existsSync(d)) return [];
+  const out: number[] = [];
+  for (const n of readdirSync(d, { withFileTypes: true })) {
+    if (!n.isDirectory()) continue;
+    for (const l of readFileSync(join(d, n.name, 'cgroup.procs'), 'utf8').split('\n')) if (l.trim()) out.push(Number(l));
+  }
+  return out;
+}
+
+function writeConfig(agentNamespaces = false): { dir: string; file: string } {
   const dir = mkdtempSync(join(tmpdir(), 'captrap-serve-'));
   dirs.push(dir);
   const file = join(dir, 'captrap.yaml');
@@ -43,7 +58,9 @@ function writeConfig(): { dir: string; file: string } {
       'agents:',
       '  - id: sleeper',
       '    command: sh',
-      "    args: ['-c', 'echo up; exec sleep 300']",
+      // With a pid namespace, the agent also leaves a setsid escapee behind: it must die with the namespace.
+      agentNamespaces ? "    args: ['-c', 'setsid sleep 300 & echo up; exec sleep 300']" : "    args: ['-c', 'echo up; exec sleep 300']",
+      ...(agentNamespaces ? ['    namespaces: [pid]'] : []),
       '    limits: { memory: 64M, pids: 8 }',
       '    capabilities:',
       "      - { resource: { type: tool, pattern: '*' }, operations: [invoke], constraints: { allowedTools: [echo] } }",
@@ -100,6 +117,29 @@ function cgroupDirsOf(base: string): string[] {
 }
 
 describe('captrap serve', () => {
+  it.skipIf(!host.namespaces.pid || !existsSync('/sys/fs/cgroup/pids'))('with agent namespaces [pid], a SIGKILLed sidecar takes the agent\'s whole tree (setsid escapees too) with it', async () => {
+    const { file } = writeConfig(true);
+    const s = await serve(file);
+    let pids: number[] = [];
+    const t0 = Date.now();
+    while (pids.length < 3 && Date.now() - t0 < 5000) {
+      pids = pidsUnder(BASE); // unshare, the agent (namespace init), its setsid child
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(pids.length).toBeGreaterThanOrEqual(3);
+    const refs = pids.map((pid) => ({ pid, startTime: Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[19]) }));
+    s.child.kill('SIGKILL');
+    await s.exited;
+    const t1 = Date.now();
+    while (refs.some(isSameProcess) && Date.now() - t1 < 1000) await new Promise((r) => setTimeout(r, 10));
+    expect(refs.filter(isSameProcess)).toEqual([]);
+    // The next start removes the dead sidecar's cgroups.
+    const again = await serve(file);
+    again.child.kill('SIGTERM');
+    expect(await again.exited).toBe(0);
+    expect(cgroupDirsOf(BASE)).toEqual([]);
+  });
+
   it('exits 2 naming the file and field of a bad config', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'captrap-serve-'));
     dirs.push(dir);
