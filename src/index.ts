@@ -24,6 +24,9 @@ export { hostReport, type HostReport } from './isolation/report.js';
 export { buildSystemdRunArgs } from './isolation/systemd-run.js';
 export type { LauncherKind } from './isolation/launcher/launcher.js';
 
+export { Sidecar, publicKeyFileFor, type SidecarOptions } from './runner/sidecar.js';
+export { loadConfig, parseConfig, ConfigError, type SidecarConfig } from './runner/config.js';
+export type { CapView } from './runner/supervisor.js';
 export { AdminClient, AdminClientError, AdminCallError, resolveSocketPath, type AgentRow, type SidecarStats } from './runner/admin-client.js';
 
 export { CaptrapError } from './errors.js';

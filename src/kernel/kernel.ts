@@ -443,20 +443,34 @@ export class SecurityKernel {
    * ancestors. Returns the ids newly revoked.
    */
   revokeCapability(id: string, reason = 'revoked'): string[] {
-    const ids = [id, ...this.descendants(id)];
-    const fresh = this.revocations.add(ids, reason, this.clock());
-    for (const r of fresh) {
-      const c = this.store.get(r);
-      this.emit({ type: 'capability_revoked', capabilityId: r, ...(c ? { principal: c.principal } : {}), details: { reason, cascadeFrom: id } });
-    }
-    return fresh;
+    return this.revokeSubtrees([id], reason);
   }
 
   /** Revokes every capability held by `principal` and, through them, every descendant. */
   revokeAllForPrincipal(principal: string, reason = 'principal revoked'): string[] {
-    const out: string[] = [];
-    for (const c of this.store.values()) if (c.principal === principal) out.push(...this.revokeCapability(c.id, reason));
-    return out;
+    const held: string[] = [];
+    for (const c of this.store.values()) if (c.principal === principal) held.push(c.id);
+    return this.revokeSubtrees(held, reason);
+  }
+
+  /**
+   * Revokes `roots` and all their descendants with one write and one fsync: revoke-on-death
+   * latency must not grow with the number of capabilities a process held.
+   */
+  private revokeSubtrees(roots: readonly string[], reason: string): string[] {
+    const rootSet = new Set(roots);
+    const all = new Set<string>();
+    for (const id of roots) {
+      all.add(id);
+      for (const d of this.descendants(id)) all.add(d);
+    }
+    const fresh = this.revocations.add([...all], reason, this.clock());
+    for (const r of fresh) {
+      const c = this.store.get(r);
+      const cascadeFrom = rootSet.has(r) ? r : (c?.ancestors.find((a) => rootSet.has(a)) ?? r);
+      this.emit({ type: 'capability_revoked', capabilityId: r, ...(c ? { principal: c.principal } : {}), details: { reason, cascadeFrom } });
+    }
+    return fresh;
   }
 
   /**
@@ -483,8 +497,7 @@ export class SecurityKernel {
     const ids = [...(this.bindings.get(k) ?? [])];
     this.bindings.delete(k);
     const principals = [...new Set(ids.map((i) => this.store.get(i)?.principal).filter((p): p is string => p !== undefined))];
-    const revoked: string[] = [];
-    for (const id of ids) revoked.push(...this.revokeCapability(id, reason));
+    const revoked = this.revokeSubtrees(ids, reason);
     this.emit({ type: 'principal_cleanup', process: { pid: ref.pid, startTime: ref.startTime }, ...(principals.length === 1 ? { principal: principals[0]! } : {}), details: { principals, revoked: revoked.length, ids: revoked } });
     return revoked;
   }
