@@ -340,7 +340,7 @@ export async function startServe(opts: ServeOptions): Promise<ServeHandle> {
     if (opts.echoStderr) process.stderr.write(c);
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
-  const socketPath = await new Promise<string>((resolvePromise, reject) => {
+  const ready = new Promise<string>((resolvePromise, reject) => {
     let out = '';
     const timer = setTimeout(() => reject(new Error(`serve not ready within ${opts.readyTimeoutMs ?? 20_000} ms; stderr:\n${err}`)), opts.readyTimeoutMs ?? 20_000);
     child.stdout!.setEncoding('utf8');
@@ -357,6 +357,18 @@ export async function startServe(opts: ServeOptions): Promise<ServeHandle> {
       reject(new Error(`serve exited before ready (code ${e.code}, signal ${e.signal}); stderr:\n${err}`));
     });
   });
+  let socketPath: string;
+  try {
+    socketPath = await ready;
+  } catch (err) {
+    // Never ready: leave nothing behind (the process, the control socket, a temp dir we made).
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await exited;
+    control.close();
+    await collectAndClean({ cgroupBase, dir });
+    if (opts.dir === undefined) rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   const ref = processRef(child.pid!);
   if (!ref) throw new Error('serve is ready but its process is gone');
   const sock = net.connect(resolve(dir, socketPath));
