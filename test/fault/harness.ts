@@ -511,7 +511,13 @@ export async function collectAndClean(h: Pick<ServeHandle, 'cgroupBase' | 'dir'>
   for (const r of processes) killRef(r);
   if (processes.length > 0) await waitFor(() => allGone(processes), 2000);
   await cleanupStaleCgroups(host, h.cgroupBase).catch(() => undefined);
-  const bases = removeCgroupBase(host, h.cgroupBase);
+  let bases = removeCgroupBase(host, h.cgroupBase);
+  // A cgroup whose last process just died can take a moment to become removable.
+  for (let i = 0; i < 20 && bases.length > 0; i++) {
+    await sleep(100);
+    await cleanupStaleCgroups(host, h.cgroupBase).catch(() => undefined);
+    bases = removeCgroupBase(host, h.cgroupBase);
+  }
   return { processes, cgroups, bases };
 }
 

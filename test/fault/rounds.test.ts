@@ -15,3 +15,12 @@ describe.skipIf(host.layout === 'none')('randomized fault rounds', () => {
     expect(s.audit?.ok).toBe(true);
   }, 60_000);
 });
+
+describe.skipIf(host.layout === 'none' || !host.namespaces.pid)('randomized fault rounds with sidecar kills', () => {
+  it('4 rounds, tools in pid namespaces, the sidecar SIGKILLed half the time and restarted: no violations', async () => {
+    const s = await runRounds({ rounds: 4, seed: 11, sidecarKillRate: 0.5, pidNamespace: true });
+    expect(s.violations, formatSummary(s)).toEqual([]);
+    expect(s.sidecarRestarts).toBeGreaterThanOrEqual(1);
+    expect(s.audit?.ok).toBe(true);
+  }, 60_000);
+});
