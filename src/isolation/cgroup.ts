@@ -466,10 +466,15 @@ export function noCgroupBackend(host: HostInfo): CgroupBackend {
 let seq = 0;
 let selfRef: { pid: number; startTime: number } | undefined;
 
+/** `<ownerPid>.<ownerStartTime>.`: what every sandbox cgroup name of this process starts with. */
+export function ownerPrefix(): string {
+  selfRef ??= processRef(process.pid);
+  return `${process.pid}.${selfRef?.startTime ?? 0}.`;
+}
+
 /** A fresh sandbox cgroup name: <ownerPid>.<ownerStartTime>.<seq>. */
 export function newCgroupName(): string {
-  selfRef ??= processRef(process.pid);
-  return `${process.pid}.${selfRef?.startTime ?? 0}.${++seq}`;
+  return `${ownerPrefix()}${++seq}`;
 }
 
 export function parseCgroupName(name: string): { pid: number; startTime: number; seq: number } | undefined {

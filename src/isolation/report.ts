@@ -58,7 +58,13 @@ export function hostReport(host: HostInfo, forced?: BackendName): HostReport {
   const killMech = backend === 'cgroup-v2' ? 'cgroup.kill' : backend === 'cgroup-v1' ? (host.layout === 'hybrid' && host.cgroupKill ? 'cgroup.kill in the hybrid cgroup2 tree' : 'v1 freezer: freeze, SIGKILL, thaw') : 'process group SIGKILL';
   add('tree-kill', !tk, killMech, tk ? `${tk.reason}. Fix: ${tk.fix}` : undefined);
   const pdeath = launcher.kind === 'captrap-launch' ? 'captrap-launch: PR_SET_PDEATHSIG' : launcher.kind === 'setpriv+sh' ? 'setpriv --pdeathsig KILL' : undefined;
-  add('die-with-parent', pdeath !== undefined, pdeath ? `${pdeath} on the leader (+ pid-namespace init with namespaces: [pid])` : 'none', "install util-linux (setpriv), or build captrap-launch ('npm run build' with a C compiler)");
+  // The leader dies by its parent-death signal; what it forked is killed by the owner watchdog
+  // (one sh per captrap process and base, woken by EOF on a pipe only captrap's death closes),
+  // which needs the sandbox's cgroups to find it.
+  const descendants = cg
+    ? 'descendants (setsid, double-fork): owner watchdog kills and removes the dead owner\'s cgroups'
+    : 'descendants: not covered without a cgroup (only with namespaces: [pid])';
+  add('die-with-parent', pdeath !== undefined, pdeath ? `${pdeath} on the leader (+ pid-namespace init with namespaces: [pid]); ${descendants}` : 'none', "install util-linux (setpriv), or build captrap-launch ('npm run build' with a C compiler)");
   add('stale-cleanup', cg, cg ? 'cgroups named <base>/<ownerPid>.<ownerStartTime>.<n>; owner dead => killed and removed' : 'no cgroups', 'needs a cgroup backend');
   for (const limit of ['memory', 'swap', 'pids', 'cpu'] as const) {
     const d = off(limit);

@@ -24,6 +24,7 @@ import { probeHost, which, type HostInfo } from './host.js';
 import { normalizeOptions, type BackendName, type NormalizedOptions, type SandboxOptions } from './limits.js';
 import { processRef, type ProcessRef } from './proc.js';
 import { chooseLauncher, launchArgv, type LauncherChoice, type LauncherKind } from './launcher/launcher.js';
+import { ensureOwnerWatchdog } from './watchdog.js';
 
 export type KillReason = 'killed' | 'revoked' | 'owner-exited';
 export type ExitReason =
@@ -208,6 +209,23 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
   return { options, host, backend, degraded, file, launcher };
 }
 
+/**
+ * Descendants of the leader get no parent-death signal; the owner watchdog kills them (and
+ * removes the cgroups) when captrap dies. Started once per process and base, before the first
+ * cgroup exists. Fails closed unless the caller allowed degradation.
+ */
+function armWatchdog(p: Plan): void {
+  if (p.backend === 'none') return;
+  try {
+    ensureOwnerWatchdog(p.host, p.options.cgroupBase);
+  } catch (err) {
+    if (!p.options.allowDegraded) throw err;
+    const d: Degradation = { limit: 'die-with-parent', reason: `the owner watchdog cannot start (${(err as Error).message}), so the leader's descendants survive a SIGKILLed captrap until the next stale cleanup`, fix: 'make /bin/sh runnable for captrap' };
+    p.degraded.push(d);
+    log.warn({ degraded: d }, 'sandbox runs degraded');
+  }
+}
+
 function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[] {
   const { options: o, host } = p;
   const tail: string[] = [];
@@ -293,6 +311,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   const o = p.options;
   const backend = cgroupBackend(p.backend, p.host);
   let child: ChildProcess | undefined;
+  armWatchdog(p);
   const cg = backend.create(o.cgroupBase, newCgroupName(), o.limits, () => child?.pid);
   installExitHook();
   log.debug({ backend: p.backend, cgroup: cg.name, command }, 'sandbox starting');

@@ -1,5 +1,6 @@
-// Guarantee 3: if captrap is SIGKILLed, what it started dies, and the next captrap removes the
-// stale cgroups it left. A real node process (tsx) starts sandboxes and is SIGKILLed.
+// Guarantee 3: if captrap is SIGKILLed, what it started dies (leaders by parent-death signal,
+// their descendants by the owner watchdog), and the next captrap removes whatever stale cgroups
+// are left. A real node process (tsx) starts sandboxes and is SIGKILLed.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,7 +47,7 @@ afterAll(async () => {
 });
 
 describe.skipIf(!trackRoot || !host.tools.setpriv)('guarantee 3: captrap SIGKILLed', () => {
-  it('its sandboxed processes die, and stale cleanup kills the rest and removes the cgroups', async () => {
+  it('every sandboxed process dies, setsid escapees included, and the cgroups are removed', async () => {
     const script = `${dir}/starter.mts`;
     writeFileSync(script, SCRIPT);
     const starter = spawn(process.execPath, ['--import', 'tsx', script, base], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
@@ -69,19 +70,53 @@ describe.skipIf(!trackRoot || !host.tools.setpriv)('guarantee 3: captrap SIGKILL
 
     // The leaders die by their parent-death signal; inside a pid namespace, so does everything
     // (the namespace's init died). Without a namespace the setsid'd and background children
-    // are still alive, held in their cgroup, until the next captrap's stale cleanup.
+    // are killed by the owner watchdog, which also removes the cgroups.
     expect(await waitGone([info.plain[0]], 2000)).toEqual([]);
     if (host.namespaces.pid) expect(await waitGone(nsAll, 2000)).toEqual([]);
-    const survivors = plainAll.filter(isAlive);
-    expect(survivors.length).toBeGreaterThan(0);
+    expect(await waitGone(plainAll, 1500)).toEqual([]);
+    const dirsOf = (names: string[]) => names.flatMap((n) => hierarchyRoots(host).map((h) => `${h.root}/${base}/${n}`)).filter((d) => existsSync(d));
+    const deadline = Date.now() + 1500;
+    while (dirsOf([info.plain[1], info.inNs[1]]).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(dirsOf([info.plain[1], info.inNs[1]])).toEqual([]);
 
+    // The next captrap's stale cleanup then has nothing left to do.
+    const result = await cleanupStaleCgroups(host, base);
+    expect(result).toEqual({ removed: [], killed: 0, failed: [] });
+  });
+
+  it('stale cleanup still kills and removes what a captrap without a live watchdog left', async () => {
+    const script = `${dir}/nowatchdog.mts`;
+    writeFileSync(
+      script,
+      `import { runSandboxed } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)};
+const sb = runSandboxed('sh', ['-c', "setsid sh -c 'exec sleep 300' & echo ready; exec sleep 300"], { cgroupBase: process.argv[2] });
+sb.stdout.on('data', () => console.log(JSON.stringify([sb.pid, sb.cgroupName])));
+setInterval(() => {}, 1000);
+`,
+    );
+    // A watchdog that exits at once stands in for one that was itself killed (e.g. by the OOM killer).
+    const starter = spawn(process.execPath, ['--import', 'tsx', script, base], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, CAPTRAP_WATCHDOG_SH: '/bin/true' } });
+    const [leader, name] = await new Promise<[number, string]>((resolve, reject) => {
+      let buf = '';
+      starter.stdout.on('data', (c: Buffer) => {
+        buf += c.toString();
+        const line = buf.split('\n').find((l) => l.startsWith('['));
+        if (line) resolve(JSON.parse(line));
+      });
+      starter.once('exit', (code) => reject(new Error(`starter exited early (${code})`)));
+    });
+    const all = procsOf(name);
+    expect(all.length).toBe(2);
+    starter.kill('SIGKILL');
+    await new Promise((r) => starter.once('exit', r));
+    expect(await waitGone([leader], 2000)).toEqual([]);
+    const survivors = all.filter(isAlive);
+    expect(survivors.length).toBe(1);
     const result = await cleanupStaleCgroups(host, base);
     expect(result.failed).toEqual([]);
-    expect(result.killed).toBeGreaterThanOrEqual(survivors.length);
+    expect(result.killed).toBeGreaterThanOrEqual(1);
     expect(await waitGone(survivors, 2000)).toEqual([]);
-    for (const name of [info.plain[1], info.inNs[1]]) {
-      for (const h of hierarchyRoots(host)) expect(existsSync(`${h.root}/${base}/${name}`)).toBe(false);
-    }
+    for (const h of hierarchyRoots(host)) expect(existsSync(`${h.root}/${base}/${name}`)).toBe(false);
   });
 
   it('a normal captrap exit kills every live sandbox tree at once (exit hook, cgroup kill)', async () => {
@@ -100,7 +135,7 @@ sb.stdout.on('data', (c) => { console.log('escapee ' + c.toString().trim()); pro
     const escapee = Number(/escapee (\d+)/.exec(out)?.[1]);
     expect(escapee).toBeGreaterThan(0);
     expect(await waitGone([escapee], 2000)).toEqual([]);
-    // Its cgroups are left for the next start's stale cleanup (an exiting process cannot wait to rmdir).
+    // An exiting process cannot wait to rmdir; its owner watchdog removes the cgroups.
     expect((await cleanupStaleCgroups(host, base)).failed).toEqual([]);
   });
 
