@@ -166,4 +166,53 @@ describe.skipIf(!trackRoot || !host.tools.setpriv || host.layout === 'none')('ow
       expect(removeCgroupBase(host, lonely)).toEqual([]);
     }
   });
+
+  it.skipIf(!host.v1.freezer)('without a cgroup2 tree it kills through the v1 freezer (freeze, SIGKILL, thaw) and removes every hierarchy', async () => {
+    // The watchdog is told this host has no cgroup2 tree, as on a pure v1 host; the owner puts
+    // a tree (leader, setsid grandchild, double-forked daemon) into freezer + pids cgroups itself.
+    const script = `${dir}/v1owner.mts`;
+    writeFileSync(
+      script,
+      `import { mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { ensureOwnerWatchdog } from ${JSON.stringify(`${root}src/isolation/watchdog.ts`)};
+import { newCgroupName } from ${JSON.stringify(`${root}src/isolation/cgroup.ts`)};
+import { probeHost } from ${JSON.stringify(`${root}src/isolation/host.ts`)};
+const base = process.argv[2];
+const host = probeHost();
+const v1only = { ...host, unifiedRoot: undefined, cgroupKill: false };
+const w = ensureOwnerWatchdog(v1only, base);
+const name = newCgroupName();
+const dirs = [host.v1.freezer, host.v1.pids].filter(Boolean).map((r) => r + '/' + base);
+for (const d of dirs) { try { mkdirSync(d); } catch {} mkdirSync(d + '/' + name); }
+const join = dirs.map((d) => 'echo $$ > ' + d + '/' + name + '/cgroup.procs').join('; ');
+const c = spawn('sh', ['-c', join + "; setsid sh -c 'echo g $$; exec sleep 300' & (sh -c 'echo d $$; exec sleep 300' &); echo l $$; exec sleep 300"], { stdio: ['ignore', 'pipe', 'inherit'], detached: true });
+const pids = [];
+c.stdout.on('data', (b) => {
+  for (const m of b.toString().matchAll(/[gdl] (\\d+)/g)) pids.push(Number(m[1]));
+  if (pids.length === 3) console.log(JSON.stringify({ pids, name, watchdog: w.pid }));
+});
+setInterval(() => {}, 1000);
+`,
+    );
+    const owner = spawn(process.execPath, ['--import', 'tsx', script, base], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+    owners.push(owner);
+    const exited = new Promise((r) => owner.once('exit', r));
+    const info = await new Promise<{ pids: number[]; name: string; watchdog: number }>((resolve, reject) => {
+      let buf = '';
+      owner.stdout.on('data', (c: Buffer) => {
+        buf += c.toString();
+        const line = buf.split('\n').find((l) => l.startsWith('{'));
+        if (line) resolve(JSON.parse(line));
+      });
+      owner.once('exit', (code) => reject(new Error(`owner exited before it was ready (${code})`)));
+    });
+    const refs = [...info.pids, info.watchdog].map((p) => processRef(p));
+    expect(refs.every((r) => r !== undefined)).toBe(true);
+    expect(existsSync(`${host.v1.freezer}/${base}/${info.name}`)).toBe(true);
+    owner.kill('SIGKILL');
+    await exited;
+    expect(await waitAllGone(refs as ProcessRef[], 1500)).toEqual([]);
+    expect(await waitNoDirs([info.name], 500)).toEqual([]);
+  });
 });
