@@ -22,6 +22,7 @@ export { processRef, isSameProcess, descendants } from './isolation/proc.js';
 export { normalizeOptions, type SandboxOptions, type BackendName, type NamespaceName } from './isolation/limits.js';
 export { hostReport, type HostReport } from './isolation/report.js';
 export { buildSystemdRunArgs } from './isolation/systemd-run.js';
+export { WatchdogError } from './isolation/watchdog.js';
 export type { LauncherKind } from './isolation/launcher/launcher.js';
 
 export { Sidecar, publicKeyFileFor, type SidecarOptions } from './runner/sidecar.js';
