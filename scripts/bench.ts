@@ -1,8 +1,10 @@
 // `npm run bench [-- section...]`: runs every benchmark section (or the named ones), prints
 // one table per section and writes bench-results.json. Sections live in scripts/bench/<name>.ts
 // and export `bench(): Promise<BenchSection>`.
-import { writeFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
 import type { BenchRow, BenchSection } from './bench/harness.js';
 
 const SECTIONS: Record<string, () => Promise<{ bench(): Promise<BenchSection> }>> = {
@@ -48,13 +50,31 @@ async function main(): Promise<void> {
     console.error(`bench: unknown section(s) ${unknown.join(', ')}; known: ${Object.keys(SECTIONS).join(', ')}`);
     process.exit(2);
   }
-  console.log(`captrap bench — node ${process.version}, ${cpus().length} cpu(s) (${cpus()[0]?.model ?? '?'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB`);
-  const results: BenchSection[] = [];
-  for (const name of names) {
-    const mod = await SECTIONS[name]!();
-    const section = await mod.bench();
+  // A section run alone writes its result where the parent asked and stops there.
+  const childOut = process.env.CAPTRAP_BENCH_SECTION_OUT;
+  if (childOut) {
+    const section = await (await SECTIONS[names[0]!]!()).bench();
     printSection(section);
-    results.push(section);
+    writeFileSync(childOut, JSON.stringify(section));
+    return;
+  }
+  console.log(`captrap bench — node ${process.version}, ${cpus().length} cpu(s) (${cpus()[0]?.model ?? '?'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB`);
+  // Each section runs in a fresh process: fork() and spawn cost grow with the parent's memory, so
+  // a section measured after another one's buffers would compare its baselines unfairly.
+  const results: BenchSection[] = [];
+  const scratch = mkdtempSync(join(tmpdir(), 'captrap-bench-'));
+  try {
+    for (const name of names) {
+      const out = join(scratch, `${name}.json`);
+      const r = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, name], {
+        stdio: 'inherit',
+        env: { ...process.env, CAPTRAP_BENCH_SECTION_OUT: out, CAPTRAP_CLI_FROM_DIST: '1' },
+      });
+      if (r.status !== 0) throw new Error(`bench section ${name} failed (exit ${r.status ?? r.signal})`);
+      results.push(JSON.parse(readFileSync(out, 'utf8')) as BenchSection);
+    }
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
   }
   writeFileSync(
     'bench-results.json',

@@ -316,8 +316,13 @@ export function writeConfig(dir: string, opts: ServeOptions, controlPath: string
   return path;
 }
 
-/** The node command line that runs the captrap CLI directly (no tsx wrapper process: a signal to the pid hits serve itself). */
+/**
+ * The node command line that runs the captrap CLI directly (no tsx wrapper process: a signal to
+ * the pid hits serve itself). CAPTRAP_CLI_FROM_DIST=1 runs the built dist/ instead, as a user
+ * would: the benchmarks use it so serve's memory and latency are not the TypeScript loader's.
+ */
 export function cliArgv(args: string[]): string[] {
+  if (process.env.CAPTRAP_CLI_FROM_DIST === '1') return [join(ROOT, 'dist/runner/cli.js'), ...args];
   return ['--import', 'tsx', join(ROOT, 'src/runner/cli.ts'), ...args];
 }
 
