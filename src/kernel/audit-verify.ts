@@ -153,7 +153,8 @@ function sameMac(buf: Buffer, pos: number, link: Link): boolean {
 
 const ZERO_LINK_BUF = Buffer.from(ZERO_MAC);
 
-export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyReport {
+/** The segment numbers of the log in `dir`, ascending; a typed error when `dir` is not a captrap audit log. */
+function listSegments(dir: string): number[] {
   let st;
   try {
     st = statSync(dir);
@@ -167,6 +168,11 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
     .map((m) => Number(m[1]))
     .sort((a, b) => a - b);
   if (segments.length === 0) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} holds no captrap audit segments (audit-NNNNNN.jsonl)`, { dir });
+  return segments;
+}
+
+export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyReport {
+  const segments = listSegments(dir);
 
   const key = options.key;
   if (key === undefined && options.publicKeyOnly !== true) {
@@ -546,19 +552,7 @@ function findKeyId(dir: string, segments: number[]): string {
 
 /** Reads every record line of the log (no verification: use verifyAuditLog for that), oldest first. */
 export function readAuditRecords(dir: string, filter: (r: AuditRecord) => boolean = () => true): AuditRecord[] {
-  let st;
-  try {
-    st = statSync(dir);
-  } catch {
-    throw new AuditError('E_AUDIT_NO_DIR', `audit directory ${dir} does not exist`, { dir });
-  }
-  if (!st.isDirectory()) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} is not a directory (give the audit log directory, not a file)`, { dir });
-  const segments = readdirSync(dir)
-    .map((n) => SEGMENT_FILE_RE.exec(n))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => Number(m[1]))
-    .sort((a, b) => a - b);
-  if (segments.length === 0) throw new AuditError('E_AUDIT_NOT_A_LOG', `${dir} holds no captrap audit segments (audit-NNNNNN.jsonl)`, { dir });
+  const segments = listSegments(dir);
   const out: AuditRecord[] = [];
   for (const s of segments) {
     const text = readFileSync(join(dir, segmentFileName(s)), 'utf8');
