@@ -20,7 +20,10 @@ import {
   gone,
   liveCapsOfDeadHolders,
   processesInBase,
+  ALL_TOOLS_CAP,
   proxyAgent,
+  SPAWN_NODE_CAP,
+  spawnCap,
   recordedRefs,
   shutdown,
   sleep,
@@ -72,9 +75,14 @@ export function prng(seed: number): () => number {
 type Kill = 'sigkill-agent' | 'stop-then-kill' | 'admin-kill' | 'kill-tool' | 'kill-parent' | 'revoke-principal' | 'agent-exit';
 const KILLS: Kill[] = ['sigkill-agent', 'stop-then-kill', 'admin-kill', 'kill-tool', 'kill-parent', 'revoke-principal', 'agent-exit'];
 
+/** The root agent spawns sub-agents, so it holds a process capability for the proxy agent's command besides its tools. */
+const ROOT_CAPS = { capabilities: [ALL_TOOLS_CAP, SPAWN_NODE_CAP] };
+
 interface Sub {
   agent: ProxyAgent;
   cap: CapView;
+  /** Its process capability (delegated from its parent's), to spawn sub-agents of its own. */
+  spawnCap: CapView;
   parent: string;
   hangs: string[];
 }
@@ -105,10 +113,11 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
 
   const cgroupBase = uniqueBase('fi');
   const sandbox = opts.pidNamespace ? { namespaces: ['pid'] } : {};
-  let h: ServeHandle = await startServe({ agents: [proxyAgent('root')], cgroupBase, sandbox });
+  let h: ServeHandle = await startServe({ agents: [proxyAgent('root', ROOT_CAPS)], cgroupBase, sandbox });
   const dir = h.dir;
   let root = await h.agent('root');
   let rootCap = await toolCap(root);
+  let rootSpawnCap = await spawnCap(root);
   let seq = 0;
 
   try {
@@ -118,13 +127,17 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
       const calls: Promise<unknown>[] = [];
       const deadIds = new Set<string>();
 
-      const spawnSub = async (parent: ProxyAgent, parentCap: CapView): Promise<Sub | undefined> => {
+      const spawnSub = async (parent: ProxyAgent, parentCap: CapView, parentSpawnCap: CapView): Promise<Sub | undefined> => {
         const id = `r${round}.a${++seq}`;
         const r = await parent.call<{ pid: number; capabilities: CapView[] }>('agents.spawn', {
           id,
+          capability: parentSpawnCap.id,
           command: process.execPath,
           args: [PROXY_AGENT, h.control.path],
-          capabilities: [{ capability: parentCap.id, operations: ['invoke'] }],
+          capabilities: [
+            { capability: parentCap.id, operations: ['invoke'] },
+            { capability: parentSpawnCap.id, operations: ['spawn'] },
+          ],
         });
         if (r.error || !r.result) {
           count(summary.callOutcomes, `agents.spawn:${r.error?.data?.code ?? r.error?.code}`);
@@ -132,7 +145,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
         }
         summary.agentsSpawned++;
         const agent = await h.agent(id, 10_000);
-        const sub: Sub = { agent, cap: r.result.capabilities[0]!, parent: parent.id, hangs: [] };
+        const sub: Sub = { agent, cap: r.result.capabilities[0]!, spawnCap: r.result.capabilities[1]!, parent: parent.id, hangs: [] };
         subs.push(sub);
         return sub;
       };
@@ -166,10 +179,10 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
         try {
           // 1-3 sub-agents of root, sometimes one nested under another.
           const n = 1 + Math.floor(rand() * 3);
-          for (let i = 0; i < n; i++) await spawnSub(root, rootCap);
+          for (let i = 0; i < n; i++) await spawnSub(root, rootCap, rootSpawnCap);
           if (subs.length > 0 && rand() < 0.4) {
             const p = pick(subs);
-            await spawnSub(p.agent, p.cap);
+            await spawnSub(p.agent, p.cap, p.spawnCap);
           }
           for (const s of [...subs]) for (let i = 0, k = 1 + Math.floor(rand() * 4); i < k; i++) calls.push(randomCall(s));
 
@@ -186,7 +199,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
             h.admin.close();
             h.control.close();
             await Promise.allSettled(calls);
-            h = await startServe({ dir, cgroupBase, sandbox, agents: [proxyAgent('root')] });
+            h = await startServe({ dir, cgroupBase, sandbox, agents: [proxyAgent('root', ROOT_CAPS)] });
             summary.sidecarRestarts++;
             const stale = cgroupsUnder(cgroupBase).filter((d) => !d.includes(`/${h.ref.pid}.`));
             if (stale.length > 0) violation(round, `stale cgroups after restart: ${stale.join(', ')}`);
@@ -194,6 +207,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
             if (survivors.length > 0) violation(round, `processes of the killed sidecar still alive after the restart: ${JSON.stringify(survivors)}`);
             root = await h.agent('root');
             rootCap = await toolCap(root);
+            rootSpawnCap = await spawnCap(root);
             continue;
           }
           const live = subs.filter((s) => !gone(s.agent.ref));

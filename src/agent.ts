@@ -94,6 +94,8 @@ export interface ToolResult {
 export interface SpawnAgentSpec {
   /** The sub-agent's principal id. */
   id: string;
+  /** A process capability (operation `spawn`) this agent holds whose pattern covers the command's real path. */
+  capability: CapabilityRef;
   command: string;
   args?: string[];
   env?: Record<string, string>;
@@ -252,6 +254,7 @@ export class AgentClient {
   spawnAgent(spec: SpawnAgentSpec): Promise<SpawnedAgent> {
     return this.call<SpawnedAgent>('agents.spawn', {
       ...spec,
+      capability: capId(spec.capability),
       capabilities: spec.capabilities.map(({ capability, ...narrowing }) => ({ capability: capId(capability), ...narrowing })),
     });
   }

@@ -21,8 +21,10 @@ async function attempt(what: string, run: () => Promise<ToolResult>): Promise<vo
   }
 }
 
-const [cap] = (await agent.listCapabilities()).filter((c) => !c.revoked);
-if (!cap) throw new Error('planner was launched without a capability');
+const held = (await agent.listCapabilities()).filter((c) => !c.revoked);
+const cap = held.find((c) => c.resource.type === 'tool');
+const mayLaunch = held.find((c) => c.resource.type === 'process');
+if (!cap || !mayLaunch) throw new Error('planner was launched without its tool and process capabilities');
 console.log(`holds ${short(cap.id)}: tools [${cap.constraints.allowedTools?.join(', ')}] under ${cap.constraints.paths?.join(', ')}, bound to pid ${cap.holder?.pid}`);
 console.log(`tools.list -> ${(await agent.listTools()).map((t) => t.name).join(', ')}`);
 
@@ -32,8 +34,18 @@ await attempt('read_file workspace/../secrets.env', () => agent.invoke('read_fil
 
 // The worker runs the same way this agent does (node + tsx), with a share of `cap` narrowed to
 // read_file under workspace/reports, and tighter limits than ours.
+// Only the command its process capability names: anything else is denied before it starts.
+try {
+  await agent.spawnAgent({ id: 'rogue', capability: mayLaunch, command: '/bin/sh', args: ['-c', 'true'], capabilities: [] });
+  console.log('spawn /bin/sh -> allowed');
+} catch (err) {
+  if (!(err instanceof AgentCallError)) throw err;
+  console.log(`spawn /bin/sh -> denied ${err.code}: ${err.reason ?? err.message}`);
+}
+
 const worker = await agent.spawnAgent({
   id: 'worker',
+  capability: mayLaunch,
   command: process.execPath,
   args: [...process.execArgv, fileURLToPath(new URL('./worker.ts', import.meta.url))],
   env: { TSX_TSCONFIG_PATH: process.env.TSX_TSCONFIG_PATH ?? '', DEMO_WORKSPACE: workspace },

@@ -26,6 +26,8 @@ import {
   signalRef,
   sleep,
   startServe,
+  SPAWN_NODE_CAP,
+  spawnCap,
   toolCap,
   uniqueBase,
   waitFor,
@@ -52,6 +54,7 @@ function median(xs: number[]): number {
 
 async function revokeOnDeath(h: ServeHandle, root: ProxyAgent, iterations: number): Promise<BenchRow[]> {
   const rootCap = await toolCap(root);
+  const rootSpawnCap = await spawnCap(root);
   const samplesMs: number[] = [];
   const detectMs: number[] = [];
   const revokeMs: number[] = [];
@@ -60,6 +63,7 @@ async function revokeOnDeath(h: ServeHandle, root: ProxyAgent, iterations: numbe
     const id = `holder${i}`;
     const r = await root.ok<{ pid: number; capabilities: CapView[] }>('agents.spawn', {
       id,
+      capability: rootSpawnCap.id,
       command: process.execPath,
       args: [PROXY_AGENT, h.control.path],
       capabilities: [{ capability: rootCap.id, operations: ['invoke'] }],
@@ -291,7 +295,7 @@ export async function bench(): Promise<BenchSection> {
   const h = await startServe({
     auditFlushIntervalMs: 100,
     agents: [
-      proxyAgent('root', { capabilities: [{ ...ALL_TOOLS_CAP, constraints: { allowedTools: ['true', 'echo'] } }] }),
+      proxyAgent('root', { capabilities: [{ ...ALL_TOOLS_CAP, constraints: { allowedTools: ['true', 'echo'] } }, SPAWN_NODE_CAP] }),
       proxyAgent('timer', { capabilities: [{ ...ALL_TOOLS_CAP, constraints: { allowedTools: ['true', 'echo'] } }] }),
     ],
   });

@@ -15,7 +15,8 @@ import { LimitsInput, toLimits, type CapabilityTemplate, type SidecarConfig } fr
 import { RPC_ERROR, RpcError, type RpcHandler } from './jsonrpc.js';
 import type { SidecarMetrics } from './metrics.js';
 import type { ToolRunner } from './runner.js';
-import type { AgentHandle, CapabilityBook, CapView, Supervisor } from './supervisor.js';
+import { SandboxSpawnError } from '../isolation/errors.js';
+import { resolveAgentCommand, type AgentHandle, type CapabilityBook, type CapView, type Supervisor } from './supervisor.js';
 
 export interface SidecarContext {
   kernel: SecurityKernel;
@@ -87,6 +88,8 @@ const InvokeParams = z.object({ tool: z.string().min(1).max(256), args: z.record
 const SpawnParams = z
   .object({
     id: AgentId,
+    /** A process capability (operation `spawn`) whose pattern covers the command's resolved path. */
+    capability: Id.optional(),
     command: z.string().min(1).max(4096),
     args: z.array(z.string().max(64 * 1024)).max(1024).default([]),
     env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().max(64 * 1024)).default({}),
@@ -146,6 +149,28 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
   /** Capabilities the caller can use right now: its principal's, live, unbound or bound to this very process. */
   const usable = (): Capability[] =>
     book.ofPrincipal(agent.id).filter((c) => book.isLive(c, now()) && (c.holder === null || (c.holder.pid === agent.ref.pid && c.holder.startTime === agent.ref.startTime)));
+
+  /**
+   * The kernel decides a sub-agent launch: a process capability held by the caller, operation
+   * `spawn`, its pattern (and allowedCommands, if any) against the command's real absolute path.
+   * Returns that path: it is what runs, so what was checked is what executes.
+   */
+  const authorizeSpawn = (ref: string | undefined, requested: string, env: Record<string, string>): string => {
+    const deny = (code: string, message: string, details: Record<string, unknown>): never => {
+      audit.record({ type: 'access_denied', principal: agent.id, ...(ref !== undefined && !isToken(ref) ? { capabilityId: ref } : {}), process: agent.ref, details: { code, message, operation: 'spawn', ...details } });
+      throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code, reason: message });
+    };
+    if (ref === undefined) return deny('E_CAPABILITY_REQUIRED', 'agents.spawn needs a process capability (operation spawn) covering the command', { command: requested });
+    const resolved = resolveAgentCommand(requested, agent.spec.cwd, env.PATH);
+    // An unresolvable command is checked as given: the kernel denies it unless the pattern names it.
+    const resource = resolved ?? requested;
+    const { capability } = kernel.validateCapability(ref, 'spawn', resource, { ...caller, commands: [{ command: resource, arg: 'command' }] });
+    if (capability.resourceType !== 'process') {
+      return deny('E_RESOURCE_NOT_PERMITTED', `capability ${capability.id} grants ${capability.resourceType} access, not process spawns`, { resourceType: capability.resourceType });
+    }
+    if (!resolved) throw new SandboxSpawnError('E_COMMAND_NOT_FOUND', `command '${requested}' not found or not executable`, { command: requested });
+    return resolved;
+  };
 
   const issued = (c: Capability): CapView => {
     book.add(c);
@@ -275,13 +300,15 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     }),
 
     'agents.spawn': wrap(SpawnParams, (p) => {
+      // Starting a process is gated like a tool call, before anything is spawned: fail closed.
+      const command = authorizeSpawn(p.capability, p.command, p.env);
       checkQuota(p.id, p.capabilities.length);
       const limits = narrowLimits(agent.spec.limits, toLimits(p.limits));
       const granted: Capability[] = [];
       const sub = supervisor.launch(
         {
           id: p.id,
-          command: p.command,
+          command,
           args: p.args,
           cwd: agent.spec.cwd,
           env: p.env,

@@ -6,6 +6,7 @@
 // the agent is revoked (and, by cascade, everything delegated from them), its in-flight tool
 // calls are stopped (onAgentExit: kill), its sub-agents are stopped, its channel is closed.
 // The sandbox is only "gone" once its cgroup is empty and removed (the sandbox promise).
+import { realpathSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
@@ -265,7 +266,7 @@ export class Supervisor {
     if (this.running().length >= config.maxAgents) throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many agents: the limit is ${config.maxAgents} (maxAgents)`);
 
     const env: Record<string, string> = { PATH: DEFAULT_PATH, ...spec.env, CAPTRAP_FD: '3', CAPTRAP_AGENT_ID: spec.id };
-    const resolved = spec.command.includes('/') ? which(spec.command.startsWith('/') ? spec.command : `${spec.cwd}/${spec.command}`) : which(spec.command, env.PATH);
+    const resolved = resolveAgentCommand(spec.command, spec.cwd, env.PATH);
     if (!resolved) throw new SandboxSpawnError('E_COMMAND_NOT_FOUND', `agent ${spec.id}: command '${spec.command}' not found or not executable`, { command: spec.command });
 
     const sb = runSandboxed('/bin/sh', ['-c', CHANNEL_WRAPPER, 'captrap-agent', resolved, ...spec.args], {
@@ -407,5 +408,20 @@ export class Supervisor {
     this.stopping = true;
     for (const a of this.notGone) a.sandbox.kill('killed');
     await Promise.all([...this.notGone].map((a) => a.done));
+  }
+}
+
+/**
+ * An agent command's real absolute path, looked up the way a launch does (relative to cwd when it
+ * has a slash, else on PATH), symlinks resolved so a process capability's pattern judges the file
+ * that runs. Undefined when there is no such executable.
+ */
+export function resolveAgentCommand(command: string, cwd: string, path: string = DEFAULT_PATH): string | undefined {
+  const found = command.includes('/') ? which(command.startsWith('/') ? command : `${cwd}/${command}`) : which(command, path);
+  if (!found) return undefined;
+  try {
+    return realpathSync(found);
+  } catch {
+    return undefined;
   }
 }

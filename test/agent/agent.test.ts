@@ -82,7 +82,7 @@ describe('AgentClient', () => {
     expect(await client.revoke(cap.token)).toEqual([cap.id, child.id]);
     expect((await client.listTools())[0]!.name).toBe('read_file');
     expect(await client.invoke('read_file', { path: '/srv/a/x' }, cap)).toEqual(toolResult);
-    expect((await client.spawnAgent({ id: 'sub', command: 'node', args: ['sub.js'], limits: { memory: '64M' }, capabilities: [{ capability: cap, operations: ['invoke'] }] })).pid).toBe(42);
+    expect((await client.spawnAgent({ id: 'sub', capability: cap.token, command: 'node', args: ['sub.js'], limits: { memory: '64M' }, capabilities: [{ capability: cap, operations: ['invoke'] }] })).pid).toBe(42);
 
     expect(seen).toEqual([
       { method: 'capabilities.list', params: {} },
@@ -93,7 +93,7 @@ describe('AgentClient', () => {
       { method: 'tools.invoke', params: { tool: 'read_file', args: { path: '/srv/a/x' }, capability: cap.id } },
       {
         method: 'agents.spawn',
-        params: { id: 'sub', command: 'node', args: ['sub.js'], limits: { memory: '64M' }, capabilities: [{ capability: cap.id, operations: ['invoke'] }] },
+        params: { id: 'sub', capability: cap.token, command: 'node', args: ['sub.js'], limits: { memory: '64M' }, capabilities: [{ capability: cap.id, operations: ['invoke'] }] },
       },
     ]);
   });

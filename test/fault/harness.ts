@@ -5,7 +5,7 @@
 // the audit log verifies). Used by test/fault/*.test.ts, scripts/fault-inject.ts and the sidecar bench.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, type Dirent } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync, type Dirent } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -87,6 +87,16 @@ export const ALL_TOOLS_CAP: CapTemplate = {
   resource: { type: 'tool', pattern: '*' },
   operations: ['invoke'],
   constraints: { allowedTools: FAULT_TOOLS.map((t) => t.name) },
+  ttlMs: 3_600_000,
+};
+
+/**
+ * Lets an agent spawn sub-agents: the proxy agents are launched as `node fault-proxy.mjs`, and a
+ * process capability is judged on the command's real path.
+ */
+export const SPAWN_NODE_CAP: CapTemplate = {
+  resource: { type: 'process', pattern: realpathSync(process.execPath) },
+  operations: ['spawn'],
   ttlMs: 3_600_000,
 };
 
@@ -599,6 +609,14 @@ export function isRpcError(e: unknown): e is RpcError {
 }
 
 // ---------------------------------------------------------------------------- scenario helpers
+
+/** The first live process capability an agent holds: what agents.spawn needs. */
+export async function spawnCap(agent: ProxyAgent): Promise<CapView> {
+  const { capabilities } = await agent.ok<{ capabilities: CapView[] }>('capabilities.list');
+  const cap = capabilities.find((c) => !c.revoked && c.resource.type === 'process');
+  if (!cap) throw new Error(`${agent.id} holds no live process capability: ${JSON.stringify(capabilities)}`);
+  return cap;
+}
 
 /** The first live tool capability an agent holds (from its own view on its channel). */
 export async function toolCap(agent: ProxyAgent): Promise<CapView> {

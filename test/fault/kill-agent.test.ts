@@ -14,7 +14,10 @@ import {
   gone,
   host,
   liveCapsOfDeadHolders,
+  ALL_TOOLS_CAP,
   proxyAgent,
+  SPAWN_NODE_CAP,
+  spawnCap,
   shutdown,
   signalRef,
   startHang,
@@ -31,7 +34,7 @@ let h: ServeHandle;
 
 beforeAll(async () => {
   h = await startServe({
-    agents: [proxyAgent('victim'), proxyAgent('peer'), proxyAgent('boss'), proxyAgent('stopper'), proxyAgent('stopper2')],
+    agents: [proxyAgent('victim'), proxyAgent('peer'), proxyAgent('boss', { capabilities: [ALL_TOOLS_CAP, SPAWN_NODE_CAP] }), proxyAgent('stopper'), proxyAgent('stopper2')],
   });
 }, 30_000);
 
@@ -102,9 +105,11 @@ describe.skipIf(!cgroupsAvailable)('kill an agent', () => {
   it('SIGKILL a sub-agent, then its parent: each time the dead one is cleaned up, the parent survives the first', async () => {
     const boss = await h.agent('boss');
     const cap = await toolCap(boss);
+    const mayRun = await spawnCap(boss);
     const spawnSub = async (id: string) => {
       const r = await boss.ok<{ id: string; pid: number; startTime: number; capabilities: CapView[] }>('agents.spawn', {
         id,
+        capability: mayRun.id,
         command: process.execPath,
         args: [PROXY_AGENT, h.control.path],
         capabilities: [{ capability: cap.id, operations: ['invoke'], constraints: { allowedTools: ['hang', 'true'] } }],

@@ -12,7 +12,10 @@ import {
   host,
   killRef,
   liveCapsOfDeadHolders,
+  ALL_TOOLS_CAP,
   proxyAgent,
+  SPAWN_NODE_CAP,
+  spawnCap,
   shutdown,
   signalRef,
   startServe,
@@ -35,7 +38,7 @@ function canSetLastPid(): boolean {
 }
 
 beforeAll(async () => {
-  h = await startServe({ agents: [proxyAgent('doomed'), proxyAgent('spawner'), proxyAgent('other')] });
+  h = await startServe({ agents: [proxyAgent('doomed'), proxyAgent('spawner', { capabilities: [ALL_TOOLS_CAP, SPAWN_NODE_CAP] }), proxyAgent('other')] });
 }, 30_000);
 
 afterAll(async () => {
@@ -67,6 +70,7 @@ describe.skipIf(host.layout === 'none')('PID reuse', () => {
 
     // A sub-agent that really gets the dead pid (spawned through the sidecar): it cannot use them either.
     const spawnerCap = await toolCap(spawner);
+    const spawnerProcessCap = await spawnCap(spawner);
     let reused: { id: string; pid: number; startTime: number } | undefined;
     const misses: number[] = [];
     if (canSetLastPid()) {
@@ -76,6 +80,7 @@ describe.skipIf(host.layout === 'none')('PID reuse', () => {
         writeFileSync(NS_LAST_PID, String(deadPid - 1 - offset));
         const r = await spawner.ok<{ id: string; pid: number; startTime: number; capabilities: CapView[] }>('agents.spawn', {
           id,
+          capability: spawnerProcessCap.id,
           command: process.execPath,
           args: [PROXY_AGENT, h.control.path],
           capabilities: [{ capability: spawnerCap.id, operations: ['invoke'], constraints: { allowedTools: ['true'] } }],

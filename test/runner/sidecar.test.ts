@@ -1,7 +1,7 @@
 // The sidecar end to end, in-process: real agents (node processes) in real sandboxes, talking
 // over their fd-3 channels through a relay the test controls, real tools, real cgroups, a real
 // audit log. Each test starts its own sidecar with a unique cgroup base and state directory.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, realpathSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -100,6 +100,15 @@ function toolCap(tools: string[], paths?: string[]) {
   return { resource: { type: 'tool', pattern: '*' }, operations: ['invoke'], constraints: { allowedTools: tools, ...(paths ? { paths } : {}) } };
 }
 
+/** The real path a sub-agent's `node` resolves to: what a process capability's pattern is judged on. */
+const NODE = realpathSync(process.execPath);
+
+function procCap(pattern = NODE, constraints?: Record<string, unknown>) {
+  return { resource: { type: 'process', pattern }, operations: ['spawn', 'delegate'], ...(constraints ? { constraints } : {}) };
+}
+
+const AGENT_TOOLS = ['read_file', 'echo', 'sleep', 'hog', 'limits'];
+
 function config(agents: { id: string; control: Control; capabilities?: unknown[]; requestable?: unknown[]; limits?: unknown }[], extra: Record<string, unknown> = {}): SidecarConfig {
   const stateDir = mkdtempSync(join(root, 'state-'));
   return parseConfig(
@@ -160,6 +169,12 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
 function capId(caps: { capabilities: { id: string }[] }): string {
   return caps.capabilities[0]!.id;
 }
+
+function processCapId(caps: { capabilities: { id: string; resource: { type: string } }[] }): string {
+  return caps.capabilities.find((c) => c.resource.type === 'process')!.id;
+}
+
+type CapList = { capabilities: { id: string; resource: { type: string } }[] };
 
 describe('sidecar', () => {
   it('runs an allowed tool and refuses what the capability does not allow, spawning nothing', async () => {
@@ -256,19 +271,22 @@ describe('sidecar', () => {
   it('revokes everything bound to an agent at its exit, kills its tools and its sub-agents, and audits the cleanup', async () => {
     const ctl = new Control('p');
     const subCtl = new Control('s');
-    const s = await start(config([{ id: 'parent', control: ctl }]));
+    const s = await start(config([{ id: 'parent', control: ctl, capabilities: [toolCap(AGENT_TOOLS, [dataDir]), procCap()] }]));
     const p = await ctl.next();
-    const cap = capId((await p.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    const held = (await p.conn.call('capabilities.list', {})) as CapList;
+    const cap = capId(held);
+    const spawnCap = processCapId(held);
     // Wider limits than the parent's are refused.
     const wide = await rpcError(
-      p.conn.call('agents.spawn', { id: 'child', command: 'node', args: [RELAY, subCtl.path], limits: { memory: '1G' }, capabilities: [{ capability: cap }] }),
+      p.conn.call('agents.spawn', { id: 'child', capability: spawnCap, command: 'node', args: [RELAY, subCtl.path], limits: { memory: '1G' }, capabilities: [{ capability: cap }] }),
     );
     expect((wide.data as { code: string; dimension: string })).toMatchObject({ code: 'E_WIDENS', dimension: 'limits.memoryBytes' });
-    const impersonate = await rpcError(p.conn.call('agents.spawn', { id: 'parent', command: 'node', args: [RELAY, subCtl.path], capabilities: [] }));
+    const impersonate = await rpcError(p.conn.call('agents.spawn', { id: 'parent', capability: spawnCap, command: 'node', args: [RELAY, subCtl.path], capabilities: [] }));
     expect(impersonate.rpcCode).toBe(RPC_ERROR.INVALID_PARAMS);
     const started = s.counters.started;
     const spawned = (await p.conn.call('agents.spawn', {
       id: 'child',
+      capability: spawnCap,
       command: 'node',
       args: [RELAY, subCtl.path],
       limits: { memory: '256M' },
@@ -380,11 +398,12 @@ describe('sidecar', () => {
   it('refuses calls with UNAVAILABLE while shutting down; a failed sub-agent delegation leaves nothing running', async () => {
     const ctl = new Control('u');
     const sub = new Control('v');
-    const s = await start(config([{ id: 'late', control: ctl }]));
+    const s = await start(config([{ id: 'late', control: ctl, capabilities: [toolCap(AGENT_TOOLS, [dataDir]), procCap()] }]));
     const a = await ctl.next();
-    const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    const held = (await a.conn.call('capabilities.list', {})) as CapList;
+    const cap = capId(held);
     const failed = await rpcError(
-      a.conn.call('agents.spawn', { id: 'kid', command: 'node', args: [RELAY, sub.path], capabilities: [{ capability: cap, operations: ['invoke', 'admin'] }] }),
+      a.conn.call('agents.spawn', { id: 'kid', capability: processCapId(held), command: 'node', args: [RELAY, sub.path], capabilities: [{ capability: cap, operations: ['invoke', 'admin'] }] }),
     );
     expect((failed.data as { code: string }).code).toBe('E_WIDENS');
     const kid = s.supervisor.get('kid');
@@ -544,5 +563,98 @@ describe('sidecar', () => {
     expect(second.ok).toBe(true);
     expect(second.records).toBeGreaterThan(first.records);
     expect(second.firstSeq).toBe(first.firstSeq);
+  });
+});
+
+describe('agents.spawn is gated by a process capability', () => {
+  /** Every cgroup directory under this run's base, in every hierarchy: a spawn would add one. */
+  function cgroupsUnderBase(): string[] {
+    const out: string[] = [];
+    for (const ctrl of readdirSync('/sys/fs/cgroup')) {
+      const dir = join('/sys/fs/cgroup', ctrl, BASE);
+      if (!existsSync(dir)) continue;
+      const walk = (d: string) => {
+        for (const e of readdirSync(d, { withFileTypes: true })) {
+          if (!e.isDirectory()) continue;
+          out.push(join(d, e.name));
+          walk(join(d, e.name));
+        }
+      };
+      walk(dir);
+    }
+    return out.sort();
+  }
+
+  it('denies a spawn without a process capability or outside its pattern, spawning nothing and auditing the denial', async () => {
+    const ctl = new Control('g');
+    const sub = new Control('h');
+    const s = await start(config([{ id: 'gated', control: ctl, capabilities: [toolCap(AGENT_TOOLS, [dataDir]), procCap('/usr/bin/env')] }]));
+    const a = await ctl.next();
+    const held = (await a.conn.call('capabilities.list', {})) as CapList;
+    const toolCapId = capId(held);
+    const started = s.counters.started;
+    const cgroupsBefore = cgroupsUnderBase();
+    const spawn = (capability: string | undefined) =>
+      rpcError(a.conn.call('agents.spawn', { id: 'kid', ...(capability !== undefined ? { capability } : {}), command: 'node', args: [RELAY, sub.path], capabilities: [] }));
+
+    const none = await spawn(undefined);
+    expect(none.rpcCode).toBe(RPC_ERROR.ACCESS_DENIED);
+    expect((none.data as { code: string }).code).toBe('E_CAPABILITY_REQUIRED');
+    // A tool capability does not grant spawning (operation invoke only).
+    const tool = await spawn(toolCapId);
+    expect(tool.rpcCode).toBe(RPC_ERROR.ACCESS_DENIED);
+    expect((tool.data as { code: string }).code).toBe('E_OPERATION_NOT_PERMITTED');
+    // A process capability for another command.
+    const outside = await spawn(processCapId(held));
+    expect(outside.rpcCode).toBe(RPC_ERROR.ACCESS_DENIED);
+    expect((outside.data as { code: string }).code).toBe('E_RESOURCE_NOT_PERMITTED');
+    const forged = await spawn('cap_AAAAAAAAAAAAAAAAAAAAAA');
+    expect((forged.data as { code: string }).code).toBe('E_UNKNOWN_CAPABILITY');
+
+    expect(s.counters.started).toBe(started);
+    expect(s.supervisor.get('kid')).toBeUndefined();
+    expect(cgroupsUnderBase()).toEqual(cgroupsBefore);
+    await s.stop();
+    const denials = readAuditRecords(s.config.audit.dir, (r) => r.type === 'access_denied' && r.details?.['operation'] === 'spawn');
+    expect(denials.map((r) => r.details?.['code'])).toEqual(['E_CAPABILITY_REQUIRED', 'E_OPERATION_NOT_PERMITTED', 'E_RESOURCE_NOT_PERMITTED', 'E_UNKNOWN_CAPABILITY']);
+    expect(denials.every((r) => r.principal === 'gated')).toBe(true);
+  });
+
+  it('spawns what the capability allows; a narrower delegated process capability works for its command only', async () => {
+    const ctl = new Control('i');
+    const kidCtl = new Control('j');
+    const grandCtl = new Control('k');
+    const s = await start(config([{ id: 'boss', control: ctl, capabilities: [toolCap(AGENT_TOOLS, [dataDir]), procCap('/usr/bin/*')] }]));
+    const a = await ctl.next();
+    const held = (await a.conn.call('capabilities.list', {})) as CapList;
+    const spawnCap = processCapId(held);
+    const kid = (await a.conn.call('agents.spawn', {
+      id: 'kid',
+      capability: spawnCap,
+      command: 'node',
+      args: [RELAY, kidCtl.path],
+      limits: { memory: '256M', pids: 32 },
+      capabilities: [{ capability: spawnCap, operations: ['spawn'], constraints: { allowedCommands: [NODE] } }],
+    })) as { pid: number; capabilities: { id: string }[] };
+    const k = await kidCtl.next();
+    expect(k.pid).toBe(kid.pid);
+    const narrow = kid.capabilities[0]!.id;
+
+    // /bin/sh is under /usr/bin (the parent's pattern) but not in the delegated allowedCommands.
+    const started = s.counters.started;
+    const sh = await rpcError(k.conn.call('agents.spawn', { id: 'grand', capability: narrow, command: 'sh', args: ['-c', 'sleep 30'], capabilities: [] }));
+    expect((sh.data as { code: string }).code).toBe('E_COMMAND_NOT_ALLOWED');
+    expect(s.counters.started).toBe(started);
+    expect(s.supervisor.get('grand')).toBeUndefined();
+
+    const grand = (await k.conn.call('agents.spawn', { id: 'grand', capability: narrow, command: 'node', args: [RELAY, grandCtl.path], limits: { memory: '128M' }, capabilities: [] })) as { pid: number };
+    expect((await grandCtl.next()).pid).toBe(grand.pid);
+    expect(s.supervisor.get('grand')!.state).toBe('running');
+
+    // Revoked with its holder: once the kid is dead, its process capability spawns nothing.
+    const kidAgent = s.supervisor.get('kid')!;
+    process.kill(kid.pid, 'SIGKILL');
+    await kidAgent.done;
+    expect(s.book.isRevoked(s.book.get(narrow)!)).toBe(true);
   });
 });
