@@ -446,7 +446,8 @@ export class AuditLog implements AuditSink {
     this.segmentOpenedAt = tail.segmentOpenedAt;
     this.lastCheckpointSeq = tail.lastCheckpointSeq;
     this.sinceCheckpoint = tail.seq - tail.lastCheckpointSeq;
-    if (tail.lastCheckpointLine) this.repairCheckpointFile(tail.lastCheckpointLine, tail.lastCheckpointSeq);
+    const restored = this.repairCheckpointFile();
+    if (restored.length > 0) recovered.push({ checkpointsRestored: restored });
     const details: Record<string, unknown> = { continued: true, fromSeq: tail.seq, segment: this.segment, keyId: this.keyId, publicKeyId: this.pk };
     if (recovered.length > 0) details.recovered = recovered;
     this.append({ type: 'audit_opened', details });
@@ -531,8 +532,14 @@ export class AuditLog implements AuditSink {
     return header;
   }
 
-  /** A crash between the segment write and the checkpoint-file write leaves the file one checkpoint short: re-append it. */
-  private repairCheckpointFile(line: string, seq: number): void {
+  /**
+   * A crash between a flush's segment writes and its checkpoint-file write leaves the file short
+   * of every checkpoint that flush wrote, possibly on both sides of a rotation. Re-append, in
+   * order, each checkpoint the log holds past the file's last one, if its signature is ours. It
+   * can only restore what the log still holds, so it hides no deletion from the log; the seqs
+   * restored are reported in `audit_opened`. Returns them.
+   */
+  private repairCheckpointFile(): number[] {
     const path = join(this.dir, CHECKPOINT_FILE);
     let text = '';
     try {
@@ -545,9 +552,24 @@ export class AuditLog implements AuditSink {
     try {
       lastSeq = last ? (JSON.parse(last) as { seq: number }).seq : 0;
     } catch {
-      return; // a damaged checkpoint file is verify's to report, not ours to paper over
+      return []; // a damaged checkpoint file is verify's to report, not ours to paper over
     }
-    if (lastSeq < seq) writeFileSync(path, (text && !text.endsWith('\n') ? '\n' : '') + line, { flag: 'a', mode: 0o644 });
+    const missing: { seq: number; line: string }[] = [];
+    for (const n of [...this.segments].reverse()) {
+      const lines = readFileSync(join(this.dir, segmentFileName(n)), 'utf8').split('\n');
+      for (const line of lines) {
+        if (!line.startsWith(CHECKPOINT_PREFIX)) continue;
+        const res = checkCheckpointLine(line, this.publicKey);
+        if (res.ok && res.cp.seq > lastSeq) missing.push({ seq: res.cp.seq, line: line + '\n' });
+      }
+      // Older segments end at or before this one's prevSeq: nothing there is newer than the file.
+      const header = lines[0]?.startsWith(HEADER_PREFIX) ? (JSON.parse(lines[0]) as SegmentHeader) : undefined;
+      if (!header || header.prevSeq <= lastSeq) break;
+    }
+    if (missing.length === 0) return [];
+    missing.sort((a, b) => a.seq - b.seq);
+    writeFileSync(path, (text && !text.endsWith('\n') ? '\n' : '') + missing.map((m) => m.line).join(''), { flag: 'a', mode: 0o644 });
+    return missing.map((m) => m.seq);
   }
 
   private acquireLock(): void {

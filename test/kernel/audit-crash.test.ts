@@ -1,7 +1,7 @@
 // A writer SIGKILLed mid-stream (no close, no final checkpoint, a stale lock, maybe a torn
 // line): the next open must recover and continue the same chain, losing nothing it flushed.
 import { spawn } from 'node:child_process';
-import { appendFileSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
@@ -65,7 +65,35 @@ for (;;) {
   const recs = readAuditRecords(logDir);
   expect(recs.length).toBe(before + 3); // audit_opened, sandbox_exited, audit_closed
   const opened = recs.filter((x) => x.type === 'audit_opened');
-  expect(opened[1]!.details).toMatchObject({ continued: true, recovered: [expect.objectContaining({ tornBytes: expect.any(Number) })] });
+  expect(opened[1]!.details).toMatchObject({ continued: true, recovered: expect.arrayContaining([expect.objectContaining({ tornBytes: expect.any(Number) })]) });
   expect(recs.map((x) => x.seq)).toEqual(Array.from({ length: recs.length }, (_, i) => i + 1));
   expect(segmentFileName(1)).toBe(segs[0]);
+});
+
+it('restores checkpoints a crash kept out of checkpoints.jsonl, across a rotation, and says so', async () => {
+  const logDir = join(dir, 'log2');
+  const first = await AuditLog.open({ dir: logDir, flushIntervalMs: 5, checkpointEvery: 20, maxSegmentBytes: 8 * 1024 });
+  for (let i = 0; i < 300; i++) first.record({ type: 'sandbox_started', principal: 'p', details: { i } });
+  await first.close();
+  expect(readdirSync(logDir).filter((f) => f.startsWith('audit-0')).length).toBeGreaterThan(2);
+  // The last flush's checkpoint-file write never happened: drop the file's last entries, which
+  // span the final rotation (a rotate checkpoint ends a segment, the next segment's follow).
+  const cpPath = join(logDir, 'checkpoints.jsonl');
+  const cps = readFileSync(cpPath, 'utf8').trimEnd().split('\n');
+  const segOf = (l: string) => (JSON.parse(l) as { segment: number }).segment;
+  let cut = cps.length - 1;
+  while (cut > 0 && segOf(cps[cut - 1]!) === segOf(cps[cps.length - 1]!)) cut--;
+  cut--; // and one from the segment before
+  const dropped = cps.slice(cut).map((l) => (JSON.parse(l) as { seq: number }).seq);
+  writeFileSync(cpPath, cps.slice(0, cut).join('\n') + '\n');
+
+  const k = { key: readSecretFile(join(logDir, 'audit.key')), publicKey: readEd25519PublicKey(join(logDir, 'audit-signing.pub')) };
+  expect(verifyAuditLog(logDir, k).ok).toBe(false);
+  const again = await AuditLog.open({ dir: logDir, flushIntervalMs: 5 });
+  await again.close();
+  const r = verifyAuditLog(logDir, k);
+  expect(r.completeness.problems).toEqual([]);
+  expect(r.ok).toBe(true);
+  const opened = readAuditRecords(logDir).filter((x) => x.type === 'audit_opened');
+  expect(opened.at(-1)!.details).toMatchObject({ recovered: [{ checkpointsRestored: dropped }] });
 });
