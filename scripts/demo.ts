@@ -8,7 +8,7 @@
 // Everything lives in a temp dir and a unique cgroup, both removed at the end.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -207,7 +207,8 @@ function prepare(dir: string, cgroupBase: string): void {
   if (scribeInShell) config = config.replace('command: python3', 'command: /bin/sh').replace('agents/scribe.py', 'agents/scribe.sh');
   config = config
     .replaceAll('{{CGROUP_BASE}}', cgroupBase)
-    .replaceAll('{{NODE}}', process.execPath)
+    // Process capabilities name real paths (a symlinked node is judged by its target).
+    .replaceAll('{{NODE}}', realpathSync(process.execPath))
     .replaceAll('{{TSX}}', TSX)
     .replaceAll('{{EXAMPLES}}', EXAMPLES)
     .replaceAll('{{DIR}}', dir);
