@@ -19,7 +19,7 @@ import { DEFAULT_PATH } from '../isolation/limits.js';
 import { SandboxSpawnError } from '../isolation/errors.js';
 import { runSandboxed, type KillReason, type Sandbox, type SandboxResult } from '../isolation/sandbox.js';
 import { log } from '../log.js';
-import type { CapabilityTemplate, SidecarConfig } from './config.js';
+import type { AgentConfig, SidecarConfig } from './config.js';
 import { RPC_ERROR, RpcConnection, RpcError, type RpcHandler } from './jsonrpc.js';
 import type { SidecarMetrics } from './metrics.js';
 import { sandboxLimits, type SandboxCounters, type ToolRunner } from './runner.js';
@@ -137,21 +137,12 @@ export class CapabilityBook {
 // ---------------------------------------------------------------------------------------------
 // Agents
 
-export interface LaunchSpec {
-  id: string;
-  command: string;
-  args: string[];
-  cwd: string;
-  env: Record<string, string>;
-  /** Namespaces of the agent's sandbox (sub-agents inherit their parent's). */
-  namespaces?: ('pid' | 'mount' | 'net' | 'ipc' | 'uts')[];
-  /** User and group the agent runs as (sub-agents inherit their parent's). */
-  uid?: number;
-  gid?: number;
-  limits: Limits;
-  /** Templates the agent may turn into capabilities with capabilities.request. */
-  requestable: CapabilityTemplate[];
-}
+/**
+ * What launching an agent takes: an agent entry of the config without its initial capabilities
+ * (granted separately: from the config for a configured agent, by delegation for a sub-agent).
+ * Sub-agents inherit their parent's namespaces, uid and gid.
+ */
+export type LaunchSpec = Omit<AgentConfig, 'capabilities'>;
 
 export interface AgentHandle {
   readonly id: string;
