@@ -6,11 +6,11 @@
 // is restarted on the same state). After every round and at the end the script asserts: no
 // capability valid for a dead process, no process or cgroup left behind, and at the end a
 // verifying audit log. Prints a summary; exits 1 on any violation, 2 on bad usage.
-import { mkdirSync, realpathSync, rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { isSameProcess, type ProcessRef } from '../src/isolation/proc.js';
+import { isEntryPoint } from '../src/runner/cli.js';
 import {
   PROXY_AGENT,
   auditVerify,
@@ -349,17 +349,7 @@ async function main(argv: string[]): Promise<number> {
   return summary.violations.length === 0 ? 0 : 1;
 }
 
-function isEntryPoint(): boolean {
-  const entry = process.argv[1];
-  if (!entry) return false;
-  try {
-    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
-  } catch {
-    return false;
-  }
-}
-
-if (isEntryPoint()) {
+if (isEntryPoint(import.meta.url)) {
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (err: unknown) => {

@@ -77,19 +77,9 @@ export interface ToolInfo {
 
 export type ToolArgs = Record<string, string | number | boolean>;
 
-export type ExitReason = 'exited' | 'signaled' | 'oom' | 'timeout' | 'pids-limit' | 'killed' | 'revoked' | 'owner-exited';
-
-export interface ToolResult {
-  reason: ExitReason;
-  exitCode: number | null;
-  signal: string | null;
-  stdout: string;
-  stderr: string;
-  stdoutTruncated: boolean;
-  stderrTruncated: boolean;
-  durationMs: number;
-  usage: { memoryPeakBytes: number | null; cpuUsageUs: number | null };
-}
+// The answer shapes are the sidecar's own (runner.ts): one definition for both ends of the channel.
+export type { ToolExitReason as ExitReason, ToolResult } from './runner/runner.js';
+import type { ToolResult } from './runner/runner.js';
 
 export interface SpawnAgentSpec {
   /** The sub-agent's principal id. */

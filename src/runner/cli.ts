@@ -50,17 +50,18 @@ export async function cli(argv: string[]): Promise<number> {
   return mod.main(rest);
 }
 
-function isEntryPoint(): boolean {
+/** True when the module at `moduleUrl` is the script node was started with (not imported). */
+export function isEntryPoint(moduleUrl: string): boolean {
   const entry = process.argv[1];
   if (!entry) return false;
   try {
-    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
+    return realpathSync(entry) === realpathSync(fileURLToPath(moduleUrl));
   } catch {
     return false;
   }
 }
 
-if (isEntryPoint()) {
+if (isEntryPoint(import.meta.url)) {
   cli(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;
