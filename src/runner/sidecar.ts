@@ -2,8 +2,7 @@
 // the configured agents; stop() takes them down in the order that keeps every guarantee
 // (stop accepting, stop every process, revoke everything, close the log, remove the socket).
 // `captrap serve` is a thin shell around it; tests and embedders use it directly.
-import { mkdirSync } from 'node:fs';
-import { dirname, extname } from 'node:path';
+import { extname } from 'node:path';
 import { AuditLog } from '../kernel/audit.js';
 import type { Capability } from '../kernel/capability.js';
 import type { AuditStats } from '../kernel/events.js';
@@ -19,6 +18,7 @@ import type { SidecarConfig } from './config.js';
 import { SidecarMetrics } from './metrics.js';
 import { SandboxCounters, ToolRunner } from './runner.js';
 import { agentHandlers, type SidecarContext } from './server.js';
+import { checkCapabilityKeyFile, prepareStateDir } from './statedir.js';
 import { CapabilityBook, Supervisor, type AgentHandle } from './supervisor.js';
 
 export interface SidecarOptions {
@@ -52,7 +52,7 @@ export class Sidecar {
   private constructor(config: SidecarConfig, audit: AuditLog, opts: SidecarOptions) {
     this.config = config;
     this.audit = audit;
-    mkdirSync(dirname(config.capabilityKeyFile), { recursive: true, mode: 0o700 });
+    checkCapabilityKeyFile(config.capabilityKeyFile);
     const keys = new Keyring({ id: 'k1', secret: loadOrCreateSecretFile(config.capabilityKeyFile).secret });
     this.policy = ToolPolicy.fromObject(config.catalogue, config.source);
     this.kernel = new SecurityKernel({ keys, stateDir: config.stateDir, audit, policy: this.policy });
@@ -98,7 +98,8 @@ export class Sidecar {
 
   /** Starts a sidecar from a validated config. On failure everything started is stopped again. */
   static async start(config: SidecarConfig, opts: SidecarOptions = {}): Promise<Sidecar> {
-    mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+    // Before anything reads a key or creates a cgroup: a state dir another user planted is refused.
+    prepareStateDir(config);
     const host = probeHost();
     // Before anything of ours exists: what an earlier, killed sidecar left behind.
     const stale = await cleanupStaleCgroups(host, config.cgroupBase);
