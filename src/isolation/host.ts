@@ -24,7 +24,7 @@ export interface HostInfo {
   /** systemd is the init and its manager answers (systemd-run --scope can work). */
   systemdManager: boolean;
   /** Namespaces `unshare` can create here, tested for real. */
-  namespaces: Record<'pid' | 'mount' | 'net' | 'ipc' | 'uts' | 'user', boolean>;
+  namespaces: Record<'pid' | 'mount' | 'net' | 'ipc' | 'uts' | 'cgroup' | 'user', boolean>;
   isRoot: boolean;
 }
 
@@ -131,6 +131,7 @@ export function probeHost(refresh = false): HostInfo {
     net: canUnshare(tools.unshare, '--net'),
     ipc: canUnshare(tools.unshare, '--ipc'),
     uts: canUnshare(tools.unshare, '--uts'),
+    cgroup: canUnshare(tools.unshare, '--cgroup'),
     user: canUnshare(tools.unshare, '--user'),
   };
   const host: HostInfo = {

@@ -2,11 +2,12 @@
 // normalised form the backends use. Parsing is strict: an unknown key or a malformed value is
 // a SandboxOptionError before anything is created.
 import { SandboxOptionError } from './errors.js';
+import { CONFINE_NAMESPACES, normalizeEgress, normalizeNamespaces, normalizeView, type ConfineNamespace, type EgressOptions, type NormalizedView, type ViewOptions } from './confine.js';
 
 export type BackendName = 'cgroup-v2' | 'cgroup-v1' | 'systemd-run' | 'none';
 export const BACKEND_NAMES: readonly BackendName[] = ['cgroup-v2', 'cgroup-v1', 'systemd-run', 'none'];
-export type NamespaceName = 'pid' | 'mount' | 'net' | 'ipc' | 'uts';
-export const NAMESPACE_NAMES: readonly NamespaceName[] = ['pid', 'mount', 'net', 'ipc', 'uts'];
+export type NamespaceName = ConfineNamespace;
+export const NAMESPACE_NAMES: readonly NamespaceName[] = CONFINE_NAMESPACES;
 
 export interface SandboxOptions {
   /** Memory limit: bytes, or a string with a K/M/G/T suffix (powers of 1024), e.g. '256M'. */
@@ -26,11 +27,24 @@ export interface SandboxOptions {
   env?: Record<string, string>;
   /** Names copied from captrap's own environment (nothing else of it reaches the child). */
   envAllow?: string[];
+  /** Run as this uid/gid. When captrap is root and none is given, the sandbox runs as 65534 (nobody) unless allowRoot. */
   uid?: number;
   gid?: number;
-  /** Set no_new_privs (setuid binaries gain nothing). Default true. */
+  /** Let the command keep uid 0 (still without capabilities when confined). Default false. */
+  allowRoot?: boolean;
+  /** Set no_new_privs (setuid binaries gain nothing). Default true; always on when confined. */
   noNewPrivs?: boolean;
+  /**
+   * Namespaces (default: all of pid, mount, net, ipc, uts, cgroup when confined, none otherwise).
+   * Confined, they are made by the compiled launcher; unconfined, by unshare(1).
+   */
   namespaces?: NamespaceName[];
+  /** Confinement (namespaces, a filesystem view, no capabilities, closed descriptors). Default true. */
+  confine?: boolean;
+  /** What the command sees of the filesystem when confined (see confine.ts). */
+  view?: ViewOptions;
+  /** Network through captrap's egress proxy (confined with a net namespace); without it, no network at all. */
+  egress?: EgressOptions;
   /** Bytes of stdout and of stderr kept in the result; beyond it output is dropped and marked (default 1 MiB). */
   maxOutputBytes?: number | string;
   /** 'auto' (default) picks the best backend the host offers. */
@@ -59,8 +73,12 @@ export interface NormalizedOptions {
   env: Record<string, string>;
   uid?: number;
   gid?: number;
+  allowRoot: boolean;
   noNewPrivs: boolean;
   namespaces: NamespaceName[];
+  confine: boolean;
+  view: NormalizedView;
+  egress?: Required<EgressOptions>;
   maxOutputBytes: number;
   backend: BackendName | 'auto';
   allowDegraded: boolean;
@@ -71,7 +89,7 @@ export interface NormalizedOptions {
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const KNOWN_KEYS = new Set<string>([
   'memory', 'swap', 'pids', 'cpu', 'timeout', 'killGrace', 'cwd', 'env', 'envAllow', 'uid', 'gid', 'noNewPrivs',
-  'namespaces', 'maxOutputBytes', 'backend', 'allowDegraded', 'stdin', 'cgroupBase',
+  'namespaces', 'maxOutputBytes', 'backend', 'allowDegraded', 'stdin', 'cgroupBase', 'allowRoot', 'confine', 'view', 'egress',
 ]);
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
 
@@ -162,10 +180,12 @@ export function normalizeOptions(input: SandboxOptions = {}): NormalizedOptions 
       env[k] = v;
     }
   }
-  const namespaces = o.namespaces ?? [];
-  if (!Array.isArray(namespaces) || namespaces.some((n) => !NAMESPACE_NAMES.includes(n))) {
-    throw bad('namespaces', o.namespaces, `a list drawn from ${NAMESPACE_NAMES.join(', ')}`);
+  for (const flag of ['confine', 'allowRoot'] as const) {
+    if (o[flag] !== undefined && typeof o[flag] !== 'boolean') throw bad(flag, o[flag], 'true or false');
   }
+  const confine = o.confine ?? true;
+  const namespaces = normalizeNamespaces(o.namespaces, confine ? CONFINE_NAMESPACES : []);
+  const egress = normalizeEgress(o.egress);
   const backend = o.backend ?? 'auto';
   if (backend !== 'auto' && !BACKEND_NAMES.includes(backend)) throw bad('backend', backend, `'auto' or one of ${BACKEND_NAMES.join(', ')}`);
   const stdin = o.stdin ?? 'ignore';
@@ -182,8 +202,11 @@ export function normalizeOptions(input: SandboxOptions = {}): NormalizedOptions 
     limits,
     killGraceMs: o.killGrace === undefined ? 2000 : parseDuration('killGrace', o.killGrace),
     env,
+    allowRoot: o.allowRoot ?? false,
     noNewPrivs: o.noNewPrivs ?? true,
-    namespaces: [...new Set(namespaces)],
+    namespaces,
+    confine,
+    view: normalizeView(o.view),
     maxOutputBytes: o.maxOutputBytes === undefined ? 1024 * 1024 : parseBytes('maxOutputBytes', o.maxOutputBytes),
     backend,
     allowDegraded: o.allowDegraded ?? false,
@@ -194,6 +217,7 @@ export function normalizeOptions(input: SandboxOptions = {}): NormalizedOptions 
     out.timeoutMs = parseDuration('timeout', o.timeout);
     if (out.timeoutMs <= 0) throw bad('timeout', o.timeout, 'a positive duration');
   }
+  if (egress) out.egress = egress;
   if (o.cwd !== undefined) out.cwd = o.cwd;
   if (o.uid !== undefined) out.uid = idOption('uid', o.uid);
   if (o.gid !== undefined) out.gid = idOption('gid', o.gid);

@@ -22,7 +22,8 @@ import { autoBackend, cgroupBackend, newCgroupName, type CgroupUsage, type Count
 import { LimitUnenforceableError, SandboxOptionError, SandboxSpawnError } from './errors.js';
 import { probeHost, which, type HostInfo } from './host.js';
 import { normalizeOptions, type BackendName, type NormalizedOptions, type SandboxOptions } from './limits.js';
-import { processRef, type ProcessRef } from './proc.js';
+import { descendants, processRef, type ProcessRef } from './proc.js';
+import { NOBODY, pidsInNamespace, planConfinement, sandboxPidNamespace, type ConfinementReport } from './confine.js';
 import { chooseLauncher, launchArgv, type LauncherChoice, type LauncherKind } from './launcher/launcher.js';
 import { ensureOwnerWatchdog } from './watchdog.js';
 
@@ -63,6 +64,13 @@ export interface SandboxResult {
   usage: CgroupUsage;
   /** False if a cgroup directory could not be removed (stale cleanup will retry). */
   cleanedUp: boolean;
+  /** What confined the command (namespaces, view, identity, network). */
+  confinement: ConfinementReport;
+  /**
+   * Pids of the sandbox found alive outside its cgroup when it was stopped (a process that left
+   * its cgroup); each was SIGKILLed. Non-empty means an escape was attempted and caught.
+   */
+  escaped: number[];
 }
 
 export interface Sandbox extends Promise<SandboxResult> {
@@ -76,6 +84,7 @@ export interface Sandbox extends Promise<SandboxResult> {
   readonly launcher: LauncherKind;
   readonly cgroupName: string;
   readonly degraded: readonly Degradation[];
+  readonly confinement: ConfinementReport;
   /** Stops the sandbox: SIGTERM to the leader, killGrace, then the whole tree. The reason is recorded before any signal. */
   kill(reason?: KillReason): void;
   usage(): Promise<SandboxUsage>;
@@ -149,7 +158,25 @@ function checkCwd(cwd: string | undefined): void {
   if (!ok) throw new SandboxSpawnError('E_CWD', `working directory '${cwd}' does not exist or is not a directory`, { cwd });
 }
 
-function checkIds(o: NormalizedOptions, host: HostInfo): void {
+/**
+ * Nobody runs as root by accident: with captrap as root and no uid given, the command runs as
+ * 65534; uid or gid 0 must be asked for with allowRoot. A uid without a gid gets the same number
+ * as its gid, so a switched user never keeps root's group.
+ */
+function chooseIds(o: NormalizedOptions, host: HostInfo): void {
+  if (!host.isRoot) return;
+  if (o.uid === undefined && !o.allowRoot) {
+    o.uid = NOBODY;
+    if (o.gid === undefined) o.gid = NOBODY;
+  } else if (o.uid !== undefined && o.gid === undefined && o.uid !== 0) {
+    o.gid = o.uid;
+  }
+  if (!o.allowRoot && (o.uid === 0 || o.gid === 0)) {
+    throw new SandboxSpawnError('E_UID', `running a sandbox as ${o.uid === 0 ? 'uid' : 'gid'} 0 needs allowRoot (captrap run --allow-root, or allowRoot in the config)`, { uid: o.uid, gid: o.gid });
+  }
+}
+
+function checkIds(o: NormalizedOptions, host: HostInfo, viaLauncher: boolean): void {
   if (o.uid === undefined && o.gid === undefined) return;
   const myUid = process.getuid?.();
   const myGid = process.getgid?.();
@@ -157,7 +184,7 @@ function checkIds(o: NormalizedOptions, host: HostInfo): void {
   if (switching && !host.isRoot) {
     throw new SandboxSpawnError('E_UID', `cannot switch to uid ${o.uid ?? myUid} / gid ${o.gid ?? myGid}: captrap runs as uid ${myUid} without CAP_SETUID; run captrap as root or drop the uid/gid option`, { uid: o.uid, gid: o.gid });
   }
-  if (switching && !host.tools.setpriv) throw new SandboxSpawnError('E_UID', 'cannot switch uid/gid: setpriv (util-linux) is not installed', { uid: o.uid, gid: o.gid });
+  if (switching && !viaLauncher && !host.tools.setpriv) throw new SandboxSpawnError('E_UID', 'cannot switch uid/gid: setpriv (util-linux) is not installed', { uid: o.uid, gid: o.gid });
 }
 
 interface Plan {
@@ -167,6 +194,9 @@ interface Plan {
   degraded: Degradation[];
   file: string;
   launcher: LauncherChoice;
+  /** Launcher arguments that confine the command (empty when unconfined). */
+  confineArgs: string[];
+  confinement: ConfinementReport;
 }
 
 /** Everything that can be refused is refused here, before any cgroup or process exists. */
@@ -179,8 +209,10 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
   const host = probeHost();
   checkCwd(options.cwd);
   const file = resolveCommand(command, options.env, options.cwd);
-  checkIds(options, host);
   const launcher = chooseLauncher(host.tools.setpriv !== undefined);
+  chooseIds(options, host);
+  const confined = options.confine && launcher.kind === 'captrap-launch';
+  checkIds(options, host, confined);
   let backend = options.backend === 'auto' ? autoBackend(host) : options.backend;
   const degraded: Degradation[] = [];
   if (backend === 'systemd-run') {
@@ -195,8 +227,27 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
   if (launcher.kind === 'sh') {
     degraded.push({ limit: 'parent-death', reason: 'setpriv (util-linux) is not installed and captrap-launch is not in use, so the command gets no parent-death signal', fix: "install util-linux, or run 'npm run build' with a C compiler (unset CAPTRAP_LAUNCHER=sh)" });
   }
-  const missingNs = options.namespaces.filter((n) => !host.namespaces[n]);
-  if (missingNs.length > 0) degraded.push({ limit: 'namespaces', reason: `this host cannot create ${missingNs.join(', ')} namespace(s)`, fix: 'run captrap as root, or allow unprivileged user namespaces' });
+  const confinement = planConfinement(
+    {
+      confine: options.confine,
+      namespaces: options.namespaces,
+      view: options.view,
+      ...(options.egress ? { egress: options.egress } : {}),
+      ...(options.uid !== undefined ? { uid: options.uid } : {}),
+      ...(options.gid !== undefined ? { gid: options.gid } : {}),
+      noNewPrivs: options.noNewPrivs,
+      file,
+      ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
+    },
+    host,
+    launcher,
+  );
+  degraded.push(...confinement.degraded);
+  Object.assign(options.env, confinement.env);
+  if (!options.confine) {
+    const missingNs = options.namespaces.filter((n) => !host.namespaces[n]);
+    if (missingNs.length > 0) degraded.push({ limit: 'namespaces', reason: `this host cannot create ${missingNs.join(', ')} namespace(s)`, fix: 'run captrap as root, or allow unprivileged user namespaces' });
+  }
   if (degraded.length > 0 && !options.allowDegraded) {
     const d = degraded[0]!;
     const all = degraded.map((x) => `${x.limit} (${x.reason})`).join('; ');
@@ -206,7 +257,7 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
     );
   }
   if (degraded.length > 0) log.warn({ backend, degraded }, 'sandbox runs degraded');
-  return { options, host, backend, degraded, file, launcher };
+  return { options, host, backend, degraded, file, launcher, confineArgs: confined ? confinement.launcherArgs : [], confinement: confinement.report };
 }
 
 /**
@@ -229,7 +280,9 @@ function armWatchdog(p: Plan): void {
 function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[] {
   const { options: o, host } = p;
   const tail: string[] = [];
-  const ns = o.namespaces.filter((n) => host.namespaces[n]);
+  const confined = p.confineArgs.length > 0;
+  // Confined, the launcher makes the namespaces and switches the ids itself.
+  const ns = confined ? [] : o.namespaces.filter((n) => host.namespaces[n] && n !== 'cgroup');
   if (ns.length > 0) {
     tail.push(host.tools.unshare!);
     if (ns.includes('pid')) tail.push('--pid', '--fork', '--kill-child');
@@ -237,8 +290,10 @@ function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[
     for (const n of ['net', 'ipc', 'uts'] as const) if (ns.includes(n)) tail.push(`--${n}`);
     tail.push('--');
   }
-  const switchIds = o.uid !== undefined || o.gid !== undefined;
-  if (switchIds && host.tools.setpriv) {
+  const switchIds = !confined && (o.uid !== undefined || o.gid !== undefined);
+  if (switchIds && p.launcher.kind === 'captrap-launch') {
+    // The launcher switches ids in place (and re-arms the parent-death signal after).
+  } else if (switchIds && host.tools.setpriv) {
     // A credential change clears the parent-death signal, so this setpriv re-arms it after switching.
     tail.push(host.tools.setpriv, '--pdeathsig', 'KILL');
     if (o.uid !== undefined) tail.push('--reuid', String(o.uid));
@@ -255,7 +310,8 @@ function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[
   }
   tail.push(p.file, ...args);
   if (p.launcher.kind === 'captrap-launch') {
-    return launchArgv(p.launcher.path!, { ownerPid: process.pid, noNewPrivs: o.noNewPrivs && !switchIds, keepPwd: o.env.PWD !== undefined, joinFiles: cg.joinFiles }, tail);
+    const extra = confined ? p.confineArgs : switchIds ? [...(o.uid !== undefined ? ['--uid', String(o.uid)] : []), ...(o.gid !== undefined ? ['--gid', String(o.gid)] : [])] : [];
+    return launchArgv(p.launcher.path!, { ownerPid: process.pid, noNewPrivs: o.noNewPrivs, keepPwd: o.env.PWD !== undefined, joinFiles: cg.joinFiles, extra }, tail);
   }
   const sh = host.tools.sh ?? '/bin/sh';
   const trampoline = [sh, '-c', TRAMPOLINE, 'captrap-trampoline', String(process.pid), ...cg.joinFiles, '--', o.env.PWD !== undefined ? 'keep-pwd' : 'drop-pwd', ...tail];
@@ -301,6 +357,38 @@ function streamDone(s: Readable | null, ms: number): Promise<void> {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+// setTimeout fires at once for delays over 2^31-1 ms; longer ones are waited in steps.
+const MAX_TIMER_MS = 2 ** 31 - 1;
+function longTimeout(fn: () => void, ms: number): { clear(): void } {
+  let t: NodeJS.Timeout;
+  const due = Date.now() + ms;
+  const arm = () => {
+    const left = due - Date.now();
+    t = left > MAX_TIMER_MS ? setTimeout(arm, MAX_TIMER_MS) : setTimeout(fn, Math.max(0, left));
+  };
+  arm();
+  return { clear: () => clearTimeout(t) };
+}
+
+/**
+ * Processes of the sandbox that are alive outside its cgroup: members of its pid namespace, or,
+ * without one, the leader's descendants. Each is SIGKILLed; their pids are returned.
+ */
+function killEscapees(leader: number | undefined, pidNs: string | undefined, inCgroup: ReadonlySet<number>): number[] {
+  const candidates = pidNs ? pidsInNamespace(pidNs) : leader !== undefined ? descendants(leader).map((r) => r.pid) : [];
+  const out: number[] = [];
+  for (const pid of candidates) {
+    if (pid === leader || inCgroup.has(pid)) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+      out.push(pid);
+    } catch {
+      // exited on its own
+    }
+  }
+  return out;
+}
+
 /**
  * Starts `command args` in a sandbox. Throws a typed error synchronously (before creating
  * anything) for bad options, a missing command or cwd, an unswitchable uid, or a limit this host
@@ -344,6 +432,12 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   let graceTimer: NodeJS.Timeout | undefined;
   let finished = false;
   let spawnError: Error | undefined;
+  const escaped: number[] = [];
+  // Known while the leader lives; the namespace outlives a member that left the cgroup.
+  let pidNs: string | undefined;
+  const notePidNs = () => {
+    if (pidNs === undefined && p.confinement.namespaces.includes('pid') && proc.pid !== undefined) pidNs = sandboxPidNamespace(proc.pid);
+  };
 
   const killTree = () => {
     try {
@@ -352,21 +446,34 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
       log.error({ err: e, cgroup: cg.name }, 'whole-tree kill failed');
     }
   };
+  // What no hostile command can dodge: the cgroup, the leader through its handle even if it left
+  // the cgroup, and every process of the sandbox found outside it.
+  const killEverything = () => {
+    const inCgroup = new Set(cg.pids());
+    killTree();
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    const e = killEscapees(proc.pid, pidNs, inCgroup);
+    if (e.length > 0) {
+      escaped.push(...e);
+      log.warn({ cgroup: cg.name, escaped: e }, 'killed sandbox processes found outside their cgroup');
+    }
+  };
 
   const stop = (reason: 'timeout' | KillReason) => {
     // After the leader's exit the ending is already decided; a late kill() must not relabel it.
     if (finished || ownKill !== undefined || leaderExit !== undefined) return;
     // Recorded before any signal, so the exit is classified as ours and not as a crash.
     ownKill = reason;
+    notePidNs();
     if (!leaderExit && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
-    if (o.killGraceMs === 0) killTree();
-    else graceTimer = setTimeout(killTree, o.killGraceMs);
+    if (o.killGraceMs === 0) killEverything();
+    else graceTimer = setTimeout(killEverything, o.killGraceMs);
   };
-  const timer = o.timeoutMs !== undefined ? setTimeout(() => stop('timeout'), o.timeoutMs) : undefined;
+  const timer = o.timeoutMs !== undefined ? longTimeout(() => stop('timeout'), o.timeoutMs) : undefined;
 
   const done = new Promise<SandboxResult>((resolve, reject) => {
     const finish = async () => {
-      if (timer) clearTimeout(timer);
+      timer?.clear();
       if (graceTimer) clearTimeout(graceTimer);
       // The leader is gone: nothing of its tree may outlive it.
       killTree();
@@ -423,6 +530,8 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
         counters,
         usage,
         cleanedUp,
+        confinement: p.confinement,
+        escaped,
       });
     };
     proc.once('error', (e) => {
@@ -450,6 +559,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
     launcher: p.launcher.kind,
     cgroupName: cg.name,
     degraded: p.degraded,
+    confinement: p.confinement,
     kill: (reason: KillReason = 'killed') => stop(reason),
     usage: async (): Promise<SandboxUsage> => {
       const pids = finished ? [] : cg.pids();

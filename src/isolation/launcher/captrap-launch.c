@@ -1,61 +1,227 @@
 /*
- * captrap-launch: the first (and only extra) exec of every captrap sandbox.
+ * captrap-launch: the first exec of every captrap sandbox, and (when asked) its confinement.
  *
- * It does in one exec what `setpriv --pdeathsig KILL -- sh -c TRAMPOLINE` does in two, so a
- * sandboxed command starts about as fast as a plain spawn while keeping the same guarantees:
+ * Always, before anything else runs:
  *   1. arm a parent-death SIGKILL, then check the parent is still captrap (if captrap died
  *      before the signal was armed it would never come, so the command must not run at all);
- *   2. optionally set no_new_privs;
- *   3. write its own pid into every given cgroup.procs, so the command is inside its cgroups
- *      before its first instruction and everything it forks is born there;
- *   4. optionally drop PWD (captrap passes the exact environment it wants, and a caller that
- *      did not ask for PWD must not get one);
- *   5. exec the rest of argv (the pid stays the same).
+ *   2. close every descriptor above 2 (one inherited without CLOEXEC must not reach a tool);
+ *   3. write its own pid into every given cgroup.procs, so the command and everything it forks
+ *      are inside their cgroups before its first instruction;
+ * then, without namespaces, drop identity (uid, gid, groups, capabilities, no_new_privs) and
+ * exec the command in place (one exec, the pid stays the same).
  *
- * Argument protocol (fixed order, every option spelled out; nothing is guessed):
- *   captrap-launch --ppid PID [--no-new-privs] [--keep-pwd] [--join PATH]... -- COMMAND [ARG]...
- *     --ppid PID       required: the pid of the captrap process that spawned us
- *     --no-new-privs   prctl(PR_SET_NO_NEW_PRIVS, 1)
- *     --keep-pwd       leave PWD in the environment (default: unset it)
- *     --join PATH      a cgroup.procs file to write our pid to (repeatable)
- *     --               end of options; COMMAND is looked up like execvp does
+ * With --unshare pid,... it becomes three processes, so a hostile command can neither reach
+ * captrap nor outlive its sandbox:
+ *   P0 (this pid, host namespaces): the sandbox's leader as captrap sees it. Forwards signals to
+ *      P1, relays the egress port (--net-proxy) to captrap's proxy socket, and exits with the
+ *      command's status (re-raising its signal).
+ *   P1 (pid 1 of a new pid namespace): unshares the other namespaces, builds the mount view,
+ *      forks the command, forwards signals to it, reaps orphans, and exits when the command
+ *      exits; the kernel then kills everything left in the namespace (setsid escapees too).
+ *   P2: drops identity and execs the command.
+ *
+ * Argument protocol (every option spelled out; nothing is guessed):
+ *   captrap-launch --ppid PID [options] -- COMMAND [ARG]...
+ *     --ppid PID             required: the pid of the captrap process that spawned us
+ *     --join PATH            a cgroup.procs file to write our pid to (repeatable)
+ *     --keep-pwd             leave PWD in the environment (default: unset it)
+ *     --no-new-privs         prctl(PR_SET_NO_NEW_PRIVS, 1)
+ *     --uid N / --gid N      switch to this uid / gid (supplementary groups cleared)
+ *     --drop-caps            empty the bounding, ambient, inheritable, permitted and effective sets
+ *     --unshare LIST         comma list of pid,mount,net,ipc,uts,cgroup
+ *     --view                 build a new root (needs mount): only what --ro/--rw/--symlink name,
+ *                            plus a fresh /proc, a minimal /dev and a private /tmp
+ *     --ro PATH / --rw PATH  bind PATH (absolute, no symlink in it) at the same path, read-only or
+ *                            writable; later entries win, so order parents before children
+ *     --symlink TARGET LINK  create the symlink LINK -> TARGET in the view (e.g. /bin -> usr/bin)
+ *     --hide PATH            cover PATH in the view with an empty, unreadable file or directory
+ *     --no-tmp               no private /tmp
+ *     --chdir DIR            working directory inside the view (default: the inherited one)
+ *     --hostname NAME        with uts
+ *     --net-proxy PORT PATH  with net and pid: listen on 127.0.0.1:PORT inside the namespace and
+ *                            relay each connection to the Unix socket PATH (captrap's proxy)
+ *     --                     end of options; COMMAND is looked up like execvp does
  *
  * Exit status when the command never runs: 125 for a launch failure (bad arguments, parent
- * already gone, cgroup join refused, prctl refused), 127 if COMMAND does not exist, 126 if it
- * cannot be executed (the same convention as the shell trampoline it replaces).
+ * already gone, cgroup join refused, a namespace or mount refused), 127 if COMMAND does not
+ * exist, 126 if it cannot be executed (the same convention as the shell trampoline).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define LAUNCH_FAILED 125
+#define MAX_PAIRS 64
+#define RELAY_BUF 65536
+
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#define MOUNT_ATTR_NOSUID 0x00000002
+#define MOUNT_ATTR_NODEV 0x00000004
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+struct mount_attr_compat {
+	uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+static const char *stage = "captrap-launch";
 
 static void fail(const char *what, const char *arg, int err)
 {
 	if (err != 0)
-		fprintf(stderr, "captrap-launch: %s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "", strerror(err));
+		fprintf(stderr, "%s: %s%s%s: %s\n", stage, what, arg ? " " : "", arg ? arg : "", strerror(err));
 	else
-		fprintf(stderr, "captrap-launch: %s%s%s\n", what, arg ? " " : "", arg ? arg : "");
-	exit(LAUNCH_FAILED);
+		fprintf(stderr, "%s: %s%s%s\n", stage, what, arg ? " " : "", arg ? arg : "");
+	_exit(LAUNCH_FAILED);
 }
 
-static long parse_pid(const char *s)
+static long parse_num(const char *opt, const char *s, long min, long max)
 {
 	char *end = NULL;
 	long v;
 
 	errno = 0;
 	v = strtol(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || v <= 0)
-		fail("--ppid needs a positive pid, got", s, 0);
+	if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+		fail(opt, "needs a number in range", 0);
 	return v;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Options */
+
+enum entry_kind { E_RO, E_RW, E_SYMLINK, E_HIDE };
+struct entry {
+	enum entry_kind kind;
+	const char *path;   /* where in the view */
+	const char *target; /* symlink target */
+};
+
+struct opts {
+	long ppid;
+	int keep_pwd, no_new_privs, drop_caps, view, no_tmp;
+	long uid, gid; /* -1: unchanged */
+	int ns;        /* CLONE_NEW* flags */
+	const char **joins;
+	int njoin;
+	struct entry *entries;
+	int nentries;
+	const char *chdir_to, *hostname, *proxy_path;
+	int proxy_port;
+	char **command;
+};
+
+static int ns_flag(const char *name)
+{
+	if (strcmp(name, "pid") == 0) return CLONE_NEWPID;
+	if (strcmp(name, "mount") == 0) return CLONE_NEWNS;
+	if (strcmp(name, "net") == 0) return CLONE_NEWNET;
+	if (strcmp(name, "ipc") == 0) return CLONE_NEWIPC;
+	if (strcmp(name, "uts") == 0) return CLONE_NEWUTS;
+	if (strcmp(name, "cgroup") == 0) return CLONE_NEWCGROUP;
+	fail("--unshare: unknown namespace", name, 0);
+	return 0;
+}
+
+static void parse_unshare(struct opts *o, char *list)
+{
+	for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
+		o->ns |= ns_flag(t);
+}
+
+static void check_abs(const char *opt, const char *p)
+{
+	if (p[0] != '/' || strstr(p, "/../") || strstr(p, "/./") || strlen(p) >= PATH_MAX - 16)
+		fail(opt, "needs a normalised absolute path, got", 0);
+}
+
+static void parse(struct opts *o, int argc, char **argv)
+{
+	int i = 1;
+
+	memset(o, 0, sizeof *o);
+	o->uid = o->gid = -1;
+	o->joins = calloc((size_t)argc, sizeof *o->joins);
+	o->entries = calloc((size_t)argc, sizeof *o->entries);
+	if (!o->joins || !o->entries)
+		fail("out of memory", NULL, ENOMEM);
+	if (i + 1 < argc && strcmp(argv[i], "--ppid") == 0) {
+		o->ppid = parse_num("--ppid", argv[i + 1], 1, INT_MAX);
+		i += 2;
+	} else {
+		fail("usage: captrap-launch --ppid PID [options] -- COMMAND [ARG]...", NULL, 0);
+	}
+	for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
+		const char *a = argv[i];
+		int has1 = i + 1 < argc, has2 = i + 2 < argc;
+		if (strcmp(a, "--no-new-privs") == 0) o->no_new_privs = 1;
+		else if (strcmp(a, "--keep-pwd") == 0) o->keep_pwd = 1;
+		else if (strcmp(a, "--drop-caps") == 0) o->drop_caps = 1;
+		else if (strcmp(a, "--view") == 0) o->view = 1;
+		else if (strcmp(a, "--no-tmp") == 0) o->no_tmp = 1;
+		else if (strcmp(a, "--join") == 0 && has1) o->joins[o->njoin++] = argv[++i];
+		else if (strcmp(a, "--uid") == 0 && has1) o->uid = parse_num("--uid", argv[++i], 0, 0x7fffffff);
+		else if (strcmp(a, "--gid") == 0 && has1) o->gid = parse_num("--gid", argv[++i], 0, 0x7fffffff);
+		else if (strcmp(a, "--unshare") == 0 && has1) parse_unshare(o, argv[++i]);
+		else if (strcmp(a, "--chdir") == 0 && has1) o->chdir_to = argv[++i];
+		else if (strcmp(a, "--hostname") == 0 && has1) o->hostname = argv[++i];
+		else if ((strcmp(a, "--ro") == 0 || strcmp(a, "--rw") == 0 || strcmp(a, "--hide") == 0) && has1) {
+			struct entry *e = &o->entries[o->nentries++];
+			e->kind = a[2] == 'r' ? (a[3] == 'o' ? E_RO : E_RW) : E_HIDE;
+			e->path = argv[++i];
+			check_abs(a, e->path);
+		} else if (strcmp(a, "--symlink") == 0 && has2) {
+			struct entry *e = &o->entries[o->nentries++];
+			e->kind = E_SYMLINK;
+			e->target = argv[++i];
+			e->path = argv[++i];
+			check_abs(a, e->path);
+		} else if (strcmp(a, "--net-proxy") == 0 && has2) {
+			o->proxy_port = (int)parse_num("--net-proxy", argv[++i], 1, 65535);
+			o->proxy_path = argv[++i];
+		} else {
+			fail("unknown argument", a, 0);
+		}
+	}
+	if (i + 1 >= argc)
+		fail("missing '-- COMMAND'", NULL, 0);
+	o->command = &argv[i + 1];
+	if (o->view && !(o->ns & CLONE_NEWNS))
+		fail("--view needs --unshare mount", NULL, 0);
+	if (o->proxy_path && (!(o->ns & CLONE_NEWNET) || !(o->ns & CLONE_NEWPID)))
+		fail("--net-proxy needs --unshare net,pid", NULL, 0);
+	if (o->hostname && !(o->ns & CLONE_NEWUTS))
+		fail("--hostname needs --unshare uts", NULL, 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Small helpers */
 
 /* One write of "<pid>\n", checked: a short or refused write means we are not in the cgroup. */
 static void join_cgroup(const char *procs, const char *line, size_t len)
@@ -75,60 +241,772 @@ static void join_cgroup(const char *procs, const char *line, size_t len)
 		fail("cannot join cgroup", procs, errno);
 }
 
+static void close_from(int lowfd)
+{
+#ifdef SYS_close_range
+	if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0) == 0)
+		return;
+#endif
+	{
+		long max = sysconf(_SC_OPEN_MAX);
+		if (max < 0 || max > 1 << 20)
+			max = 1 << 20;
+		for (long fd = lowfd; fd < max; fd++)
+			close((int)fd);
+	}
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* mkdir -p inside the view being built; components are created 0755. */
+static void mkdirs(const char *path, mode_t mode)
+{
+	char buf[PATH_MAX];
+	size_t len = strlen(path);
+
+	if (len >= sizeof buf)
+		fail("path too long", path, 0);
+	memcpy(buf, path, len + 1);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+			fail("cannot create directory in the view", buf, errno);
+		*p = '/';
+	}
+	if (mkdir(buf, mode) != 0 && errno != EEXIST)
+		fail("cannot create directory in the view", buf, errno);
+}
+
+static void touch(const char *path, mode_t mode)
+{
+	char parent[PATH_MAX];
+	char *slash;
+	int fd;
+
+	snprintf(parent, sizeof parent, "%s", path);
+	slash = strrchr(parent, '/');
+	if (slash && slash != parent) {
+		*slash = '\0';
+		mkdirs(parent, 0755);
+	}
+	fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode);
+	if (fd < 0 && errno != EEXIST)
+		fail("cannot create mount point in the view", path, errno);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* Read-only (or not), nosuid, nodev on a mount and everything below it. */
+static void set_attrs(const char *path, int readonly, int nodev)
+{
+	struct mount_attr_compat attr = { 0, 0, 0, 0 };
+	unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID;
+
+	attr.attr_set = MOUNT_ATTR_NOSUID | (readonly ? MOUNT_ATTR_RDONLY : 0) | (nodev ? MOUNT_ATTR_NODEV : 0);
+#ifdef SYS_mount_setattr
+	if (syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof attr) == 0)
+		return;
+	if (errno != ENOSYS)
+		fail("cannot set mount attributes on", path, errno);
+#endif
+	/* Before Linux 5.12 only the top mount can be changed; submounts keep their flags. */
+	if (readonly)
+		flags |= MS_RDONLY;
+	if (nodev)
+		flags |= MS_NODEV;
+	if (mount(NULL, path, NULL, flags, NULL) != 0)
+		fail("cannot remount", path, errno);
+}
+
+/*
+ * Binds host path SRC (seen under /oldroot) at DST. The source is opened without following a
+ * final symlink and its resolved name must equal the name asked for: a path that a hostile
+ * process turned into a symlink since captrap checked it is refused, not followed.
+ */
+static void bind_checked(const char *src, const char *dst, int readonly)
+{
+	char fdpath[64], seen[PATH_MAX];
+	struct stat st;
+	ssize_t n;
+	int fd = open(src, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return; /* gone since captrap looked: nothing to show */
+		fail("cannot open", src, errno);
+	}
+	snprintf(fdpath, sizeof fdpath, "/oldroot/proc/self/fd/%d", fd);
+	n = readlink(fdpath, seen, sizeof seen - 1);
+	if (n < 0)
+		fail("cannot resolve", src, errno);
+	seen[n] = '\0';
+	if (strcmp(seen, src) != 0)
+		fail("refusing to bind a path that resolves elsewhere (a symlink in it?)", src, 0);
+	if (fstat(fd, &st) != 0)
+		fail("cannot stat", src, errno);
+	if (S_ISLNK(st.st_mode))
+		fail("refusing to bind a symlink", src, 0);
+	if (S_ISDIR(st.st_mode))
+		mkdirs(dst, 0755);
+	else
+		touch(dst, 0644);
+	if (mount(fdpath, dst, NULL, MS_BIND | MS_REC, NULL) != 0)
+		fail("cannot bind", src, errno);
+	close(fd);
+	set_attrs(dst, readonly, 1);
+}
+
+static void mount_tmpfs(const char *dst, const char *data, unsigned long flags)
+{
+	mkdirs(dst, 0755);
+	if (mount("tmpfs", dst, "tmpfs", flags, data) != 0)
+		fail("cannot mount tmpfs on", dst, errno);
+}
+
+static void hide(const char *dst)
+{
+	struct stat st;
+
+	if (lstat(dst, &st) != 0 || S_ISLNK(st.st_mode))
+		return; /* not in the view, or a link whose target is judged on its own */
+	if (S_ISDIR(st.st_mode)) {
+		if (mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=000,size=4k") != 0)
+			fail("cannot hide", dst, errno);
+	} else if (mount("/hidden", dst, NULL, MS_BIND, NULL) != 0 ||
+		   mount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) {
+		fail("cannot hide", dst, errno);
+	}
+}
+
+static void dev_node(const char *name)
+{
+	char src[64], dst[64];
+
+	snprintf(src, sizeof src, "/oldroot/dev/%s", name);
+	snprintf(dst, sizeof dst, "/newroot/dev/%s", name);
+	touch(dst, 0666);
+	if (mount(src, dst, NULL, MS_BIND, NULL) != 0)
+		fail("cannot bind device", src, errno);
+}
+
+static void proc_readonly(const char *rel)
+{
+	char p[64];
+
+	snprintf(p, sizeof p, "/newroot/proc/%s", rel);
+	if (access(p, F_OK) != 0)
+		return;
+	if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) != 0)
+		fail("cannot protect", p, errno);
+	set_attrs(p, 1, 1);
+}
+
+static void proc_mask(const char *rel)
+{
+	char p[64];
+
+	snprintf(p, sizeof p, "/newroot/proc/%s", rel);
+	hide(p);
+}
+
+static void bring_up_loopback(void)
+{
+	struct ifreq ifr;
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (s < 0)
+		fail("cannot open a socket to configure loopback", NULL, errno);
+	memset(&ifr, 0, sizeof ifr);
+	snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0)
+		fail("cannot read loopback flags", NULL, errno);
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0)
+		fail("cannot bring up loopback", NULL, errno);
+	close(s);
+}
+
+/*
+ * The new root: a tmpfs holding only what the options name. Built by pivoting into a scratch
+ * tmpfs (the host's tree stays reachable under /oldroot while binds are made), then pivoting
+ * again into /newroot and detaching everything else.
+ */
+static void build_view(const struct opts *o, int own_pidns)
+{
+	const char *base = NULL;
+	static const char *bases[] = { "/tmp", "/run", "/mnt", "/var/tmp" };
+	char dst[PATH_MAX + 16], src[PATH_MAX + 16];
+
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		fail("cannot make mounts private", NULL, errno);
+	for (size_t i = 0; i < sizeof bases / sizeof *bases && !base; i++) {
+		struct stat st;
+		if (lstat(bases[i], &st) == 0 && S_ISDIR(st.st_mode) && mount("tmpfs", bases[i], "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") == 0)
+			base = bases[i];
+	}
+	if (!base)
+		fail("no directory to build the view in (/tmp, /run, /mnt, /var/tmp)", NULL, errno);
+	if (chdir(base) != 0 || mkdir("newroot", 0755) != 0 || mkdir("oldroot", 0755) != 0)
+		fail("cannot prepare the view", base, errno);
+	if (syscall(SYS_pivot_root, ".", "oldroot") != 0)
+		fail("pivot_root into the scratch tmpfs failed", NULL, errno);
+	if (chdir("/") != 0)
+		fail("chdir / failed", NULL, errno);
+	if (mount("/newroot", "/newroot", NULL, MS_BIND | MS_REC, NULL) != 0)
+		fail("cannot bind the new root", NULL, errno);
+	{
+		int fd = open("/hidden", O_WRONLY | O_CREAT | O_CLOEXEC, 0);
+		if (fd < 0)
+			fail("cannot create the hiding file", NULL, errno);
+		close(fd);
+	}
+
+	for (int i = 0; i < o->nentries; i++) {
+		const struct entry *e = &o->entries[i];
+		snprintf(dst, sizeof dst, "/newroot%s", e->path);
+		if (e->kind == E_RO || e->kind == E_RW) {
+			snprintf(src, sizeof src, "/oldroot%s", e->path);
+			bind_checked(src, dst, e->kind == E_RO);
+		} else if (e->kind == E_SYMLINK) {
+			char parent[PATH_MAX + 16];
+			char *slash;
+			snprintf(parent, sizeof parent, "%s", dst);
+			slash = strrchr(parent, '/');
+			if (slash && slash != parent) {
+				*slash = '\0';
+				mkdirs(parent, 0755);
+			}
+			if (symlink(e->target, dst) != 0 && errno != EEXIST)
+				fail("cannot create symlink", dst, errno);
+		}
+	}
+
+	mount_tmpfs("/newroot/dev", "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC);
+	static const char *devs[] = { "null", "zero", "full", "random", "urandom", "tty" };
+	for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
+		dev_node(devs[i]);
+	if (symlink("/proc/self/fd", "/newroot/dev/fd") != 0 || symlink("/proc/self/fd/0", "/newroot/dev/stdin") != 0 ||
+	    symlink("/proc/self/fd/1", "/newroot/dev/stdout") != 0 || symlink("/proc/self/fd/2", "/newroot/dev/stderr") != 0)
+		fail("cannot create /dev links", NULL, errno);
+	mount_tmpfs("/newroot/dev/shm", "mode=1777", MS_NOSUID | MS_NODEV);
+	set_attrs("/newroot/dev", 1, 0);
+	/* dev/shm was mounted below dev and became read-only with it: open it again. */
+	if (mount(NULL, "/newroot/dev/shm", NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL) != 0)
+		fail("cannot make /dev/shm writable", NULL, errno);
+
+	mkdirs("/newroot/proc", 0755);
+	/* Without our own pid namespace, show only processes of our own uid. */
+	if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, own_pidns ? NULL : "hidepid=invisible") != 0 &&
+	    mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, own_pidns ? NULL : "hidepid=2") != 0)
+		fail("cannot mount /proc", NULL, errno);
+	static const char *proc_ro[] = { "sys", "sysrq-trigger", "irq", "bus", "fs" };
+	for (size_t i = 0; i < sizeof proc_ro / sizeof *proc_ro; i++)
+		proc_readonly(proc_ro[i]);
+	static const char *proc_hidden[] = { "kcore", "keys", "timer_list", "sched_debug", "kallsyms" };
+	for (size_t i = 0; i < sizeof proc_hidden / sizeof *proc_hidden; i++)
+		proc_mask(proc_hidden[i]);
+
+	if (!o->no_tmp)
+		mount_tmpfs("/newroot/tmp", "mode=1777", MS_NOSUID | MS_NODEV);
+
+	/* Hidden paths last, so no bind can uncover them. */
+	for (int i = 0; i < o->nentries; i++) {
+		if (o->entries[i].kind != E_HIDE)
+			continue;
+		snprintf(dst, sizeof dst, "/newroot%s", o->entries[i].path);
+		hide(dst);
+	}
+
+	if (umount2("/oldroot", MNT_DETACH) != 0)
+		fail("cannot detach the host's tree", NULL, errno);
+	if (chdir("/newroot") != 0 || syscall(SYS_pivot_root, ".", ".") != 0)
+		fail("pivot_root into the view failed", NULL, errno);
+	if (umount2(".", MNT_DETACH) != 0)
+		fail("cannot detach the scratch tmpfs", NULL, errno);
+	if (chdir("/") != 0)
+		fail("chdir / failed", NULL, errno);
+	/* Nothing may be created at the top of the view. */
+	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) != 0)
+		fail("cannot make the view's root read-only", NULL, errno);
+}
+
+/* Everything that happens in the namespaces before the command: unshare, view, hostname. */
+static void enter_namespaces(const struct opts *o, int other_ns)
+{
+	if (other_ns && unshare(other_ns) != 0)
+		fail("cannot create namespaces", NULL, errno);
+	if (o->hostname && sethostname(o->hostname, strlen(o->hostname)) != 0)
+		fail("cannot set hostname", NULL, errno);
+	if (o->ns & CLONE_NEWNET)
+		bring_up_loopback();
+	if (o->view)
+		build_view(o, (o->ns & CLONE_NEWPID) != 0);
+	if (o->chdir_to && chdir(o->chdir_to) != 0)
+		fail("the working directory is not inside the sandbox's view:", o->chdir_to, errno);
+}
+
+static int last_cap(void)
+{
+	FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
+	int n = -1;
+
+	if (f) {
+		if (fscanf(f, "%d", &n) != 1)
+			n = -1;
+		fclose(f);
+	}
+	return n > 0 && n < 64 ? n : 63;
+}
+
+/* Permitted and effective sets reduced to `keep` (a mask of capabilities below 32), the rest emptied. */
+static void limit_caps(uint32_t keep)
+{
+	struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct d[2];
+
+	memset(d, 0, sizeof d);
+	d[0].permitted = d[0].effective = keep;
+	if (syscall(SYS_capset, &h, d) != 0)
+		fail("cannot clear capabilities", NULL, errno);
+}
+
+/* The command's identity: no groups, the given ids, no capabilities at all, no_new_privs. */
+static void drop_identity(const struct opts *o, int capmax)
+{
+	if (o->drop_caps) {
+		for (int c = 0; c <= capmax; c++)
+			if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 && errno != EINVAL)
+				fail("cannot drop the capability bounding set", NULL, errno);
+		if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+			fail("cannot clear ambient capabilities", NULL, errno);
+	}
+	if (o->uid >= 0 || o->gid >= 0 || o->drop_caps) {
+		if (getuid() == 0 && setgroups(0, NULL) != 0)
+			fail("cannot clear supplementary groups", NULL, errno);
+	}
+	if (o->gid >= 0 && setresgid((gid_t)o->gid, (gid_t)o->gid, (gid_t)o->gid) != 0)
+		fail("cannot switch gid", NULL, errno);
+	if (o->uid >= 0 && setresuid((uid_t)o->uid, (uid_t)o->uid, (uid_t)o->uid) != 0)
+		fail("cannot switch uid", NULL, errno);
+	if (o->drop_caps)
+		limit_caps(0);
+	if ((o->no_new_privs || o->drop_caps) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		fail("cannot set no_new_privs", NULL, errno);
+}
+
+static void exec_command(const struct opts *o)
+{
+	int err;
+
+	if (!o->keep_pwd)
+		unsetenv("PWD");
+	execvp(o->command[0], o->command);
+	err = errno;
+	fprintf(stderr, "captrap-launch: cannot execute %s: %s\n", o->command[0], strerror(err));
+	_exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* P1 and P2: the namespace's init and the command */
+
+static volatile sig_atomic_t fwd_target = 0;
+
+static void forward_signal(int sig)
+{
+	if (fwd_target > 0)
+		kill((pid_t)fwd_target, sig);
+}
+
+static const int forwarded[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT };
+
+static void install_forwarding(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = forward_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
+		sigaction(forwarded[i], &sa, NULL);
+}
+
+static void send_fd(int sock, int fd)
+{
+	char dummy = 'L';
+	struct iovec iov = { &dummy, 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg;
+	struct cmsghdr *c;
+
+	memset(&msg, 0, sizeof msg);
+	memset(&u, 0, sizeof u);
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = u.buf;
+	msg.msg_controllen = sizeof u.buf;
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	if (sendmsg(sock, &msg, 0) != 1)
+		fail("cannot hand the egress port to the relay", NULL, errno);
+}
+
+static int egress_listener(int port)
+{
+	struct sockaddr_in a;
+	int one = 1, s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (s < 0)
+		fail("cannot create the egress port", NULL, errno);
+	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 64) != 0)
+		fail("cannot listen on the egress port", NULL, errno);
+	return s;
+}
+
+static void __attribute__((noreturn)) run_init(const struct opts *o, int status_sock)
+{
+	int capmax, status = 0;
+	pid_t cmd;
+
+	stage = "captrap-launch (sandbox init)";
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+		fail("cannot set the parent-death signal", NULL, errno);
+	{
+		/* If P0 died before the signal was armed, its end of the socket is closed. */
+		struct pollfd p = { status_sock, POLLOUT, 0 };
+		if (poll(&p, 1, 0) < 0 || (p.revents & (POLLHUP | POLLERR)))
+			_exit(LAUNCH_FAILED);
+	}
+	enter_namespaces(o, o->ns & ~CLONE_NEWPID);
+	if (o->proxy_path) {
+		int l = egress_listener(o->proxy_port);
+		send_fd(status_sock, l);
+		close(l);
+	}
+	capmax = last_cap();
+	install_forwarding();
+	cmd = fork();
+	if (cmd < 0)
+		fail("cannot fork the command", NULL, errno);
+	if (cmd == 0) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof sa);
+		sa.sa_handler = SIG_DFL;
+		for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
+			sigaction(forwarded[i], &sa, NULL);
+		close(status_sock);
+		stage = "captrap-launch";
+		drop_identity(o, capmax);
+		/* A credential change cleared the parent-death signal; arm it again. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+			fail("cannot set the parent-death signal", NULL, errno);
+		if (getppid() != 1)
+			_exit(LAUNCH_FAILED);
+		close_from(3);
+		exec_command(o);
+	}
+	fwd_target = cmd;
+	/* Nothing in the sandbox may read this process's memory or signal it with effect. */
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	for (int c = 0; c <= capmax; c++)
+		prctl(PR_CAPBSET_DROP, c, 0, 0, 0);
+	/* Only what forwarding a signal to a command of another uid takes. */
+	limit_caps(1u << CAP_KILL);
+	for (;;) {
+		int st;
+		pid_t p = waitpid(-1, &st, 0);
+		if (p < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (p == cmd) {
+			status = st;
+			break;
+		}
+	}
+	write_full(status_sock, &status, sizeof status);
+	_exit(0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* P0: leader on the host side */
+
+struct pair {
+	int fd[2];              /* 0: inside (tool), 1: captrap's proxy */
+	char *buf[2];           /* buf[i]: bytes read from fd[i], waiting for fd[1 - i] */
+	size_t len[2], off[2];
+	int eof[2];             /* fd[i] said EOF */
+	int shut[2];            /* fd[i] was shut down for writing */
+};
+
+static struct pair *pairs[MAX_PAIRS];
+
+static void pair_free(int i)
+{
+	struct pair *p = pairs[i];
+	close(p->fd[0]);
+	close(p->fd[1]);
+	free(p->buf[0]);
+	free(p->buf[1]);
+	free(p);
+	pairs[i] = NULL;
+}
+
+static void relay_accept(int listener, const char *path)
+{
+	struct sockaddr_un a;
+	int in = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), out, slot = -1;
+
+	if (in < 0)
+		return;
+	for (int i = 0; i < MAX_PAIRS && slot < 0; i++)
+		if (!pairs[i])
+			slot = i;
+	out = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	memset(&a, 0, sizeof a);
+	a.sun_family = AF_UNIX;
+	snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+	if (slot < 0 || out < 0 || connect(out, (struct sockaddr *)&a, sizeof a) != 0) {
+		close(in);
+		if (out >= 0)
+			close(out);
+		return;
+	}
+	pairs[slot] = calloc(1, sizeof(struct pair));
+	if (!pairs[slot] || !(pairs[slot]->buf[0] = malloc(RELAY_BUF)) || !(pairs[slot]->buf[1] = malloc(RELAY_BUF))) {
+		close(in);
+		close(out);
+		if (pairs[slot]) {
+			free(pairs[slot]->buf[0]);
+			free(pairs[slot]);
+			pairs[slot] = NULL;
+		}
+		return;
+	}
+	pairs[slot]->fd[0] = in;
+	pairs[slot]->fd[1] = out;
+}
+
+/* Moves what can move for one pair; returns 0 when the pair is finished. */
+static int relay_step(struct pair *p, const struct pollfd *pf)
+{
+	for (int i = 0; i < 2; i++) {
+		int from = p->fd[i], to = p->fd[1 - i];
+		short rev = pf[i].revents;
+		if (!p->eof[i] && p->len[i] == 0 && (rev & (POLLIN | POLLHUP | POLLERR))) {
+			ssize_t n = read(from, p->buf[i], RELAY_BUF);
+			if (n > 0) {
+				p->len[i] = (size_t)n;
+				p->off[i] = 0;
+			} else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+				if (n < 0)
+					return 0;
+				p->eof[i] = 1;
+			}
+		}
+		if (p->len[i] > 0) {
+			ssize_t n = write(to, p->buf[i] + p->off[i], p->len[i]);
+			if (n > 0) {
+				p->off[i] += (size_t)n;
+				p->len[i] -= (size_t)n;
+			} else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+				return 0;
+			}
+		}
+		if (p->eof[i] && p->len[i] == 0 && !p->shut[1 - i]) {
+			shutdown(to, SHUT_WR);
+			p->shut[1 - i] = 1;
+		}
+	}
+	return !(p->shut[0] && p->shut[1]);
+}
+
+static int recv_fd(int sock)
+{
+	char dummy;
+	struct iovec iov = { &dummy, 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg;
+	struct cmsghdr *c;
+	int fd = -1;
+
+	memset(&msg, 0, sizeof msg);
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = u.buf;
+	msg.msg_controllen = sizeof u.buf;
+	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1)
+		return -1;
+	c = CMSG_FIRSTHDR(&msg);
+	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+		memcpy(&fd, CMSG_DATA(c), sizeof(int));
+	return fd;
+}
+
+static void __attribute__((noreturn)) report(int status)
+{
+	if (WIFSIGNALED(status)) {
+		int sig = WTERMSIG(status);
+		struct rlimit no_core = { 0, 0 };
+		struct sigaction sa;
+		sigset_t all;
+		setrlimit(RLIMIT_CORE, &no_core);
+		memset(&sa, 0, sizeof sa);
+		sa.sa_handler = SIG_DFL;
+		sigaction(sig, &sa, NULL);
+		sigfillset(&all);
+		sigprocmask(SIG_UNBLOCK, &all, NULL);
+		kill(getpid(), sig);
+		_exit(128 + sig);
+	}
+	_exit(WIFEXITED(status) ? WEXITSTATUS(status) : LAUNCH_FAILED);
+}
+
+static void __attribute__((noreturn)) run_leader(const struct opts *o, pid_t init, int status_sock)
+{
+	int listener = -1, status = 0, have_status = 0;
+
+	fwd_target = init;
+	install_forwarding();
+	/* A relay write to a closed peer must not kill the leader. */
+	signal(SIGPIPE, SIG_IGN);
+	if (o->proxy_path) {
+		listener = recv_fd(status_sock);
+		if (listener < 0) {
+			/* The init failed before it could open the port; its exit status says why. */
+		} else {
+			fcntl(listener, F_SETFL, O_NONBLOCK);
+		}
+	}
+	while (!have_status) {
+		struct pollfd pf[2 + 2 * MAX_PAIRS];
+		int idx[MAX_PAIRS], n = 0;
+		pf[n++] = (struct pollfd){ status_sock, POLLIN, 0 };
+		pf[n++] = (struct pollfd){ listener, POLLIN, 0 };
+		for (int i = 0; i < MAX_PAIRS; i++) {
+			struct pair *p = pairs[i];
+			idx[i] = -1;
+			if (!p)
+				continue;
+			idx[i] = n;
+			for (int k = 0; k < 2; k++) {
+				short ev = 0;
+				if (!p->eof[k] && p->len[k] == 0)
+					ev |= POLLIN;
+				if (p->len[1 - k] > 0)
+					ev |= POLLOUT;
+				pf[n++] = (struct pollfd){ p->fd[k], ev, 0 };
+			}
+		}
+		if (poll(pf, (nfds_t)n, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pf[0].revents) {
+			ssize_t r = read(status_sock, &status, sizeof status);
+			if (r == (ssize_t)sizeof status) {
+				have_status = 1;
+				break;
+			}
+			if (r == 0 || (r < 0 && errno != EINTR && errno != EAGAIN))
+				break; /* the init died without a word: its own wait status tells */
+		}
+		if (listener >= 0 && (pf[1].revents & POLLIN))
+			relay_accept(listener, o->proxy_path);
+		for (int i = 0; i < MAX_PAIRS; i++)
+			if (pairs[i] && idx[i] >= 0 && !relay_step(pairs[i], &pf[idx[i]]))
+				pair_free(i);
+	}
+	for (;;) {
+		int st;
+		pid_t p = waitpid(init, &st, 0);
+		if (p < 0 && errno == EINTR)
+			continue;
+		if (!have_status)
+			status = p == init ? st : (LAUNCH_FAILED << 8);
+		break;
+	}
+	report(status);
+}
+
 int main(int argc, char **argv)
 {
-	long ppid = 0;
-	int no_new_privs = 0, keep_pwd = 0, i = 1, njoin = 0;
-	const char **joins = calloc((size_t)argc, sizeof *joins);
+	struct opts o;
 	char line[32];
-	int len;
-
-	if (joins == NULL)
-		fail("out of memory", NULL, ENOMEM);
+	int len, capmax;
 
 	/* Armed before anything else so the window before the getppid() check below is the only one. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
 		fail("cannot set the parent-death signal", NULL, errno);
-
-	if (i + 1 < argc && strcmp(argv[i], "--ppid") == 0) {
-		ppid = parse_pid(argv[i + 1]);
-		i += 2;
-	} else {
-		fail("usage: captrap-launch --ppid PID [--no-new-privs] [--keep-pwd] [--join PATH]... -- COMMAND [ARG]...", NULL, 0);
-	}
-	for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
-		if (strcmp(argv[i], "--no-new-privs") == 0) {
-			no_new_privs = 1;
-		} else if (strcmp(argv[i], "--keep-pwd") == 0) {
-			keep_pwd = 1;
-		} else if (strcmp(argv[i], "--join") == 0 && i + 1 < argc) {
-			joins[njoin++] = argv[++i];
-		} else {
-			fail("unknown argument", argv[i], 0);
-		}
-	}
-	if (i + 1 >= argc)
-		fail("missing '-- COMMAND'", NULL, 0);
-
+	parse(&o, argc, argv);
 	/* If captrap died before the signal was armed, we were reparented and nobody will kill us. */
-	if ((long)getppid() != ppid)
+	if ((long)getppid() != o.ppid)
 		fail("captrap (the parent) is already gone; not starting the command", NULL, 0);
-
-	if (no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-		fail("cannot set no_new_privs", NULL, errno);
+	close_from(3);
 
 	len = snprintf(line, sizeof line, "%ld\n", (long)getpid());
-	for (int j = 0; j < njoin; j++)
-		join_cgroup(joins[j], line, (size_t)len);
-	free(joins);
+	for (int j = 0; j < o.njoin; j++)
+		join_cgroup(o.joins[j], line, (size_t)len);
 
-	if (!keep_pwd)
-		unsetenv("PWD");
-
-	execvp(argv[i + 1], &argv[i + 1]);
-	{
-		int err = errno;
-		fprintf(stderr, "captrap-launch: cannot execute %s: %s\n", argv[i + 1], strerror(err));
-		return err == ENOENT || err == ENOTDIR ? 127 : 126;
+	if (o.ns & CLONE_NEWPID) {
+		int sv[2];
+		pid_t init;
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+			fail("cannot create the status channel", NULL, errno);
+		if (unshare(CLONE_NEWPID) != 0)
+			fail("cannot create a pid namespace", NULL, errno);
+		init = fork();
+		if (init < 0)
+			fail("cannot fork the sandbox init", NULL, errno);
+		if (init == 0) {
+			close(sv[0]);
+			run_init(&o, sv[1]);
+		}
+		close(sv[1]);
+		run_leader(&o, init, sv[0]);
 	}
+
+	capmax = last_cap();
+	enter_namespaces(&o, o.ns);
+	drop_identity(&o, capmax);
+	if (o.uid >= 0 || o.gid >= 0 || o.drop_caps) {
+		/* A credential change cleared the parent-death signal; arm it again and re-check. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+			fail("cannot set the parent-death signal", NULL, errno);
+		if ((long)getppid() != o.ppid)
+			fail("captrap (the parent) is already gone; not starting the command", NULL, 0);
+	}
+	exec_command(&o);
+	return LAUNCH_FAILED;
 }

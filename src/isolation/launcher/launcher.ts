@@ -54,11 +54,12 @@ export function chooseLauncher(hasSetpriv: boolean, preference: LauncherPreferen
 }
 
 /** The argv that starts `tail` through captrap-launch (protocol documented in captrap-launch.c). */
-export function launchArgv(path: string, o: { ownerPid: number; noNewPrivs: boolean; keepPwd: boolean; joinFiles: readonly string[] }, tail: readonly string[]): string[] {
+export function launchArgv(path: string, o: { ownerPid: number; noNewPrivs: boolean; keepPwd: boolean; joinFiles: readonly string[]; extra?: readonly string[] }, tail: readonly string[]): string[] {
   const argv = [path, '--ppid', String(o.ownerPid)];
   if (o.noNewPrivs) argv.push('--no-new-privs');
   if (o.keepPwd) argv.push('--keep-pwd');
   for (const f of o.joinFiles) argv.push('--join', f);
+  if (o.extra) argv.push(...o.extra);
   argv.push('--', ...tail);
   return argv;
 }
