@@ -371,22 +371,14 @@ function longTimeout(fn: () => void, ms: number): { clear(): void } {
 }
 
 /**
- * Processes of the sandbox that are alive outside its cgroup: members of its pid namespace, or,
- * without one, the leader's descendants. Each is SIGKILLed; their pids are returned.
+ * The sandbox's processes that are alive outside its cgroup: the leader, and the members of its
+ * pid namespace or, without one, the leader's descendants. Listed before anything is killed,
+ * while the leader still holds its descendants.
  */
-function killEscapees(leader: number | undefined, pidNs: string | undefined, inCgroup: ReadonlySet<number>): number[] {
-  const candidates = pidNs ? pidsInNamespace(pidNs) : leader !== undefined ? descendants(leader).map((r) => r.pid) : [];
-  const out: number[] = [];
-  for (const pid of candidates) {
-    if (pid === leader || inCgroup.has(pid)) continue;
-    try {
-      process.kill(pid, 'SIGKILL');
-      out.push(pid);
-    } catch {
-      // exited on its own
-    }
-  }
-  return out;
+function outsideCgroup(leader: number | undefined, pidNs: string | undefined, inCgroup: ReadonlySet<number>): number[] {
+  if (leader === undefined) return [];
+  const members = [leader, ...(pidNs ? pidsInNamespace(pidNs) : descendants(leader).map((r) => r.pid))];
+  return [...new Set(members)].filter((pid) => !inCgroup.has(pid));
 }
 
 /**
@@ -449,13 +441,21 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   // What no hostile command can dodge: the cgroup, the leader through its handle even if it left
   // the cgroup, and every process of the sandbox found outside it.
   const killEverything = () => {
-    const inCgroup = new Set(cg.pids());
+    const leaderAlive = proc.exitCode === null && proc.signalCode === null;
+    const outside = leaderAlive ? outsideCgroup(proc.pid, pidNs, new Set(cg.pids())) : [];
     killTree();
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-    const e = killEscapees(proc.pid, pidNs, inCgroup);
-    if (e.length > 0) {
-      escaped.push(...e);
-      log.warn({ cgroup: cg.name, escaped: e }, 'killed sandbox processes found outside their cgroup');
+    if (leaderAlive) proc.kill('SIGKILL');
+    for (const pid of outside) {
+      if (pid === proc.pid) continue;
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // exited on its own
+      }
+    }
+    if (outside.length > 0) {
+      escaped.push(...outside);
+      log.warn({ cgroup: cg.name, escaped: outside }, 'killed sandbox processes found outside their cgroup');
     }
   };
 
