@@ -8,9 +8,11 @@ export * from './kernel/constraints.js';
 export * from './kernel/pattern.js';
 export * from './kernel/paths.js';
 export * from './kernel/domains.js';
+export * from './kernel/urls.js';
 export * from './kernel/keyring.js';
 export * from './kernel/policy.js';
 export * from './kernel/revocations.js';
+export * from './kernel/issuance.js';
 export * from './kernel/kernel.js';
 export * from './kernel/audit.js';
 

@@ -550,20 +550,46 @@ function findKeyId(dir: string, segments: number[]): string {
   }
 }
 
-/** Reads every record line of the log (no verification: use verifyAuditLog for that), oldest first. */
-export function readAuditRecords(dir: string, filter: (r: AuditRecord) => boolean = () => true): AuditRecord[] {
-  const segments = listSegments(dir);
+export interface ReadAuditOptions {
+  filter?: (r: AuditRecord) => boolean;
+  /** Matching records to skip first (oldest first). Default 0. */
+  offset?: number;
+  /** At most this many records are returned; reading stops there. Default all. */
+  limit?: number;
+}
+
+/**
+ * Reads the record lines of the log (no verification: use verifyAuditLog for that), oldest
+ * first: those `filter` keeps, after skipping `offset` of them, at most `limit`. The filter may
+ * be given alone as the second argument (the older call shape).
+ */
+export function readAuditRecords(dir: string, filterOrOptions: ((r: AuditRecord) => boolean) | ReadAuditOptions = {}, options: ReadAuditOptions = {}): AuditRecord[] {
+  const o: ReadAuditOptions = typeof filterOrOptions === 'function' ? { ...options, filter: filterOrOptions } : { ...filterOrOptions, ...options };
+  const filter = o.filter ?? (() => true);
+  const offset = o.offset ?? 0;
+  const limit = o.limit ?? Infinity;
+  if (!Number.isInteger(offset) || offset < 0) throw new RangeError(`offset: expected a non-negative integer, got ${offset}`);
+  if (limit !== Infinity && (!Number.isInteger(limit) || limit < 0)) throw new RangeError(`limit: expected a non-negative integer, got ${limit}`);
   const out: AuditRecord[] = [];
-  for (const s of segments) {
+  if (limit === 0) return out;
+  let skipped = 0;
+  for (const s of listSegments(dir)) {
     const text = readFileSync(join(dir, segmentFileName(s)), 'utf8');
     for (const line of text.split('\n')) {
       if (!line.startsWith(RECORD_PREFIX)) continue;
+      let r: AuditRecord;
       try {
-        const r = JSON.parse(line) as AuditRecord;
-        if (filter(r)) out.push(r);
+        r = JSON.parse(line) as AuditRecord;
+        if (!filter(r)) continue;
       } catch {
-        /* torn or damaged line: verify reports it */
+        continue; // torn or damaged line (verify reports it), or one the filter chokes on
       }
+      if (skipped < offset) {
+        skipped++;
+        continue;
+      }
+      out.push(r);
+      if (out.length >= limit) return out;
     }
   }
   return out;

@@ -37,7 +37,7 @@ import type { AuditEvent, AuditSink, AuditStats } from './events.js';
 import { loadOrCreateEd25519KeyPair, loadOrCreateSecretFile } from './keys.js';
 
 export * from './audit-record.js';
-export { verifyAuditLog, readAuditRecords, type VerifyReport, type VerifyOptions, type VerifyMode, type VerifyProblem, type ProblemKind } from './audit-verify.js';
+export { verifyAuditLog, readAuditRecords, type ReadAuditOptions, type VerifyReport, type VerifyOptions, type VerifyMode, type VerifyProblem, type ProblemKind } from './audit-verify.js';
 
 export const AUDIT_KEY_FILE = 'audit.key';
 export const AUDIT_SIGNING_KEY_FILE = 'audit-signing.key';
@@ -87,6 +87,8 @@ export interface AuditLogStats extends AuditStats {
   /** record() calls after a write failed: never written. */
   droppedAfterFailure: number;
   failed: string | null;
+  /** Milliseconds since this log was opened (monotonic clock). */
+  uptimeMs: number;
 }
 
 interface Group {
@@ -152,6 +154,7 @@ export class AuditLog implements AuditSink {
   private lastFlushAt: string | null = null;
   private droppedAfterClose = 0;
   private droppedAfterFailure = 0;
+  private readonly openedAtMs = performance.now();
 
   private constructor(dir: string, key: Buffer, signingKey: KeyObject, opts: AuditLogOptions) {
     this.dir = dir;
@@ -404,6 +407,7 @@ export class AuditLog implements AuditSink {
       droppedAfterClose: this.droppedAfterClose,
       droppedAfterFailure: this.droppedAfterFailure,
       failed: this.failure ? this.failure.message : null,
+      uptimeMs: Math.round(performance.now() - this.openedAtMs),
     };
   }
 

@@ -2,7 +2,7 @@
 // encoding, HMAC-SHA256 signing and verification, tokens, and the pure `permits` check.
 import { createHmac, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
-import { checkArguments, checkTool, ConstraintsSchema, type AccessArguments, type CheckedArguments, type Constraints } from './constraints.js';
+import { checkArguments, checkNetworkResource, checkTool, ConstraintsSchema, type AccessArguments, type CheckedArguments, type Constraints } from './constraints.js';
 import { AccessDeniedError } from './errors.js';
 import type { Keyring } from './keyring.js';
 import { matchPattern } from './pattern.js';
@@ -51,6 +51,16 @@ export function newCapabilityId(): string {
   return 'cap_' + randomBytes(16).toString('base64url');
 }
 
+/** Whether `s` has the form of a capability id (says nothing about whether it was ever issued). */
+export function isCapabilityId(s: unknown): s is string {
+  return typeof s === 'string' && ID.test(s);
+}
+
+/** One line for people: type, the first 8 characters of the id, principal. */
+export function describeCapability(c: Pick<Capability, 'resourceType' | 'id' | 'principal'>): string {
+  return `${c.resourceType} capability ${c.id.slice(0, 8)} for ${c.principal}`;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Canonical encoding, version 1: a JSON array with the fields in this fixed order, constraints
 // and limits as nested arrays in fixed order (absent = null), lists in their stored order.
@@ -59,7 +69,7 @@ export function newCapabilityId(): string {
 
 function canonicalConstraints(c: Constraints): unknown[] {
   const l = c.limits;
-  return [
+  const out: unknown[] = [
     c.allowedTools ?? null,
     c.paths ?? null,
     c.maxFileSize ?? null,
@@ -68,6 +78,9 @@ function canonicalConstraints(c: Constraints): unknown[] {
     c.maxDelegationDepth ?? null,
     l ? [l.memoryBytes ?? null, l.pids ?? null, l.cpu ?? null, l.timeoutMs ?? null] : null,
   ];
+  // Fields added after v1 are appended only when present, so every earlier signature still verifies.
+  if (c.allowedSchemes !== undefined) out.push(['allowedSchemes', c.allowedSchemes]);
+  return out;
 }
 
 export function canonicalEncoding(c: UnsignedCapability): string {
@@ -205,6 +218,8 @@ export function permits(c: Capability, operation: string, resource: string, args
     checkTool(c.constraints, resource);
   } else if (c.resourceType === 'file' && c.constraints.paths && !c.constraints.paths.some((root) => isWithin(resource, root))) {
     throw new AccessDeniedError('E_PATH_OUTSIDE_ROOTS', `file resource ${resource} is outside the allowed roots`, { resource });
+  } else if (c.resourceType === 'network') {
+    checkNetworkResource(c.constraints, resource);
   }
   if (!matchPattern(c.resource, resource)) {
     const code = c.resourceType === 'tool' ? 'E_TOOL_NOT_ALLOWED' : 'E_RESOURCE_NOT_PERMITTED';

@@ -5,9 +5,10 @@
 // computes what the child actually gets.
 import { statSync } from 'node:fs';
 import { z } from 'zod';
-import { destinationOf, entryCovers, entryMatches, parseDomainEntry, type DomainEntry } from './domains.js';
+import { destinationOf, destinationOfHost, entryCovers, entryMatches, parseDomainEntry, type Destination, type DomainEntry } from './domains.js';
 import { AccessDeniedError, DelegationError, InvalidRequestError, type Dimension } from './errors.js';
 import { checkPathInRoots, isWithin, resolveRealPath } from './paths.js';
+import { checkUrlSpelling, effectiveSchemes, normalizeScheme, schemeAllowed } from './urls.js';
 
 const nonNegInt = z.number().int().nonnegative();
 
@@ -31,6 +32,8 @@ export const ConstraintsSchema = z
     paths: z.array(z.string().min(1)).optional(),
     maxFileSize: nonNegInt.optional(),
     allowedDomains: z.array(z.string().min(1)).optional(),
+    /** URL schemes URL arguments may use; absent means http and https only (never "any"). */
+    allowedSchemes: z.array(z.string().min(1)).optional(),
     allowedCommands: z.array(z.string().min(1)).optional(),
     /** The deepest delegation level (root = 0) any descendant may have. */
     maxDelegationDepth: nonNegInt.optional(),
@@ -56,9 +59,11 @@ export interface AccessArguments {
   commands?: readonly { command: string; arg?: string }[];
 }
 
-/** What `checkArguments` learned: the real paths the action may use (hand these to the tool). */
+/** What `checkArguments` learned: the spellings the action may use (hand these to the tool). */
 export interface CheckedArguments {
   realPaths: Record<string, string>;
+  /** Canonical `href` of each URL argument, by argument name: what was checked is what the tool gets. */
+  canonicalUrls: Record<string, string>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -85,6 +90,17 @@ export function normalizeConstraints(input: unknown): Constraints {
         throw new InvalidRequestError(`constraints.allowedDomains: '${d}' is not host, *.host or *, with an optional :port`, { entry: d });
       }
     }
+  }
+  if (c.allowedSchemes) {
+    c.allowedSchemes = [
+      ...new Set(
+        c.allowedSchemes.map((s) => {
+          const n = normalizeScheme(s);
+          if (n === null) throw new InvalidRequestError(`constraints.allowedSchemes: '${s}' is not a URL scheme name`, { entry: s });
+          return n;
+        }),
+      ),
+    ];
   }
   return c;
 }
@@ -129,6 +145,9 @@ export function checkNarrowing(parent: Constraints, requested: Constraints): voi
       if (!ce || !pe.some((p) => entryCovers(p, ce))) widens('allowedDomains', `${d} is not covered by the parent's domains`, { entry: d });
     }
   }
+  // An absent allowedSchemes means the defaults, not "any": a child naming ftp under a parent
+  // that names nothing would widen.
+  if (requested.allowedSchemes) listSubset('allowedSchemes', effectiveSchemes(parent.allowedSchemes), effectiveSchemes(requested.allowedSchemes));
   listSubset('allowedCommands', parent.allowedCommands, requested.allowedCommands);
   maxNotAbove('maxDelegationDepth', parent.maxDelegationDepth, requested.maxDelegationDepth);
   for (const k of LIMIT_KEYS) maxNotAbove(`limits.${k}`, parent.limits?.[k], requested.limits?.[k]);
@@ -188,6 +207,10 @@ export function intersectConstraints(a: Constraints, b: Constraints): Constraint
     }
     out.allowedDomains = [...doms];
   } else if (a.allowedDomains || b.allowedDomains) out.allowedDomains = [...(a.allowedDomains ?? b.allowedDomains)!];
+  if (a.allowedSchemes || b.allowedSchemes) {
+    const other = new Set(effectiveSchemes(b.allowedSchemes));
+    out.allowedSchemes = effectiveSchemes(a.allowedSchemes).filter((s) => other.has(s));
+  }
   const cmds = intersectList(a.allowedCommands, b.allowedCommands);
   if (cmds) out.allowedCommands = cmds;
   const depth = minOf(a.maxDelegationDepth, b.maxDelegationDepth);
@@ -213,14 +236,60 @@ export function checkTool(c: Constraints, tool: string): void {
   }
 }
 
+const NO_PATHS: Readonly<Record<string, string>> = Object.freeze({});
+const NO_ARGUMENTS: CheckedArguments = Object.freeze({ realPaths: NO_PATHS as Record<string, string>, canonicalUrls: NO_PATHS as Record<string, string> });
+
+function domainAllowed(c: Constraints, d: Destination): boolean {
+  return c.allowedDomains!.some((s) => {
+    const e = parseDomainEntry(s);
+    return e !== null && entryMatches(e, d);
+  });
+}
+
+/**
+ * Checks one URL against `c`: a spelling every parser reads alike (E_INVALID_ARGUMENTS), an
+ * allowed scheme, an allowed host and port. Returns the canonical href the tool must receive.
+ */
+export function checkUrl(c: Constraints, raw: string, arg: string, invalidCode: 'E_INVALID_ARGUMENTS' | 'E_RESOURCE_NOT_PERMITTED' = 'E_INVALID_ARGUMENTS'): string {
+  const v = checkUrlSpelling(raw);
+  if (!v.ok) deny(invalidCode, `argument ${arg}: ${v.reason}`, { arg, url: raw });
+  if (!schemeAllowed(v.scheme, c.allowedSchemes)) {
+    deny('E_SCHEME_NOT_ALLOWED', `argument ${arg}: scheme '${v.scheme}' is not in allowedSchemes [${effectiveSchemes(c.allowedSchemes).join(', ')}]`, { arg, scheme: v.scheme });
+  }
+  if (c.allowedDomains) {
+    const d = destinationOf(v.href);
+    if (!d) deny('E_DOMAIN_NOT_ALLOWED', `argument ${arg}: not a URL with a host and port`, { arg, url: raw });
+    if (!domainAllowed(c, d)) deny('E_DOMAIN_NOT_ALLOWED', `argument ${arg}: ${d.host}:${d.port} is not in allowedDomains`, { arg, host: d.host, port: d.port });
+  }
+  return v.href;
+}
+
+/**
+ * A network capability's own resource must satisfy its constraints, or a capability limited to
+ * example.com would validate http://evil.com/. The resource is a URL or a bare `host[:port]`.
+ */
+export function checkNetworkResource(c: Constraints, resource: string): void {
+  const host = destinationOfHost(resource);
+  if (host === undefined) {
+    checkUrl(c, resource, 'resource', 'E_RESOURCE_NOT_PERMITTED');
+    return;
+  }
+  if (!c.allowedDomains) return;
+  // A bare host without a port names every port, so only an entry without a port covers it.
+  const ok = c.allowedDomains.some((s) => {
+    const e = parseDomainEntry(s);
+    if (e === null) return false;
+    return host.port === null ? e.port === null && entryMatches(e, { host: host.host, port: 0 }) : entryMatches(e, { host: host.host, port: host.port });
+  });
+  if (!ok) deny('E_DOMAIN_NOT_ALLOWED', `network resource ${resource} is not in allowedDomains`, { resource });
+}
+
 /**
  * Throws AccessDeniedError for the first argument outside `c`: a path outside the real-path
- * roots (traversal and symlink escapes included), a file over maxFileSize, a URL whose host or
- * port is not allowed, a command not in allowedCommands (or one carrying shell syntax).
+ * roots (traversal and symlink escapes included), a file over maxFileSize, a URL with an
+ * ambiguous spelling or whose scheme, host or port is not allowed, a command not in
+ * allowedCommands (or one carrying shell syntax). Returns the spellings the tool must receive.
  */
-const NO_PATHS: Readonly<Record<string, string>> = Object.freeze({});
-const NO_ARGUMENTS: CheckedArguments = Object.freeze({ realPaths: NO_PATHS as Record<string, string> });
-
 export function checkArguments(c: Constraints, a: AccessArguments): CheckedArguments {
   if (a.tool !== undefined) checkTool(c, a.tool);
   // The hot path (no resource arguments) allocates nothing.
@@ -228,16 +297,9 @@ export function checkArguments(c: Constraints, a: AccessArguments): CheckedArgum
   const realPaths: Record<string, string> = {};
   for (const f of a.files ?? []) {
     const arg = f.arg ?? f.path;
-    let real: string;
-    if (c.paths) {
-      const v = checkPathInRoots(f.path, c.paths);
-      if (!v.ok) deny('E_PATH_OUTSIDE_ROOTS', `argument ${arg}: ${v.reason}`, { arg, path: f.path });
-      real = v.realPath;
-    } else {
-      const v = resolveRealPath(f.path);
-      if (!v.ok) deny('E_PATH_OUTSIDE_ROOTS', `argument ${arg}: ${v.reason}`, { arg, path: f.path });
-      real = v.realPath;
-    }
+    const v = c.paths ? checkPathInRoots(f.path, c.paths) : resolveRealPath(f.path);
+    if (!v.ok) deny(v.malformed ? 'E_INVALID_ARGUMENTS' : 'E_PATH_OUTSIDE_ROOTS', `argument ${arg}: ${v.reason}`, { arg, path: f.path });
+    const real = v.realPath;
     realPaths[arg] = real;
     if (c.maxFileSize !== undefined) {
       let size = f.size;
@@ -254,16 +316,10 @@ export function checkArguments(c: Constraints, a: AccessArguments): CheckedArgum
       }
     }
   }
+  const canonicalUrls: Record<string, string> = {};
   for (const u of a.urls ?? []) {
     const arg = u.arg ?? u.url;
-    if (!c.allowedDomains) continue;
-    const d = destinationOf(u.url);
-    if (!d) deny('E_DOMAIN_NOT_ALLOWED', `argument ${arg}: not a URL with a host and port`, { arg, url: u.url });
-    const ok = c.allowedDomains.some((s) => {
-      const e = parseDomainEntry(s);
-      return e !== null && entryMatches(e, d);
-    });
-    if (!ok) deny('E_DOMAIN_NOT_ALLOWED', `argument ${arg}: ${d.host}:${d.port} is not in allowedDomains`, { arg, host: d.host, port: d.port });
+    canonicalUrls[arg] = checkUrl(c, u.url, arg);
   }
   for (const cmd of a.commands ?? []) {
     const arg = cmd.arg ?? 'command';
@@ -276,5 +332,5 @@ export function checkArguments(c: Constraints, a: AccessArguments): CheckedArgum
       deny('E_COMMAND_NOT_ALLOWED', `argument ${arg}: command '${argv0}' is not in allowedCommands`, { arg, command: argv0 });
     }
   }
-  return { realPaths };
+  return { realPaths, canonicalUrls };
 }

@@ -47,6 +47,17 @@ export function destinationOf(url: string): Destination | null {
   return { host, port };
 }
 
+const BARE_HOST = /^([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?$/;
+
+/** A bare `host` or `host:port` (no scheme): its host and port (null = not named); undefined when it is not one. */
+export function destinationOfHost(s: string): { host: string; port: number | null } | undefined {
+  const m = BARE_HOST.exec(s.toLowerCase());
+  if (!m) return undefined;
+  const port = m[2] === undefined ? null : Number(m[2]);
+  if (port !== null && (port < 1 || port > 65535)) return undefined;
+  return { host: m[1]!.replace(/\.$/, ''), port };
+}
+
 export function entryMatches(e: DomainEntry, d: Destination): boolean {
   if (e.port !== null && e.port !== d.port) return false;
   if (e.any) return true;

@@ -22,7 +22,12 @@ export const DENY_CODES = [
   'E_PATH_OUTSIDE_ROOTS',
   'E_FILE_TOO_LARGE',
   'E_DOMAIN_NOT_ALLOWED',
+  'E_SCHEME_NOT_ALLOWED',
   'E_COMMAND_NOT_ALLOWED',
+  // No live capability of the principal allows the action (checkPermission looks at all of them).
+  'E_PERMISSION_DENIED',
+  // The kernel's issuance policy does not let this principal be granted this capability.
+  'E_ISSUANCE_DENIED',
 ] as const;
 export type DenyCode = (typeof DENY_CODES)[number];
 
@@ -31,6 +36,7 @@ export const ARGUMENT_DENY_CODES: ReadonlySet<DenyCode> = new Set<DenyCode>([
   'E_PATH_OUTSIDE_ROOTS',
   'E_FILE_TOO_LARGE',
   'E_DOMAIN_NOT_ALLOWED',
+  'E_SCHEME_NOT_ALLOWED',
   'E_COMMAND_NOT_ALLOWED',
 ]);
 
@@ -55,6 +61,7 @@ export type Dimension =
   | 'paths'
   | 'maxFileSize'
   | 'allowedDomains'
+  | 'allowedSchemes'
   | 'allowedCommands'
   | 'maxDelegationDepth'
   | 'limits.memoryBytes'

@@ -13,6 +13,8 @@ export const AUDIT_EVENT_TYPES = [
   'principal_cleanup',
   'sandbox_started',
   'sandbox_exited',
+  'sandbox_escape',
+  'egress',
   'audit_rotated',
   'audit_opened',
   'audit_closed',
@@ -56,6 +58,8 @@ export interface AuditStats {
   lastFlushAt: string | null;
   /** Events recorded but not yet written. */
   bufferDepth: number;
+  /** Milliseconds since the sink was opened, for sinks that know. */
+  uptimeMs?: number;
 }
 
 export const nullAuditSink: AuditSink = { record() {} };

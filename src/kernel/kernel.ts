@@ -2,6 +2,7 @@
 // delegation tree and process bindings, persists revocations, and audits every decision.
 // It never spawns or inspects processes: callers pass process refs in.
 import {
+  isCapabilityId,
   isToken,
   newCapabilityId,
   parseCapability,
@@ -20,7 +21,9 @@ import { AccessDeniedError, DelegationError, InvalidRequestError, type DenyCode 
 import { nullAuditSink, type AuditEvent, type AuditSink, type AuditStats } from './events.js';
 import type { Keyring } from './keyring.js';
 import { compilePattern, patternCovers } from './pattern.js';
-import { effectiveLimits, type Tool, type ToolArgs, type ToolPolicy } from './policy.js';
+import { IssuanceGate, type IssuancePolicy } from './issuance.js';
+import { filePatternFromSpelling } from './paths.js';
+import { effectiveLimits, TOOL_OPERATIONS, type Tool, type ToolArgs, type ToolPolicy } from './policy.js';
 import { RevocationStore } from './revocations.js';
 
 /** A capability given by id (`cap_...`), as a token (`ct1....`) or as the signed object. */
@@ -40,6 +43,8 @@ export interface KernelOptions {
   maxDelegationDepth?: number;
   /** Remember signatures already verified for frozen capability objects and tokens. Default true. */
   verificationCache?: boolean;
+  /** Which root capabilities may be granted to whom; without it every well-formed request is granted. */
+  issuance?: IssuancePolicy;
 }
 
 /** Who is asking: the principal and, when known, its process. Nothing the caller claims about itself belongs here. */
@@ -49,6 +54,22 @@ export interface Caller {
 }
 
 export interface ValidationContext extends Caller, AccessArguments {}
+
+/** What checkPermission may be told about the action besides the principal. */
+export type PermissionContext = Omit<ValidationContext, 'principal'>;
+
+export interface ListOptions {
+  includeRevoked?: boolean;
+  includeExpired?: boolean;
+}
+
+export interface RevokeOptions {
+  /**
+   * The id names a capability issued elsewhere (a token this kernel never saw): record it
+   * anyway. Without it an id this kernel does not know is refused, so a typo is not persisted.
+   */
+  external?: boolean;
+}
 
 export interface ResourceSpec {
   type: ResourceType;
@@ -76,6 +97,8 @@ export interface Validated {
   capability: Capability;
   /** Real paths of file arguments, by argument name: pass these to the tool, not the spelling given. */
   realPaths: Record<string, string>;
+  /** Canonical hrefs of URL arguments, by argument name: pass these to the tool, not the spelling given. */
+  canonicalUrls: Record<string, string>;
 }
 
 export interface ToolAuthorization extends Validated {
@@ -101,6 +124,15 @@ export interface KernelStats {
 
 const refKey = (r: ProcessRef): string => `${r.pid}:${r.startTime}`;
 
+/** An operations list from an untrusted caller: a string would otherwise spread into letters. */
+function checkOperations(operations: unknown): asserts operations is string[] {
+  if (!Array.isArray(operations) || !operations.every((o) => typeof o === 'string' && o.length > 0)) {
+    throw new InvalidRequestError('operations: expected an array of non-empty operation names', { path: ['operations'] });
+  }
+}
+
+const TOOL_OPERATION_SET: ReadonlySet<string> = new Set(TOOL_OPERATIONS);
+
 export class SecurityKernel {
   private readonly keys: Keyring;
   private readonly audit: AuditSink;
@@ -114,6 +146,10 @@ export class SecurityKernel {
   private policy: ToolPolicy | undefined;
 
   private readonly store = new Map<string, Capability>();
+  private readonly byPrincipal = new Map<string, Set<string>>();
+  /** Ids (and expiries) of capabilities this kernel verified as tokens or objects but does not store. */
+  private readonly foreign = new Map<string, number>();
+  private readonly issuance: IssuanceGate | undefined;
   private readonly children = new Map<string, Set<string>>();
   private readonly bindings = new Map<string, Set<string>>();
   /** Objects this kernel built or schema-checked (frozen, so they cannot change afterwards). */
@@ -133,6 +169,7 @@ export class SecurityKernel {
     this.maxDepth = opts.maxDelegationDepth ?? 8;
     this.useCache = opts.verificationCache ?? true;
     this.policy = opts.policy;
+    this.issuance = opts.issuance ? new IssuanceGate(opts.issuance) : undefined;
     this.revocations = new RevocationStore(opts.stateDir);
   }
 
@@ -151,6 +188,10 @@ export class SecurityKernel {
 
   private remember(c: Capability): Capability {
     this.store.set(c.id, c);
+    let mine = this.byPrincipal.get(c.principal);
+    if (!mine) this.byPrincipal.set(c.principal, (mine = new Set()));
+    mine.add(c.id);
+    this.foreign.delete(c.id);
     this.wellFormed.add(c);
     this.verified.add(c);
     return c;
@@ -160,26 +201,33 @@ export class SecurityKernel {
   // Issuing
 
   requestCapability(principal: string, resource: ResourceSpec, operations: string[], constraints: Constraints = {}, opts: RequestOptions = {}): Capability {
-    this.emit({ type: 'capability_requested', principal, details: { resourceType: resource.type, resource: resource.pattern, operations } });
+    this.emit({ type: 'capability_requested', principal, details: { resourceType: resource?.type, resource: resource?.pattern, operations } });
     try {
       if (typeof principal !== 'string' || principal.length === 0) throw new InvalidRequestError('principal: expected a non-empty string');
+      if (typeof resource !== 'object' || resource === null) throw new InvalidRequestError('resource: expected { type, pattern }');
       if (!RESOURCE_TYPES.includes(resource.type)) throw new InvalidRequestError(`resource.type: expected one of ${RESOURCE_TYPES.join(', ')}`);
-      compilePattern(resource.pattern);
+      if (typeof resource.pattern !== 'string') throw new InvalidRequestError('resource.pattern: expected a string');
+      checkOperations(operations);
+      const pattern = resource.type === 'file' ? filePatternFromSpelling(resource.pattern) : resource.pattern;
+      compilePattern(pattern);
       const now = this.clock();
+      const normalized = normalizeConstraints(constraints);
+      const expiresAt = opts.expiresAt ?? now + (opts.ttlMs ?? this.defaultTtlMs);
+      this.issuance?.check({ principal, resourceType: resource.type, resource: pattern, operations, constraints: normalized, ttlMs: expiresAt - now });
       const cap = signCapability(
         {
           v: 1,
           id: newCapabilityId(),
           principal,
           resourceType: resource.type,
-          resource: resource.pattern,
+          resource: pattern,
           operations: [...operations],
-          constraints: normalizeConstraints(constraints),
+          constraints: normalized,
           parentId: null,
           ancestors: [],
           depth: 0,
           issuedAt: now,
-          expiresAt: opts.expiresAt ?? now + (opts.ttlMs ?? this.defaultTtlMs),
+          expiresAt,
           holder: opts.holder ?? null,
         },
         this.keys,
@@ -192,7 +240,7 @@ export class SecurityKernel {
       return checked;
     } catch (err) {
       this.emit({ type: 'capability_denied', principal, details: { code: (err as { code?: string }).code ?? 'E_INVALID_REQUEST', message: (err as Error).message } });
-      if (err instanceof AccessDeniedError) throw new InvalidRequestError(err.message, err.details);
+      if (err instanceof AccessDeniedError && err.code !== 'E_ISSUANCE_DENIED') throw new InvalidRequestError(err.message, err.details);
       throw err;
     }
   }
@@ -221,6 +269,7 @@ export class SecurityKernel {
         const parsed = parseToken(ref);
         this.wellFormed.add(parsed);
         this.checkSignature(parsed);
+        this.noteForeign(parsed);
         if (this.useCache) {
           if (this.tokenCache.size >= 10_000) this.tokenCache.clear();
           this.tokenCache.set(ref, parsed);
@@ -235,8 +284,21 @@ export class SecurityKernel {
     const cap = this.wellFormed.has(ref) ? ref : parseCapability(ref);
     this.wellFormed.add(cap);
     this.checkSignature(cap);
+    this.noteForeign(cap);
     // A binding made after this object was handed out lives in the stored record.
     return this.store.get(cap.id) ?? cap;
+  }
+
+  /** A verified capability issued elsewhere: its id may be revoked here without `external`. */
+  private noteForeign(c: Capability): void {
+    if (this.store.has(c.id) || this.foreign.has(c.id)) return;
+    if (this.foreign.size >= 100_000) this.foreign.clear();
+    this.foreign.set(c.id, c.expiresAt);
+  }
+
+  /** The expiry of a capability this kernel has seen, if it has. */
+  private expiryOf(id: string): number | undefined {
+    return this.store.get(id)?.expiresAt ?? this.foreign.get(id);
   }
 
   private checkSignature(c: Capability): void {
@@ -304,9 +366,9 @@ export class SecurityKernel {
       cap = this.resolve(ref);
       this.checkLive(cap, this.clock());
       this.checkCaller(cap, context);
-      const { realPaths } = permits(cap, operation, resource, context);
+      const { realPaths, canonicalUrls } = permits(cap, operation, resource, context);
       if (this.auditing) this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation, resource } });
-      return { capability: cap, realPaths };
+      return { capability: cap, realPaths, canonicalUrls };
     } catch (err) {
       return this.denied(err, cap ?? ref, context, { operation, resource });
     }
@@ -320,6 +382,7 @@ export class SecurityKernel {
   authorizeToolCall(ref: CapabilityRef, toolName: string, args: unknown, context: Caller): ToolAuthorization {
     this.counters.validations++;
     let cap: Capability | undefined;
+    let operation = 'invoke';
     try {
       cap = this.resolve(ref);
       this.checkLive(cap, this.clock());
@@ -329,11 +392,14 @@ export class SecurityKernel {
       if (cap.resourceType !== 'tool') throw new AccessDeniedError('E_RESOURCE_NOT_PERMITTED', `capability ${cap.id} grants ${cap.resourceType} access, not tool calls`, { resourceType: cap.resourceType });
       checkTool(cap.constraints, toolName);
       const parsed = tool.parseArgs(args);
-      const { realPaths } = permits(cap, 'invoke', toolName, tool.accessOf(parsed));
-      if (this.auditing) this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation: 'invoke', tool: toolName } });
-      return { capability: cap, realPaths, tool, args: parsed, argv: tool.argv(parsed, realPaths), limits: effectiveLimits(tool.spec.limits, cap.constraints.limits) };
+      // `invoke` grants every tool allowedTools names; otherwise the tool's own operation must be granted.
+      operation = cap.operations.includes('invoke') ? 'invoke' : tool.operation;
+      const { realPaths, canonicalUrls } = permits(cap, operation, toolName, tool.accessOf(parsed));
+      const argv = tool.argv(parsed, realPaths, canonicalUrls);
+      if (this.auditing) this.emit({ type: 'capability_validated', principal: context.principal, capabilityId: cap.id, details: { operation, tool: toolName } });
+      return { capability: cap, realPaths, canonicalUrls, tool, args: parsed, argv, limits: effectiveLimits(tool.spec.limits, cap.constraints.limits) };
     } catch (err) {
-      return this.denied(err, cap ?? ref, context, { operation: 'invoke', tool: toolName });
+      return this.denied(err, cap ?? ref, context, { operation, tool: toolName });
     }
   }
 
@@ -358,6 +424,9 @@ export class SecurityKernel {
     const details = { parentId: parent.id, to: toPrincipal };
     try {
       if (typeof toPrincipal !== 'string' || toPrincipal.length === 0) throw new InvalidRequestError('toPrincipal: expected a non-empty string');
+      if (typeof narrowing !== 'object' || narrowing === null) throw new InvalidRequestError('narrowing: expected an object');
+      if (narrowing.operations !== undefined) checkOperations(narrowing.operations);
+      if (narrowing.resource !== undefined && typeof narrowing.resource !== 'string') throw new InvalidRequestError('resource: expected a string');
       const depth = parent.depth + 1;
       const limit = Math.min(this.maxDepth, parent.constraints.maxDelegationDepth ?? Infinity);
       if (depth > limit) {
@@ -366,7 +435,7 @@ export class SecurityKernel {
       if (narrowing.resourceType !== undefined && narrowing.resourceType !== parent.resourceType) {
         throw new DelegationError('E_WIDENS', `delegation would widen resourceType: ${narrowing.resourceType} is not ${parent.resourceType}`, { dimension: 'resourceType' });
       }
-      const resource = narrowing.resource ?? parent.resource;
+      const resource = narrowing.resource === undefined ? parent.resource : parent.resourceType === 'file' ? filePatternFromSpelling(narrowing.resource) : narrowing.resource;
       compilePattern(resource);
       if (!patternCovers(parent.resource, resource)) {
         throw new DelegationError('E_WIDENS', `delegation would widen resource: '${resource}' is not within '${parent.resource}'`, { dimension: 'resource' });
@@ -442,15 +511,17 @@ export class SecurityKernel {
    * Descendants it does not know (tokens issued elsewhere) are refused anyway: they carry their
    * ancestors. Returns the ids newly revoked.
    */
-  revokeCapability(id: string, reason = 'revoked'): string[] {
+  revokeCapability(id: string, reason = 'revoked', opts: RevokeOptions = {}): string[] {
+    if (!isCapabilityId(id)) throw new InvalidRequestError(`id: expected a capability id (cap_ followed by 16-64 base64url characters), got ${JSON.stringify(String(id).slice(0, 80))}`, { id: String(id).slice(0, 80) });
+    if (!opts.external && !this.store.has(id) && !this.foreign.has(id) && !this.revocations.has(id)) {
+      throw new AccessDeniedError('E_UNKNOWN_CAPABILITY', `no capability with id ${id} is known to this kernel; pass { external: true } to revoke one issued elsewhere`, { id });
+    }
     return this.revokeSubtrees([id], reason);
   }
 
   /** Revokes every capability held by `principal` and, through them, every descendant. */
   revokeAllForPrincipal(principal: string, reason = 'principal revoked'): string[] {
-    const held: string[] = [];
-    for (const c of this.store.values()) if (c.principal === principal) held.push(c.id);
-    return this.revokeSubtrees(held, reason);
+    return this.revokeSubtrees([...(this.byPrincipal.get(principal) ?? [])], reason);
   }
 
   /**
@@ -464,7 +535,7 @@ export class SecurityKernel {
       all.add(id);
       for (const d of this.descendants(id)) all.add(d);
     }
-    const fresh = this.revocations.add([...all], reason, this.clock());
+    const fresh = this.revocations.add([...all], reason, this.clock(), (id) => this.expiryOf(id));
     for (const r of fresh) {
       const c = this.store.get(r);
       const cascadeFrom = rootSet.has(r) ? r : (c?.ancestors.find((a) => rootSet.has(a)) ?? r);
@@ -500,6 +571,112 @@ export class SecurityKernel {
     const revoked = this.revokeSubtrees(ids, reason);
     this.emit({ type: 'principal_cleanup', process: { pid: ref.pid, startTime: ref.startTime }, ...(principals.length === 1 ? { principal: principals[0]! } : {}), details: { principals, revoked: revoked.length, ids: revoked } });
     return revoked;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Questions about a principal rather than one capability
+
+  private isLive(c: Capability, now: number): boolean {
+    return now < c.expiresAt && !this.isRevokedOrAncestor(c);
+  }
+
+  private isRevokedOrAncestor(c: Capability): boolean {
+    return this.revocations.has(c.id) || c.ancestors.some((a) => this.revocations.has(a));
+  }
+
+  /**
+   * Whether `principal` may do `operation` on `resource` with any live capability it holds
+   * here: the first that permits it (same checks as validateCapability) is returned. Otherwise
+   * AccessDeniedError('E_PERMISSION_DENIED'), its details listing why each candidate refused.
+   * On a tool capability granting `invoke`, the tool operations (read, write, list, execute) count as granted.
+   */
+  checkPermission(principal: string, resourceType: ResourceType, operation: string, resource: string, context: PermissionContext = {}): Capability {
+    this.counters.validations++;
+    const caller: ValidationContext = { ...context, principal };
+    try {
+      if (typeof principal !== 'string' || principal.length === 0) throw new InvalidRequestError('principal: expected a non-empty string');
+      if (!RESOURCE_TYPES.includes(resourceType)) throw new InvalidRequestError(`resourceType: expected one of ${RESOURCE_TYPES.join(', ')}`);
+      if (typeof operation !== 'string' || typeof resource !== 'string') throw new InvalidRequestError('operation and resource: expected strings');
+      const now = this.clock();
+      const refusals: { id: string; code: string }[] = [];
+      for (const id of this.byPrincipal.get(principal) ?? []) {
+        const c = this.store.get(id)!;
+        if (c.resourceType !== resourceType) continue;
+        try {
+          this.checkSignature(c);
+          this.checkLive(c, now);
+          this.checkCaller(c, caller);
+          const op = resourceType === 'tool' && TOOL_OPERATION_SET.has(operation) && !c.operations.includes(operation) && c.operations.includes('invoke') ? 'invoke' : operation;
+          permits(c, op, resource, caller);
+        } catch (err) {
+          refusals.push({ id: c.id, code: (err as { code?: string }).code ?? 'E_INTERNAL' });
+          continue;
+        }
+        if (this.auditing) this.emit({ type: 'capability_validated', principal, capabilityId: c.id, details: { operation, resource } });
+        return c;
+      }
+      throw new AccessDeniedError(
+        'E_PERMISSION_DENIED',
+        `no live ${resourceType} capability of '${principal}' allows ${operation} on '${resource}'` + (refusals.length ? ` (${refusals.map((r) => `${r.id.slice(0, 8)}: ${r.code}`).join(', ')})` : ''),
+        { principal, resourceType, operation, resource, refusals },
+      );
+    } catch (err) {
+      return this.denied(err, undefined, caller, { operation, resource, resourceType });
+    }
+  }
+
+  /** The capabilities this kernel stores for `principal`, in issue order: live ones unless asked for more. */
+  listCapabilities(principal: string, opts: ListOptions = {}): Capability[] {
+    const now = this.clock();
+    const out: Capability[] = [];
+    for (const id of this.byPrincipal.get(principal) ?? []) {
+      const c = this.store.get(id)!;
+      if (!opts.includeExpired && now >= c.expiresAt) continue;
+      if (!opts.includeRevoked && this.isRevokedOrAncestor(c)) continue;
+      out.push(c);
+    }
+    return out;
+  }
+
+  /**
+   * Forgets every expired capability (revoked or not) and compacts the revocation file down to
+   * ids whose capability has not expired yet (or whose expiry is unknown). Safe because nothing
+   * expired can validate again, and a child never outlives its parent. Returns how many
+   * capabilities were forgotten. The compaction replaces the file: run it only where this
+   * kernel is the one writer of its state dir.
+   */
+  pruneExpired(): number {
+    const now = this.clock();
+    // Compact first: the expiries of old lines come from records about to be forgotten.
+    this.revocations.compact(now, (id) => this.expiryOf(id));
+    let forgotten = 0;
+    for (const c of [...this.store.values()]) {
+      if (now < c.expiresAt) continue;
+      this.forget(c);
+      forgotten++;
+    }
+    for (const [id, exp] of this.foreign) if (exp <= now) this.foreign.delete(id);
+    for (const [token, c] of this.tokenCache) if (c.expiresAt <= now) this.tokenCache.delete(token);
+    return forgotten;
+  }
+
+  private forget(c: Capability): void {
+    this.store.delete(c.id);
+    const mine = this.byPrincipal.get(c.principal);
+    mine?.delete(c.id);
+    if (mine?.size === 0) this.byPrincipal.delete(c.principal);
+    if (c.parentId !== null) {
+      const siblings = this.children.get(c.parentId);
+      siblings?.delete(c.id);
+      if (siblings?.size === 0) this.children.delete(c.parentId);
+    }
+    this.children.delete(c.id);
+    if (c.holder) {
+      const k = refKey(c.holder);
+      const bound = this.bindings.get(k);
+      bound?.delete(c.id);
+      if (bound?.size === 0) this.bindings.delete(k);
+    }
   }
 
   // -------------------------------------------------------------------------------------------

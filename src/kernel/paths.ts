@@ -2,8 +2,38 @@
 // land after following every symlink and `..`, never by its spelling.
 import { lstatSync, realpathSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { checkUrlSpelling } from './urls.js';
 
-export type PathVerdict = { ok: true; realPath: string } | { ok: false; reason: string };
+/** `malformed`: the spelling is not a path at all (another URI scheme, a broken file: URI), as opposed to a path that is not allowed. */
+export type PathVerdict = { ok: true; realPath: string } | { ok: false; reason: string; malformed?: true };
+
+const URI_SCHEME = /^([A-Za-z][A-Za-z0-9+.-]*):/;
+
+/**
+ * The path a spelling names: itself, or for a `file:` URI (`file:///tmp/x`, `file://localhost/tmp/x`)
+ * its decoded path. Any other scheme is refused rather than read as a relative path.
+ */
+export function pathFromSpelling(spelling: string): { ok: true; path: string } | { ok: false; reason: string; malformed: true } {
+  const m = URI_SCHEME.exec(spelling);
+  if (!m) return { ok: true, path: spelling };
+  if (m[1]!.toLowerCase() !== 'file') return { ok: false, reason: `'${m[1]}:' URIs do not name a file; give an absolute path or a file:// URI`, malformed: true };
+  const v = checkUrlSpelling(spelling);
+  if (!v.ok) return { ok: false, reason: `file URI: ${v.reason}`, malformed: true };
+  // A query or fragment would be dropped silently by the conversion: refuse rather than guess.
+  if (v.url.search !== '' || v.url.hash !== '' || /[?#]/.test(spelling)) return { ok: false, reason: 'file URI: a query or fragment does not name a file', malformed: true };
+  try {
+    return { ok: true, path: fileURLToPath(v.url) };
+  } catch (err) {
+    return { ok: false, reason: `file URI: ${(err as Error).message}`, malformed: true };
+  }
+}
+
+/** A file resource pattern given as `file:///root/*`: the path pattern (globs are not URI syntax, so no decoding). */
+export function filePatternFromSpelling(pattern: string): string {
+  const m = /^file:\/\/(?:localhost)?(\/.*)$/i.exec(pattern);
+  return m ? m[1]! : pattern;
+}
 
 function errCode(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
@@ -16,8 +46,11 @@ function errCode(err: unknown): string | undefined {
  * and a tool that creates directories could make it escape), and the first missing component
  * may not be a dangling symlink (writing through it would create its target wherever it points).
  */
-export function resolveRealPath(path: string): PathVerdict {
-  if (typeof path !== 'string' || path.length === 0) return { ok: false, reason: 'empty path' };
+export function resolveRealPath(spelling: string): PathVerdict {
+  if (typeof spelling !== 'string' || spelling.length === 0) return { ok: false, reason: 'empty path' };
+  const p = pathFromSpelling(spelling);
+  if (!p.ok) return p;
+  const path = p.path;
   if (!isAbsolute(path)) return { ok: false, reason: `not an absolute path: ${path}` };
   if (path.includes('\0')) return { ok: false, reason: 'path contains a NUL byte' };
   try {

@@ -8,15 +8,23 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { LimitsSchema, type AccessArguments, type FileAccess, type Limits } from './constraints.js';
 import { AccessDeniedError, PolicyConfigError } from './errors.js';
+import { checkUrlSpelling } from './urls.js';
 
 const NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
 
+/** What a tool call does to its resources; a capability granting `read` runs only `read` tools. */
+export const TOOL_OPERATIONS = ['read', 'write', 'list', 'execute'] as const;
+export type ToolOperation = (typeof TOOL_OPERATIONS)[number];
+
 const required = z.boolean().default(true);
+/** A value never to be written anywhere (audit records, logs): a password, a token. */
+const secret = z.boolean().optional();
 const ArgSpecSchema = z.discriminatedUnion('type', [
   z
     .object({
       type: z.literal('string'),
       required,
+      secret,
       minLength: z.number().int().nonnegative().optional(),
       maxLength: z.number().int().positive().optional(),
       /** A JavaScript regular expression the whole value must match. */
@@ -37,13 +45,14 @@ const ArgSpecSchema = z.discriminatedUnion('type', [
     .object({
       type: z.literal('number'),
       required,
+      secret,
       min: z.number().optional(),
       max: z.number().optional(),
       integer: z.boolean().default(false),
     })
     .strict(),
-  z.object({ type: z.literal('boolean'), required }).strict(),
-  z.object({ type: z.literal('enum'), required, values: z.array(z.string()).min(1) }).strict(),
+  z.object({ type: z.literal('boolean'), required, secret }).strict(),
+  z.object({ type: z.literal('enum'), required, secret, values: z.array(z.string()).min(1) }).strict(),
 ]);
 export type ArgSpec = z.infer<typeof ArgSpecSchema>;
 
@@ -70,6 +79,8 @@ const ToolSchema = z
     command: z.array(z.string().min(1)).min(1),
     args: z.record(z.string().regex(NAME), ArgSpecSchema).default({}),
     resources: z.array(ResourceMappingSchema).default([]),
+    /** What a call does, for capabilities that grant operations rather than `invoke`; derived from `resources` when absent. */
+    operation: z.enum(TOOL_OPERATIONS).optional(),
     limits: LimitsSchema.optional(),
   })
   .strict()
@@ -150,6 +161,15 @@ export class Tool {
     return this.spec.name;
   }
 
+  /** The declared operation, else: writes a file -> write; touches files or URLs -> read; otherwise execute. */
+  get operation(): ToolOperation {
+    if (this.spec.operation) return this.spec.operation;
+    const rs = this.spec.resources;
+    if (rs.some((r) => r.kind === 'file' && r.access === 'write')) return 'write';
+    if (rs.some((r) => r.kind === 'file' || r.kind === 'url')) return 'read';
+    return 'execute';
+  }
+
   /** Validates call arguments; AccessDeniedError('E_INVALID_ARGUMENTS') names the zod path. */
   parseArgs(args: unknown): ToolArgs {
     const r = this.schema.safeParse(args);
@@ -183,13 +203,30 @@ export class Tool {
     return { tool: this.name, files, urls, commands };
   }
 
-  /** The argv to run: placeholders filled, file arguments replaced by their checked real paths. */
-  argv(args: ToolArgs, realPaths: Record<string, string> = {}): string[] {
+  /**
+   * The argv to run: placeholders filled, file arguments replaced by their checked real paths,
+   * URL arguments by their canonical href (computed here when not given, so a caller that
+   * forgets to pass them still never hands the tool a spelling it could read differently).
+   */
+  argv(args: ToolArgs, realPaths: Record<string, string> = {}, canonicalUrls: Record<string, string> = {}): string[] {
+    const urls: Record<string, string> = {};
+    for (const r of this.spec.resources) {
+      const v = args[r.arg];
+      if (r.kind !== 'url' || typeof v !== 'string' || realPaths[r.arg] !== undefined) continue;
+      const given = canonicalUrls[r.arg];
+      if (given !== undefined) {
+        urls[r.arg] = given;
+        continue;
+      }
+      const checked = checkUrlSpelling(v);
+      if (!checked.ok) throw new AccessDeniedError('E_INVALID_ARGUMENTS', `tool ${this.name}: argument ${r.arg}: ${checked.reason}`, { tool: this.name, path: [r.arg] });
+      urls[r.arg] = checked.href;
+    }
     const out: string[] = [];
     for (const part of this.spec.command) {
       const whole = /^\{([^}]*)\}$/.exec(part);
       if (whole && args[whole[1]!] === undefined) continue; // optional argument left out
-      out.push(part.replace(/\{([^}]*)\}/g, (_, name: string) => realPaths[name] ?? String(args[name] ?? '')));
+      out.push(part.replace(/\{([^}]*)\}/g, (_, name: string) => realPaths[name] ?? urls[name] ?? String(args[name] ?? '')));
     }
     return out;
   }
@@ -292,6 +329,116 @@ export function effectiveLimits(toolDefaults: Limits | undefined, capLimits: Lim
     const b = capLimits?.[k];
     const v = a === undefined ? b : b === undefined ? a : Math.min(a, b);
     if (v !== undefined) out[k] = v;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redaction: what of a call may be written down (audit records, logs)
+
+export const REDACTED = '[redacted]';
+export const MAX_LOGGED_VALUE = 256;
+/** Argument and flag names that say their value is a secret, whatever the catalogue says. */
+const SECRET_NAME = /passw(or)?d|passphrase|token|secret|key|credential/i;
+
+function truncateValue(v: string): string {
+  return v.length <= MAX_LOGGED_VALUE ? v : `${v.slice(0, MAX_LOGGED_VALUE)}...[truncated ${v.length - MAX_LOGGED_VALUE} chars]`;
+}
+
+function isSecretArg(tool: Tool | undefined, name: string): boolean {
+  return tool?.spec.args[name]?.secret === true || SECRET_NAME.test(name);
+}
+
+/** A regular expression for the argv element a template part with placeholders produces. */
+function partPattern(part: string): RegExp {
+  const literal = part.split(/\{[^}]*\}/).map((l) => l.replace(/[\\^$.*+?()[\]{}|/]/g, '\\$&'));
+  return new RegExp(`^${literal.join('[\\s\\S]*')}$`);
+}
+
+/**
+ * Every way argv can have come from the command template (an optional argument's whole
+ * placeholder may be missing): for each, the template part behind each argv element. Bounded;
+ * an argv that fits no way gives none.
+ */
+function alignments(tool: Tool, argv: readonly string[]): string[][] {
+  const template = tool.spec.command;
+  const wholeOptional = (part: string): boolean => {
+    const m = /^\{([^}]*)\}$/.exec(part);
+    return m !== null && tool.spec.args[m[1]!]?.required === false;
+  };
+  const found: string[][] = [];
+  const path: string[] = [];
+  const go = (ti: number, ai: number): void => {
+    if (found.length >= 64) return;
+    if (ai === argv.length) {
+      if (template.slice(ti).every(wholeOptional)) found.push([...path]);
+      return;
+    }
+    if (ti === template.length) return;
+    const part = template[ti]!;
+    if (part.includes('{') ? partPattern(part).test(argv[ai]!) : part === argv[ai]) {
+      path.push(part);
+      go(ti + 1, ai + 1);
+      path.pop();
+    }
+    if (wholeOptional(part)) go(ti + 1, ai);
+  };
+  go(0, 0);
+  return found;
+}
+
+function redactArgv(tool: Tool | undefined, argv: readonly string[]): string[] {
+  const out = argv.map(truncateValue);
+  const readings = tool ? alignments(tool, argv) : [];
+  // An argv this tool's template cannot explain, from a tool with secrets: keep only the program.
+  if (tool && readings.length === 0 && Object.keys(tool.spec.args).some((n) => isSecretArg(tool, n))) return out.map((v, i) => (i === 0 ? v : REDACTED));
+  // Where the alignment is ambiguous, an element is redacted if any reading makes it a secret.
+  for (const parts of readings) {
+    parts.forEach((part, i) => {
+      const names = [...part.matchAll(/\{([^}]*)\}/g)].map((m) => m[1]!);
+      if (!names.some((n) => isSecretArg(tool, n))) return;
+      // Keep the literal text around a single placeholder (`--token={token}` stays readable).
+      const one = names.length === 1 ? /^([^{]*)\{[^}]*\}([^{]*)$/.exec(part) : null;
+      out[i] = one && argv[i]!.startsWith(one[1]!) && argv[i]!.endsWith(one[2]!) ? one[1]! + REDACTED + one[2]! : REDACTED;
+    });
+  }
+  // Flags that name a secret, whatever the template: `--password=x`, `--token x`.
+  for (let i = 0; i < argv.length; i++) {
+    const m = /^(--?[A-Za-z0-9_.-]+)=/.exec(argv[i]!);
+    if (m && SECRET_NAME.test(m[1]!)) out[i] = `${m[1]}=${REDACTED}`;
+    else if (/^--?[A-Za-z0-9_.-]+$/.test(argv[i]!) && SECRET_NAME.test(argv[i]!) && i + 1 < argv.length && !argv[i + 1]!.startsWith('-')) out[++i] = REDACTED;
+    else {
+      const h = /^((?:proxy-)?authorization|cookie|x-api-key)(\s*:\s*)/i.exec(argv[i]!);
+      if (h) out[i] = h[1]! + h[2]! + REDACTED;
+    }
+  }
+  return out;
+}
+
+/**
+ * A copy of a call's arguments fit to be written down: values of arguments the catalogue marks
+ * `secret: true`, or named like a password, token, secret, key or credential, become
+ * `[redacted]`; other strings longer than 256 characters are cut with a marker. Takes either
+ * the argument record or the argv built from it (then aligned with the tool's command).
+ */
+export function redactArgs(tool: Tool | undefined, args: readonly string[]): string[];
+export function redactArgs(tool: Tool | undefined, args: Readonly<Record<string, unknown>>): Record<string, unknown>;
+export function redactArgs(tool: Tool | undefined, args: readonly string[] | Readonly<Record<string, unknown>>): string[] | Record<string, unknown> {
+  if (Array.isArray(args)) return redactArgv(tool, args as readonly string[]);
+  const out: Record<string, unknown> = {};
+  for (const [name, v] of Object.entries(args)) {
+    if (isSecretArg(tool, name)) out[name] = REDACTED;
+    else if (typeof v === 'string') out[name] = truncateValue(v);
+    else if (v === null || typeof v === 'number' || typeof v === 'boolean' || v === undefined) out[name] = v;
+    else {
+      let text: string;
+      try {
+        text = JSON.stringify(v) ?? String(v);
+      } catch {
+        text = String(v);
+      }
+      out[name] = truncateValue(text);
+    }
   }
   return out;
 }

@@ -269,7 +269,7 @@ describe('revocation', () => {
     writeFileSync(file, readFileSync(file, 'utf8') + '{"id":"cap_tor', { flag: 'w' });
     const k2 = new SecurityKernel({ keys, stateDir: t.dir });
     expect(k2.isRevoked(a.id)).toBe(true);
-    k2.revokeCapability(b.id);
+    k2.revokeCapability(b.id, 'revoked', { external: true }); // b was issued by the first kernel, never seen here
     k2.close();
     const k3 = new SecurityKernel({ keys, stateDir: t.dir });
     expect(k3.isRevoked(b.id)).toBe(true);
