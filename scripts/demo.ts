@@ -8,7 +8,7 @@
 // Everything lives in a temp dir and a unique cgroup, both removed at the end.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -202,7 +202,9 @@ function prepare(dir: string, cgroupBase: string): void {
   mkdirSync(join(ws, 'reports'), { recursive: true });
   writeFileSync(join(ws, 'notes.txt'), 'ship the sidecar on friday\n');
   writeFileSync(join(ws, 'reports', 'summary.txt'), 'all green\n');
-  writeFileSync(join(dir, 'secrets.env'), 'TOKEN=not-for-agents\n');
+  // Agents run under uids of their own: they may read the directory, not the secret in it.
+  chmodSync(dir, 0o755);
+  writeFileSync(join(dir, 'secrets.env'), 'TOKEN=not-for-agents\n', { mode: 0o600 });
   let config = readFileSync(join(EXAMPLES, 'demo.yaml'), 'utf8');
   if (scribeInShell) config = config.replace('command: python3', 'command: /bin/sh').replace('agents/scribe.py', 'agents/scribe.sh');
   config = config
@@ -211,6 +213,7 @@ function prepare(dir: string, cgroupBase: string): void {
     .replaceAll('{{NODE}}', realpathSync(process.execPath))
     .replaceAll('{{TSX}}', TSX)
     .replaceAll('{{EXAMPLES}}', EXAMPLES)
+    .replaceAll('{{ROOT}}', ROOT.replace(/\/$/, ''))
     .replaceAll('{{DIR}}', dir);
   writeFileSync(join(dir, 'demo.yaml'), config);
 }

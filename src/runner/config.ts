@@ -10,7 +10,7 @@ import { CaptrapError } from '../errors.js';
 import { ConstraintsSchema, type Constraints, type Limits } from '../kernel/constraints.js';
 import { RESOURCE_TYPES, type ResourceType } from '../kernel/capability.js';
 import { parseCatalogue, type Catalogue } from '../kernel/policy.js';
-import { parseBytes, parseCpu, parseDuration } from '../isolation/limits.js';
+import { parseBytes, parseCpu, parseDuration, type NamespaceName } from '../isolation/limits.js';
 
 export class ConfigError extends CaptrapError {
   constructor(message: string, details?: Record<string, unknown>, cause?: unknown) {
@@ -61,6 +61,16 @@ const CapabilityInput = z
   })
   .strict();
 
+const NamespacesInput = z.array(z.enum(['pid', 'mount', 'net', 'ipc', 'uts', 'cgroup']));
+/** What a sandbox sees of the filesystem besides the system (docs/config.md). */
+const ViewInput = z
+  .object({
+    readOnly: z.array(z.string().min(1)).default([]),
+    readWrite: z.array(z.string().min(1)).default([]),
+    hide: z.array(z.string().min(1)).default([]),
+  })
+  .strict();
+
 const EnvInput = z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected an environment variable name'), z.string());
 
 const AgentInput = z
@@ -75,10 +85,16 @@ const AgentInput = z
      * tree dies with it even if captrap is SIGKILLed; the agent then sees itself as pid 1, while
      * the sidecar reports (and binds capabilities to) the namespace's launcher process.
      */
-    namespaces: z.array(z.enum(['pid', 'mount', 'net', 'ipc', 'uts'])).optional(),
-    /** Run the agent (and its sub-agents) as this user/group; captrap must be root to switch. */
+    namespaces: NamespacesInput.optional(),
+    /** Run the agent (and its sub-agents) as this user/group; captrap must be root to switch. Default: a uid of its own from `identity`. */
     uid: z.number().int().nonnegative().optional(),
     gid: z.number().int().nonnegative().optional(),
+    /** Let the agent keep uid 0 (confined, still without capabilities). */
+    allowRoot: z.boolean().optional(),
+    /** Turn confinement off for this agent (limits only). */
+    confine: z.boolean().optional(),
+    /** Extra paths the agent sees; its cwd, its command and absolute file arguments are shown read-only anyway. */
+    view: ViewInput.optional(),
     limits: LimitsInput.optional(),
     capabilities: z.array(CapabilityInput).default([]),
     requestable: z.array(CapabilityInput).default([]),
@@ -95,15 +111,17 @@ const SandboxInput = z
     killGrace: Duration.optional(),
     allowDegraded: z.boolean().default(false),
     backend: z.enum(['auto', 'cgroup-v2', 'cgroup-v1', 'none']).default('auto'),
-    /** Run tools as this user/group (captrap must be root to switch). */
+    /** Run tools as this user/group (captrap must be root to switch). Default: the calling agent's uid. */
     uid: z.number().int().nonnegative().optional(),
     gid: z.number().int().nonnegative().optional(),
-    /**
-     * Namespaces for tool sandboxes (default none). With `pid`, a tool's whole tree (setsid
-     * escapees included) dies with its namespace init even if captrap is SIGKILLed; without it,
-     * such descendants survive in the stale cgroup until the next start removes it.
-     */
-    namespaces: z.array(z.enum(['pid', 'mount', 'net', 'ipc', 'uts'])).optional(),
+    /** Namespaces for tool sandboxes (default all six when confined). */
+    namespaces: NamespacesInput.optional(),
+    /** Confinement of every sandbox (namespaces, view, no capabilities); false means limits only. */
+    confine: z.boolean().default(true),
+    /** Let tools and agents keep uid 0 (confined, still without capabilities). */
+    allowRoot: z.boolean().default(false),
+    /** Extra paths every tool sees (besides the system and its capability's roots). */
+    view: ViewInput.optional(),
   })
   .strict();
 
@@ -125,7 +143,9 @@ const ConfigInput = z
       })
       .strict()
       .default({}),
-    sandbox: SandboxInput.default({ allowDegraded: false, backend: 'auto' }),
+    sandbox: SandboxInput.default({ allowDegraded: false, backend: 'auto', confine: true, allowRoot: false }),
+    /** Agents get uids first..first+count-1, one each while they run, so no two agents share a uid. */
+    identity: z.object({ firstUid: z.number().int().min(1).max(4294967294).default(200000), count: PositiveInt.default(65536) }).strict().default({ firstUid: 200000, count: 65536 }),
     onAgentExit: z.enum(['kill', 'finish']).default('kill'),
     /** Upper bound on agents alive at once (configured ones plus sub-agents): agents.spawn cannot fork-bomb the host. */
     maxAgents: PositiveInt.default(64),
@@ -162,9 +182,12 @@ export interface AgentConfig {
   /** Absolute; defaults to the config file's directory. */
   cwd: string;
   env: Record<string, string>;
-  namespaces?: ('pid' | 'mount' | 'net' | 'ipc' | 'uts')[];
+  namespaces?: NamespaceName[];
   uid?: number;
   gid?: number;
+  allowRoot?: boolean;
+  confine?: boolean;
+  view?: ViewConfig;
   limits: Limits;
   capabilities: CapabilityTemplate[];
   requestable: CapabilityTemplate[];
@@ -178,8 +201,17 @@ export interface SandboxDefaults {
   backend: 'auto' | 'cgroup-v2' | 'cgroup-v1' | 'none';
   uid?: number;
   gid?: number;
-  /** Tool sandboxes' namespaces (default none). */
-  namespaces?: ('pid' | 'mount' | 'net' | 'ipc' | 'uts')[];
+  /** Tool sandboxes' namespaces (default all six when confined). */
+  namespaces?: NamespaceName[];
+  confine: boolean;
+  allowRoot: boolean;
+  view?: ViewConfig;
+}
+
+export interface ViewConfig {
+  readOnly: string[];
+  readWrite: string[];
+  hide: string[];
 }
 
 export interface SidecarConfig {
@@ -197,6 +229,7 @@ export interface SidecarConfig {
   maxAgents: number;
   maxToolCallsPerAgent: number;
   maxCapabilitiesPerAgent: number;
+  identity: { firstUid: number; count: number };
   catalogue: Catalogue;
   agents: AgentConfig[];
 }
@@ -238,7 +271,11 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
     limits: toLimits(c.sandbox),
     allowDegraded: c.sandbox.allowDegraded,
     backend: c.sandbox.backend,
+    confine: c.sandbox.confine,
+    allowRoot: c.sandbox.allowRoot,
   };
+  const view = (v: z.infer<typeof ViewInput>): ViewConfig => ({ readOnly: v.readOnly.map((p) => abs(p)), readWrite: v.readWrite.map((p) => abs(p)), hide: v.hide.map((p) => abs(p)) });
+  if (c.sandbox.view !== undefined) sandbox.view = view(c.sandbox.view);
   if (c.sandbox.maxOutputBytes !== undefined) sandbox.maxOutputBytes = c.sandbox.maxOutputBytes;
   if (c.sandbox.killGrace !== undefined) sandbox.killGraceMs = c.sandbox.killGrace;
   if (c.sandbox.namespaces !== undefined) sandbox.namespaces = c.sandbox.namespaces;
@@ -263,6 +300,7 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
     maxAgents: c.maxAgents,
     maxToolCallsPerAgent: c.maxToolCallsPerAgent,
     maxCapabilitiesPerAgent: c.maxCapabilitiesPerAgent,
+    identity: c.identity,
     catalogue,
     agents: c.agents.map((a) => ({
       id: a.id,
@@ -273,6 +311,9 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
       ...(a.namespaces !== undefined ? { namespaces: a.namespaces } : {}),
       ...(a.uid !== undefined ? { uid: a.uid } : {}),
       ...(a.gid !== undefined ? { gid: a.gid } : {}),
+      ...(a.allowRoot !== undefined ? { allowRoot: a.allowRoot } : {}),
+      ...(a.confine !== undefined ? { confine: a.confine } : {}),
+      ...(a.view !== undefined ? { view: view(a.view) } : {}),
       limits: toLimits(a.limits),
       capabilities: a.capabilities.map(template),
       requestable: a.requestable.map(template),

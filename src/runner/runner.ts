@@ -5,7 +5,15 @@
 import type { SecurityKernel } from '../kernel/kernel.js';
 import type { AuditSink } from '../kernel/events.js';
 import type { Capability, ProcessRef } from '../kernel/capability.js';
-import { effectiveLimits } from '../kernel/policy.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { effectiveLimits, redactArgs } from '../kernel/policy.js';
+import { entryMatches, parseDomainEntry, type DomainEntry } from '../kernel/domains.js';
+import type { ToolAuthorization } from '../kernel/kernel.js';
+import { startEgressProxy, type EgressDecision, type EgressProxy } from './egress.js';
+import type { Identity } from './identity.js';
+import { log } from '../log.js';
 import type { Limits } from '../kernel/constraints.js';
 import { runSandboxed, type KillReason, type Sandbox, type SandboxResult } from '../isolation/sandbox.js';
 import type { SandboxOptions } from '../isolation/limits.js';
@@ -37,6 +45,8 @@ export interface ToolCaller {
    * the agent itself has (its wall-clock limit is not carried over: tools have their own).
    */
   budget?: Limits;
+  /** The calling agent's identity: its tools run as its uid (or as root only where it may). */
+  identity?: Identity;
 }
 
 export interface InvokeRequest {
@@ -69,6 +79,8 @@ export interface ToolRunnerOptions {
   cgroupBase: string;
   counters: SandboxCounters;
   metrics?: SidecarMetrics;
+  /** The sidecar's own files (state dir, keys, sockets): hidden in every tool's view. */
+  secrets?: string[];
 }
 
 interface InFlight {
@@ -95,8 +107,63 @@ export function sandboxLimits(l: Limits): Pick<SandboxOptions, 'memory' | 'pids'
 export class ToolRunner {
   private readonly inFlight = new Set<InFlight>();
   private readonly idleWaiters: (() => void)[] = [];
+  private egressDir: string | undefined;
+  private egressSeq = 0;
 
   constructor(private readonly o: ToolRunnerOptions) {}
+
+  /** The filesystem a tool sees: the capability's roots (writable if the tool writes), or just the files it was given. */
+  private viewFor(auth: ToolAuthorization): SandboxOptions['view'] {
+    const { sandbox: defaults } = this.o;
+    const files = auth.tool.spec.resources.filter((r) => r.kind === 'file');
+    const writes = files.some((r) => r.kind === 'file' && r.access === 'write');
+    const readOnly = [...(defaults.view?.readOnly ?? [])];
+    const readWrite = [...(defaults.view?.readWrite ?? [])];
+    const roots = auth.capability.constraints.paths;
+    if (roots) (writes ? readWrite : readOnly).push(...roots);
+    else {
+      for (const r of files) {
+        const p = auth.realPaths[r.arg];
+        if (p === undefined) continue;
+        if (r.kind === 'file' && r.access === 'write') readWrite.push(dirname(p));
+        else readOnly.push(p);
+      }
+    }
+    return { readOnly, readWrite, hide: [...(this.o.secrets ?? []), ...(defaults.view?.hide ?? [])] };
+  }
+
+  /** A proxy of this call's own, when its capability names domains: the only way out of its network namespace. */
+  private async egressFor(caller: ToolCaller, auth: ToolAuthorization): Promise<EgressProxy | undefined> {
+    const domains = auth.capability.constraints.allowedDomains;
+    if (!domains || domains.length === 0 || !this.o.sandbox.confine) return undefined;
+    const entries = domains.map(parseDomainEntry).filter((e): e is DomainEntry => e !== null);
+    const cap = auth.capability;
+    const { kernel, audit } = this.o;
+    this.egressDir ??= mkdtempSync(join(tmpdir(), 'captrap-egress-'));
+    const authorize = (host: string, port: number): EgressDecision => {
+      if (kernel.isRevoked(cap.id) || cap.ancestors.some((a) => kernel.isRevoked(a))) return { allowed: false, code: 'E_REVOKED', reason: 'the capability was revoked' };
+      if (Date.now() >= cap.expiresAt) return { allowed: false, code: 'E_EXPIRED', reason: 'the capability expired' };
+      if (entries.some((e) => entryMatches(e, { host, port }))) return { allowed: true };
+      return { allowed: false, code: 'E_DOMAIN_NOT_ALLOWED', reason: `${host}:${port} is not in allowedDomains` };
+    };
+    return startEgressProxy({
+      socketPath: join(this.egressDir, `${process.pid}-${++this.egressSeq}.sock`),
+      authorize,
+      onEvent: (e) =>
+        audit.record({
+          type: 'egress',
+          principal: caller.principal,
+          capabilityId: cap.id,
+          details: { tool: auth.tool.name, agent: caller.agentId, host: e.host, port: e.port, method: e.method, allowed: e.allowed, ...(e.code ? { code: e.code } : {}), bytesUp: e.bytesUp, bytesDown: e.bytesDown, durationMs: Math.round(e.durationMs), ...(e.error ? { error: e.error } : {}) },
+        }),
+    });
+  }
+
+  /** Removes the directory of egress sockets (the sidecar's stop). */
+  close(): void {
+    if (this.egressDir) rmSync(this.egressDir, { recursive: true, force: true });
+    this.egressDir = undefined;
+  }
 
   /**
    * Authorises and runs one call. Throws the kernel's AccessDeniedError (audited, nothing
@@ -121,14 +188,28 @@ export class ToolRunner {
       backend: defaults.backend,
       cwd: '/',
       env: {},
+      confine: defaults.confine,
+      allowRoot: caller.identity?.allowRoot ?? defaults.allowRoot,
+      view: this.viewFor(auth),
     };
+    const id = caller.identity;
+    if (id?.uid !== undefined) opts.uid = id.uid;
+    if (id?.gid !== undefined) opts.gid = id.gid;
     if (defaults.maxOutputBytes !== undefined) opts.maxOutputBytes = defaults.maxOutputBytes;
     if (defaults.killGraceMs !== undefined) opts.killGrace = defaults.killGraceMs;
     if (defaults.namespaces !== undefined) opts.namespaces = defaults.namespaces;
     if (defaults.uid !== undefined) opts.uid = defaults.uid;
     if (defaults.gid !== undefined) opts.gid = defaults.gid;
     const [command, ...args] = auth.argv;
-    const sb = runSandboxed(command!, args, opts); // throws before creating anything if it cannot start
+    const egress = await this.egressFor(caller, auth);
+    if (egress) opts.egress = { proxySocket: egress.socketPath };
+    let sb: Sandbox;
+    try {
+      sb = runSandboxed(command!, args, opts); // throws before creating anything if it cannot start
+    } catch (err) {
+      await egress?.close();
+      throw err;
+    }
     this.o.counters.start();
     const entry: InFlight = { sandbox: sb, agentId: caller.agentId, capability: auth.capability, tool: auth.tool.name };
     this.inFlight.add(entry);
@@ -137,7 +218,7 @@ export class ToolRunner {
       principal: caller.principal,
       capabilityId: auth.capability.id,
       ...(sb.ref ? { process: { pid: sb.ref.pid, startTime: sb.ref.startTime } } : {}),
-      details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, cgroup: sb.cgroupName, limits, argv: auth.argv },
+      details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, cgroup: sb.cgroupName, limits, argv: redactArgs(auth.tool, auth.argv), confinement: sb.confinement },
     });
     let r: SandboxResult;
     try {
@@ -145,6 +226,15 @@ export class ToolRunner {
     } finally {
       this.inFlight.delete(entry);
       if (this.inFlight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+      await egress?.close().catch((err: unknown) => log.error({ err }, 'closing an egress proxy failed'));
+    }
+    if (r.escaped.length > 0) {
+      audit.record({
+        type: 'sandbox_escape',
+        principal: caller.principal,
+        capabilityId: auth.capability.id,
+        details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, cgroup: sb.cgroupName, pids: r.escaped },
+      });
     }
     this.o.counters.end(r.reason.kind);
     metrics?.toolCalls.inc({ tool: auth.tool.name, reason: r.reason.kind });

@@ -296,7 +296,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
       if (runner.runningFor(agent.id) >= ctx.config.maxToolCallsPerAgent) {
         throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many tool calls in flight for ${agent.id} (maxToolCallsPerAgent ${ctx.config.maxToolCallsPerAgent})`);
       }
-      return runner.invoke({ principal: agent.id, process: agent.ref, agentId: agent.id, budget: agent.spec.limits }, { tool: p.tool, args: p.args, capability: p.capability });
+      return runner.invoke({ principal: agent.id, process: agent.ref, agentId: agent.id, budget: agent.spec.limits, identity: agent.identity }, { tool: p.tool, args: p.args, capability: p.capability });
     }),
 
     'agents.spawn': wrap(SpawnParams, (p) => {
@@ -315,6 +315,9 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
           ...(agent.spec.namespaces !== undefined ? { namespaces: agent.spec.namespaces } : {}),
           ...(agent.spec.uid !== undefined ? { uid: agent.spec.uid } : {}),
           ...(agent.spec.gid !== undefined ? { gid: agent.spec.gid } : {}),
+          ...(agent.spec.allowRoot !== undefined ? { allowRoot: agent.spec.allowRoot } : {}),
+          ...(agent.spec.confine !== undefined ? { confine: agent.spec.confine } : {}),
+          ...(agent.spec.view !== undefined ? { view: agent.spec.view } : {}),
           limits,
           requestable: [],
         },

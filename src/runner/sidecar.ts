@@ -15,6 +15,7 @@ import { probeHost } from '../isolation/host.js';
 import { log } from '../log.js';
 import { AdminServer, adminHandlers, type AdminContext } from './admin.js';
 import type { SidecarConfig } from './config.js';
+import { sidecarSecrets } from './identity.js';
 import { SidecarMetrics } from './metrics.js';
 import { SandboxCounters, ToolRunner } from './runner.js';
 import { agentHandlers, type SidecarContext } from './server.js';
@@ -63,7 +64,7 @@ export class Sidecar {
       kernel: () => this.kernel.stats(),
       audit: () => this.audit.stats(),
     });
-    this.runner = new ToolRunner({ kernel: this.kernel, audit, sandbox: config.sandbox, cgroupBase: config.cgroupBase, counters: this.counters, metrics: this.metrics });
+    this.runner = new ToolRunner({ kernel: this.kernel, audit, sandbox: config.sandbox, cgroupBase: config.cgroupBase, counters: this.counters, metrics: this.metrics, secrets: sidecarSecrets(config) });
     const ctx = this.context();
     this.supervisor = new Supervisor({
       kernel: this.kernel,
@@ -137,7 +138,7 @@ export class Sidecar {
   }
 
   private launchConfigured(a: SidecarConfig['agents'][number]): AgentHandle {
-    const spec = { id: a.id, command: a.command, args: a.args, cwd: a.cwd, env: a.env, limits: a.limits, requestable: a.requestable, ...(a.namespaces !== undefined ? { namespaces: a.namespaces } : {}), ...(a.uid !== undefined ? { uid: a.uid } : {}), ...(a.gid !== undefined ? { gid: a.gid } : {}) };
+    const { capabilities: _granted, ...spec } = a;
     return this.supervisor.launch(spec, null, (agent) => {
       for (const t of a.capabilities) {
         const c: Capability = this.kernel.requestCapability(a.id, t.resource, t.operations, t.constraints, {
@@ -185,6 +186,7 @@ export class Sidecar {
       }
     }
     this.kernel.close();
+    this.runner.close();
     await this.audit.close();
     removeCgroupBase(probeHost(), this.config.cgroupBase);
   }

@@ -6,7 +6,8 @@
 // the agent is revoked (and, by cascade, everything delegated from them), its in-flight tool
 // calls are stopped (onAgentExit: kill), its sub-agents are stopped, its channel is closed.
 // The sandbox is only "gone" once its cgroup is empty and removed (the sandbox promise).
-import { realpathSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
 import { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
@@ -20,6 +21,7 @@ import { SandboxSpawnError } from '../isolation/errors.js';
 import { runSandboxed, type KillReason, type Sandbox, type SandboxResult } from '../isolation/sandbox.js';
 import { log } from '../log.js';
 import type { AgentConfig, SidecarConfig } from './config.js';
+import { agentIdentity, sidecarSecrets, UidPool, type Identity } from './identity.js';
 import { RPC_ERROR, RpcConnection, RpcError, type RpcHandler } from './jsonrpc.js';
 import type { SidecarMetrics } from './metrics.js';
 import { sandboxLimits, type SandboxCounters, type ToolRunner } from './runner.js';
@@ -152,6 +154,8 @@ export interface AgentHandle {
   /** The channel's identity: fixed at launch. */
   readonly ref: ProcessRef;
   readonly children: Set<string>;
+  /** Who the agent runs as; its tools run as the same uid. */
+  readonly identity: Identity;
   state: 'running' | 'exited';
   exitReason: string | null;
   conn: RpcConnection | undefined;
@@ -220,8 +224,11 @@ export class Supervisor {
   /** Agents whose sandbox is not gone yet (listed or not): shutdown waits for every one. */
   private readonly notGone = new Set<AgentHandle>();
   private stopping = false;
+  readonly uids: UidPool;
 
-  constructor(private readonly o: SupervisorOptions) {}
+  constructor(private readonly o: SupervisorOptions) {
+    this.uids = new UidPool(o.config.identity);
+  }
 
   get(id: string): AgentHandle | undefined {
     return this.agents.get(id);
@@ -260,20 +267,34 @@ export class Supervisor {
     const resolved = resolveAgentCommand(spec.command, spec.cwd, env.PATH);
     if (!resolved) throw new SandboxSpawnError('E_COMMAND_NOT_FOUND', `agent ${spec.id}: command '${spec.command}' not found or not executable`, { command: spec.command });
 
-    const sb = runSandboxed('/bin/sh', ['-c', CHANNEL_WRAPPER, 'captrap-agent', resolved, ...spec.args], {
-      ...sandboxLimits(spec.limits),
-      env,
-      cwd: spec.cwd,
-      stdin: 'pipe',
-      cgroupBase: config.cgroupBase,
-      allowDegraded: config.sandbox.allowDegraded,
-      backend: config.sandbox.backend,
-      maxOutputBytes: AGENT_OUTPUT_CAP,
-      killGrace: config.sandbox.killGraceMs ?? 1000,
-      ...(spec.namespaces !== undefined ? { namespaces: spec.namespaces } : {}),
-      ...(spec.uid !== undefined ? { uid: spec.uid } : {}),
-      ...(spec.gid !== undefined ? { gid: spec.gid } : {}),
-    });
+    const id = agentIdentity(spec, config, this.uids);
+    const release = () => {
+      if (id.pooled && id.uid !== undefined) this.uids.release(id.uid);
+    };
+    let sb: Sandbox;
+    try {
+      sb = runSandboxed('/bin/sh', ['-c', CHANNEL_WRAPPER, 'captrap-agent', resolved, ...spec.args], {
+        ...sandboxLimits(spec.limits),
+        env,
+        cwd: spec.cwd,
+        stdin: 'pipe',
+        cgroupBase: config.cgroupBase,
+        allowDegraded: config.sandbox.allowDegraded,
+        backend: config.sandbox.backend,
+        maxOutputBytes: AGENT_OUTPUT_CAP,
+        killGrace: config.sandbox.killGraceMs ?? 1000,
+        confine: spec.confine ?? config.sandbox.confine,
+        allowRoot: id.allowRoot,
+        view: agentView(spec, resolved, config),
+        ...(spec.namespaces !== undefined ? { namespaces: spec.namespaces } : {}),
+        ...(id.uid !== undefined ? { uid: id.uid } : {}),
+        ...(id.gid !== undefined ? { gid: id.gid } : {}),
+      });
+    } catch (err) {
+      release();
+      throw err;
+    }
+    void sb.then(release, release);
     counters.start();
     const socket = duplexOfStdin(sb);
     if (!sb.ref || !socket) {
@@ -294,6 +315,7 @@ export class Supervisor {
       sandbox: sb,
       ref,
       children: new Set(),
+      identity: { ...(id.uid !== undefined ? { uid: id.uid } : {}), ...(id.gid !== undefined ? { gid: id.gid } : {}), allowRoot: id.allowRoot },
       state: 'running',
       exitReason: null,
       conn: undefined,
@@ -366,6 +388,9 @@ export class Supervisor {
     this.o.counters.end(r?.reason.kind ?? 'error');
     this.o.metrics?.agentExits.inc({ reason: r?.reason.kind ?? 'error' });
     if (err) log.error({ err, agent: agent.id }, 'agent sandbox failed');
+    if (r && r.escaped.length > 0) {
+      this.o.audit.record({ type: 'sandbox_escape', principal: agent.id, process: agent.ref, details: { kind: 'agent', agent: agent.id, cgroup: agent.sandbox.cgroupName, pids: r.escaped } });
+    }
     this.o.audit.record({
       type: 'sandbox_exited',
       principal: agent.id,
@@ -400,6 +425,19 @@ export class Supervisor {
     for (const a of this.notGone) a.sandbox.kill('killed');
     await Promise.all([...this.notGone].map((a) => a.done));
   }
+}
+
+/**
+ * What an agent sees besides the system: its cwd, its program and the files its arguments name
+ * (all read-only), plus what the config adds; never the sidecar's own files.
+ */
+function agentView(spec: LaunchSpec, resolved: string, config: SidecarConfig) {
+  const named = spec.args.filter((a) => isAbsolute(a) && existsSync(a) && !statSync(a).isDirectory());
+  return {
+    readOnly: [spec.cwd, resolved, ...named, ...(spec.view?.readOnly ?? [])],
+    readWrite: spec.view?.readWrite ?? [],
+    hide: [...sidecarSecrets(config), ...(spec.view?.hide ?? [])],
+  };
 }
 
 /**

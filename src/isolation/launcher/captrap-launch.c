@@ -334,11 +334,11 @@ static void set_attrs(const char *path, int readonly, int nodev)
 }
 
 /*
- * Binds host path SRC (seen under /oldroot) at DST. The source is opened without following a
- * final symlink and its resolved name must equal the name asked for: a path that a hostile
- * process turned into a symlink since captrap checked it is refused, not followed.
+ * Opens a host path to bind, before anything is covered. It is opened without following a final
+ * symlink and its resolved name must equal the name asked for: a path that a hostile process
+ * turned into a symlink since captrap checked it is refused, not followed. -1: it is gone.
  */
-static void bind_checked(const char *src, const char *dst, int readonly)
+static int open_source(const char *src)
 {
 	char fdpath[64], seen[PATH_MAX];
 	struct stat st;
@@ -347,10 +347,10 @@ static void bind_checked(const char *src, const char *dst, int readonly)
 
 	if (fd < 0) {
 		if (errno == ENOENT)
-			return; /* gone since captrap looked: nothing to show */
+			return -1; /* gone since captrap looked: nothing to show */
 		fail("cannot open", src, errno);
 	}
-	snprintf(fdpath, sizeof fdpath, "/oldroot/proc/self/fd/%d", fd);
+	snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", fd);
 	n = readlink(fdpath, seen, sizeof seen - 1);
 	if (n < 0)
 		fail("cannot resolve", src, errno);
@@ -361,13 +361,24 @@ static void bind_checked(const char *src, const char *dst, int readonly)
 		fail("cannot stat", src, errno);
 	if (S_ISLNK(st.st_mode))
 		fail("refusing to bind a symlink", src, 0);
+	return fd;
+}
+
+/* Binds an opened source at DST (through its descriptor, so what was checked is what is bound). */
+static void bind_fd(int fd, const char *dst, int readonly)
+{
+	char fdpath[64];
+	struct stat st;
+
+	if (fstat(fd, &st) != 0)
+		fail("cannot stat bind source for", dst, errno);
 	if (S_ISDIR(st.st_mode))
 		mkdirs(dst, 0755);
 	else
 		touch(dst, 0644);
+	snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", fd);
 	if (mount(fdpath, dst, NULL, MS_BIND | MS_REC, NULL) != 0)
-		fail("cannot bind", src, errno);
-	close(fd);
+		fail("cannot bind", dst, errno);
 	set_attrs(dst, readonly, 1);
 }
 
@@ -378,6 +389,8 @@ static void mount_tmpfs(const char *dst, const char *data, unsigned long flags)
 		fail("cannot mount tmpfs on", dst, errno);
 }
 
+static char hidden_file[PATH_MAX];
+
 static void hide(const char *dst)
 {
 	struct stat st;
@@ -387,18 +400,20 @@ static void hide(const char *dst)
 	if (S_ISDIR(st.st_mode)) {
 		if (mount("tmpfs", dst, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=000,size=4k") != 0)
 			fail("cannot hide", dst, errno);
-	} else if (mount("/hidden", dst, NULL, MS_BIND, NULL) != 0 ||
+	} else if (mount(hidden_file, dst, NULL, MS_BIND, NULL) != 0 ||
 		   mount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) {
 		fail("cannot hide", dst, errno);
 	}
 }
 
+static char newroot[PATH_MAX];
+
 static void dev_node(const char *name)
 {
-	char src[64], dst[64];
+	char src[64], dst[PATH_MAX + 64];
 
-	snprintf(src, sizeof src, "/oldroot/dev/%s", name);
-	snprintf(dst, sizeof dst, "/newroot/dev/%s", name);
+	snprintf(src, sizeof src, "/dev/%s", name);
+	snprintf(dst, sizeof dst, "%s/dev/%s", newroot, name);
 	touch(dst, 0666);
 	if (mount(src, dst, NULL, MS_BIND, NULL) != 0)
 		fail("cannot bind device", src, errno);
@@ -406,9 +421,9 @@ static void dev_node(const char *name)
 
 static void proc_readonly(const char *rel)
 {
-	char p[64];
+	char p[PATH_MAX + 64];
 
-	snprintf(p, sizeof p, "/newroot/proc/%s", rel);
+	snprintf(p, sizeof p, "%s/proc/%s", newroot, rel);
 	if (access(p, F_OK) != 0)
 		return;
 	if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) != 0)
@@ -418,9 +433,9 @@ static void proc_readonly(const char *rel)
 
 static void proc_mask(const char *rel)
 {
-	char p[64];
+	char p[PATH_MAX + 64];
 
-	snprintf(p, sizeof p, "/newroot/proc/%s", rel);
+	snprintf(p, sizeof p, "%s/proc/%s", newroot, rel);
 	hide(p);
 }
 
@@ -441,19 +456,31 @@ static void bring_up_loopback(void)
 	close(s);
 }
 
+static void rootpath(char *buf, size_t size, const char *path)
+{
+	if ((size_t)snprintf(buf, size, "%s%s", newroot, path) >= size)
+		fail("path too long", path, 0);
+}
+
 /*
- * The new root: a tmpfs holding only what the options name. Built by pivoting into a scratch
- * tmpfs (the host's tree stays reachable under /oldroot while binds are made), then pivoting
- * again into /newroot and detaching everything else.
+ * The new root: a tmpfs holding only what the options name. Every source is opened first, while
+ * nothing is covered; the scratch tmpfs then goes on the first usable base directory, the view is
+ * built inside it (private /tmp first, so roots under /tmp land on top of it), and a pivot_root
+ * makes it the root and detaches the host's tree.
  */
 static void build_view(const struct opts *o, int own_pidns)
 {
 	const char *base = NULL;
 	static const char *bases[] = { "/tmp", "/run", "/mnt", "/var/tmp" };
-	char dst[PATH_MAX + 16], src[PATH_MAX + 16];
+	char dst[PATH_MAX + 64];
+	int *fds = calloc((size_t)o->nentries + 1, sizeof *fds);
 
+	if (!fds)
+		fail("out of memory", NULL, ENOMEM);
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
 		fail("cannot make mounts private", NULL, errno);
+	for (int i = 0; i < o->nentries; i++)
+		fds[i] = o->entries[i].kind == E_RO || o->entries[i].kind == E_RW ? open_source(o->entries[i].path) : -1;
 	for (size_t i = 0; i < sizeof bases / sizeof *bases && !base; i++) {
 		struct stat st;
 		if (lstat(bases[i], &st) == 0 && S_ISDIR(st.st_mode) && mount("tmpfs", bases[i], "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") == 0)
@@ -461,29 +488,29 @@ static void build_view(const struct opts *o, int own_pidns)
 	}
 	if (!base)
 		fail("no directory to build the view in (/tmp, /run, /mnt, /var/tmp)", NULL, errno);
-	if (chdir(base) != 0 || mkdir("newroot", 0755) != 0 || mkdir("oldroot", 0755) != 0)
-		fail("cannot prepare the view", base, errno);
-	if (syscall(SYS_pivot_root, ".", "oldroot") != 0)
-		fail("pivot_root into the scratch tmpfs failed", NULL, errno);
-	if (chdir("/") != 0)
-		fail("chdir / failed", NULL, errno);
-	if (mount("/newroot", "/newroot", NULL, MS_BIND | MS_REC, NULL) != 0)
-		fail("cannot bind the new root", NULL, errno);
+	snprintf(newroot, sizeof newroot, "%s/newroot", base);
+	snprintf(hidden_file, sizeof hidden_file, "%s/hidden", base);
+	if (mkdir(newroot, 0755) != 0 || mount(newroot, newroot, NULL, MS_BIND | MS_REC, NULL) != 0)
+		fail("cannot prepare the view", newroot, errno);
 	{
-		int fd = open("/hidden", O_WRONLY | O_CREAT | O_CLOEXEC, 0);
+		int fd = open(hidden_file, O_WRONLY | O_CREAT | O_CLOEXEC, 0);
 		if (fd < 0)
 			fail("cannot create the hiding file", NULL, errno);
 		close(fd);
 	}
+	if (!o->no_tmp) {
+		rootpath(dst, sizeof dst, "/tmp");
+		mount_tmpfs(dst, "mode=1777", MS_NOSUID | MS_NODEV);
+	}
 
 	for (int i = 0; i < o->nentries; i++) {
 		const struct entry *e = &o->entries[i];
-		snprintf(dst, sizeof dst, "/newroot%s", e->path);
-		if (e->kind == E_RO || e->kind == E_RW) {
-			snprintf(src, sizeof src, "/oldroot%s", e->path);
-			bind_checked(src, dst, e->kind == E_RO);
+		rootpath(dst, sizeof dst, e->path);
+		if ((e->kind == E_RO || e->kind == E_RW) && fds[i] >= 0) {
+			bind_fd(fds[i], dst, e->kind == E_RO);
+			close(fds[i]);
 		} else if (e->kind == E_SYMLINK) {
-			char parent[PATH_MAX + 16];
+			char parent[PATH_MAX + 64];
 			char *slash;
 			snprintf(parent, sizeof parent, "%s", dst);
 			slash = strrchr(parent, '/');
@@ -495,24 +522,33 @@ static void build_view(const struct opts *o, int own_pidns)
 				fail("cannot create symlink", dst, errno);
 		}
 	}
+	free(fds);
 
-	mount_tmpfs("/newroot/dev", "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC);
+	rootpath(dst, sizeof dst, "/dev");
+	mount_tmpfs(dst, "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC);
 	static const char *devs[] = { "null", "zero", "full", "random", "urandom", "tty" };
 	for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
 		dev_node(devs[i]);
-	if (symlink("/proc/self/fd", "/newroot/dev/fd") != 0 || symlink("/proc/self/fd/0", "/newroot/dev/stdin") != 0 ||
-	    symlink("/proc/self/fd/1", "/newroot/dev/stdout") != 0 || symlink("/proc/self/fd/2", "/newroot/dev/stderr") != 0)
-		fail("cannot create /dev links", NULL, errno);
-	mount_tmpfs("/newroot/dev/shm", "mode=1777", MS_NOSUID | MS_NODEV);
-	set_attrs("/newroot/dev", 1, 0);
+	static const char *links[][2] = { { "/proc/self/fd", "/dev/fd" }, { "/proc/self/fd/0", "/dev/stdin" }, { "/proc/self/fd/1", "/dev/stdout" }, { "/proc/self/fd/2", "/dev/stderr" } };
+	for (size_t i = 0; i < sizeof links / sizeof *links; i++) {
+		rootpath(dst, sizeof dst, links[i][1]);
+		if (symlink(links[i][0], dst) != 0)
+			fail("cannot create /dev links", NULL, errno);
+	}
+	rootpath(dst, sizeof dst, "/dev/shm");
+	mount_tmpfs(dst, "mode=1777", MS_NOSUID | MS_NODEV);
+	rootpath(dst, sizeof dst, "/dev");
+	set_attrs(dst, 1, 0);
 	/* dev/shm was mounted below dev and became read-only with it: open it again. */
-	if (mount(NULL, "/newroot/dev/shm", NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL) != 0)
+	rootpath(dst, sizeof dst, "/dev/shm");
+	if (mount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL) != 0)
 		fail("cannot make /dev/shm writable", NULL, errno);
 
-	mkdirs("/newroot/proc", 0755);
+	rootpath(dst, sizeof dst, "/proc");
+	mkdirs(dst, 0755);
 	/* Without our own pid namespace, show only processes of our own uid. */
-	if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, own_pidns ? NULL : "hidepid=invisible") != 0 &&
-	    mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, own_pidns ? NULL : "hidepid=2") != 0)
+	if (mount("proc", dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, own_pidns ? NULL : "hidepid=invisible") != 0 &&
+	    mount("proc", dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, own_pidns ? NULL : "hidepid=2") != 0)
 		fail("cannot mount /proc", NULL, errno);
 	static const char *proc_ro[] = { "sys", "sysrq-trigger", "irq", "bus", "fs" };
 	for (size_t i = 0; i < sizeof proc_ro / sizeof *proc_ro; i++)
@@ -521,23 +557,18 @@ static void build_view(const struct opts *o, int own_pidns)
 	for (size_t i = 0; i < sizeof proc_hidden / sizeof *proc_hidden; i++)
 		proc_mask(proc_hidden[i]);
 
-	if (!o->no_tmp)
-		mount_tmpfs("/newroot/tmp", "mode=1777", MS_NOSUID | MS_NODEV);
-
 	/* Hidden paths last, so no bind can uncover them. */
 	for (int i = 0; i < o->nentries; i++) {
 		if (o->entries[i].kind != E_HIDE)
 			continue;
-		snprintf(dst, sizeof dst, "/newroot%s", o->entries[i].path);
+		rootpath(dst, sizeof dst, o->entries[i].path);
 		hide(dst);
 	}
 
-	if (umount2("/oldroot", MNT_DETACH) != 0)
-		fail("cannot detach the host's tree", NULL, errno);
-	if (chdir("/newroot") != 0 || syscall(SYS_pivot_root, ".", ".") != 0)
+	if (chdir(newroot) != 0 || syscall(SYS_pivot_root, ".", ".") != 0)
 		fail("pivot_root into the view failed", NULL, errno);
 	if (umount2(".", MNT_DETACH) != 0)
-		fail("cannot detach the scratch tmpfs", NULL, errno);
+		fail("cannot detach the host's tree", NULL, errno);
 	if (chdir("/") != 0)
 		fail("chdir / failed", NULL, errno);
 	/* Nothing may be created at the top of the view. */

@@ -19,9 +19,14 @@ const HELP = `usage: captrap run [options] -- command [args...]
   --cwd DIR             working directory
   --env NAME=VALUE      set a variable (repeatable); nothing else of captrap's environment is passed
   --env-allow NAME      pass captrap's own NAME through (repeatable)
-  --uid N / --gid N     run as this uid / gid (captrap must be root)
-  --allow-new-privs     do not set no_new_privs
-  --ns LIST             namespaces: ${NAMESPACE_NAMES.join(',')}
+  --uid N / --gid N     run as this uid / gid (captrap must be root; default 65534 when it is)
+  --allow-root          let the command keep uid 0 (confined, it still has no capabilities)
+  --ro PATH             show PATH (at its real path) read-only in the sandbox's view (repeatable)
+  --rw PATH             show PATH writable in the view (the uid must still have permission)
+  --hide PATH           cover PATH wherever it falls inside the view (repeatable)
+  --no-confine          no namespaces, no view, no capability drop: limits only (see docs/threat-model.md)
+  --allow-new-privs     do not set no_new_privs (unconfined only)
+  --ns LIST             namespaces (default all when confined): ${NAMESPACE_NAMES.join(',')}
   --max-output-bytes N  stop forwarding stdout/stderr after N bytes each (marked)
   --backend NAME        auto (default) or ${BACKEND_NAMES.join(', ')}
   --allow-degraded      run even if a requested limit cannot be enforced (reported on stderr)
@@ -62,6 +67,13 @@ export function parseRunArgs(argv: string[]): { options: SandboxOptions; command
       return v;
     };
     if (flag === '--allow-degraded') options.allowDegraded = true;
+    else if (flag === '--allow-root') options.allowRoot = true;
+    else if (flag === '--no-confine') options.confine = false;
+    else if (flag === '--ro' || flag === '--rw' || flag === '--hide') {
+      const key = flag === '--ro' ? 'readOnly' : flag === '--rw' ? 'readWrite' : 'hide';
+      const view = (options.view ??= {});
+      (view[key] ??= []).push(take());
+    }
     else if (flag === '--allow-new-privs') options.noNewPrivs = false;
     else if (flag === '--env') {
       const v = take();
