@@ -12,6 +12,7 @@ const SECTIONS: Record<string, () => Promise<{ bench(): Promise<BenchSection> }>
   isolation: () => import('./bench/isolation.js'),
   audit: () => import('./bench/audit.js'),
   sidecar: () => import('./bench/sidecar.js'),
+  egress: () => import('./bench/egress.js'),
 };
 
 function fmt(n: number | undefined, digits = 1): string {

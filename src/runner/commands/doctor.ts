@@ -1,12 +1,17 @@
 // `captrap doctor [--json] [--backend B] [--require g1,g2]`: what this host provides and, per
-// guarantee, whether it holds and how. Exits 1 when a required guarantee does not hold
-// (default: tree-kill, die-with-parent, join-before-exec, memory, pids, cpu).
+// guarantee and confinement property, whether it holds and how. Exits 1 when a required one does
+// not hold (default: tree-kill, die-with-parent, join-before-exec, memory, pids, cpu, confinement).
+import { confinementStatus } from '../../isolation/confine-report.js';
 import { probeHost } from '../../isolation/host.js';
+import { chooseLauncher } from '../../isolation/launcher/launcher.js';
 import { BACKEND_NAMES, type BackendName } from '../../isolation/limits.js';
 import { GUARANTEE_NAMES, hostReport, type GuaranteeName } from '../../isolation/report.js';
 
-const DEFAULT_REQUIRED: GuaranteeName[] = ['join-before-exec', 'tree-kill', 'die-with-parent', 'memory', 'pids', 'cpu'];
-const HELP = `usage: captrap doctor [--json] [--backend auto|${BACKEND_NAMES.join('|')}] [--require ${GUARANTEE_NAMES.join(',')}]
+/** Every confinement property but seccomp (not implemented) is part of the default sandbox. */
+type Requirable = GuaranteeName | 'confinement';
+const REQUIRABLE: readonly Requirable[] = [...GUARANTEE_NAMES, 'confinement'];
+const DEFAULT_REQUIRED: Requirable[] = ['join-before-exec', 'tree-kill', 'die-with-parent', 'memory', 'pids', 'cpu', 'confinement'];
+const HELP = `usage: captrap doctor [--json] [--backend auto|${BACKEND_NAMES.join('|')}] [--require ${REQUIRABLE.join(',')}]
 Reports the cgroup layout, writable controllers, cgroup.kill, setpriv, namespaces and systemd-run,
 and whether each guarantee holds. Exit 1 if a required guarantee (default: ${DEFAULT_REQUIRED.join(',')}) does not.
 `;
@@ -14,7 +19,7 @@ and whether each guarantee holds. Exit 1 if a required guarantee (default: ${DEF
 export async function main(argv: string[]): Promise<number> {
   let json = false;
   let backend: BackendName | undefined;
-  let required = DEFAULT_REQUIRED;
+  let required: Requirable[] = DEFAULT_REQUIRED;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--json') json = true;
@@ -30,16 +35,26 @@ export async function main(argv: string[]): Promise<number> {
         else return usageError(`unknown backend '${v}'`);
       } else {
         const list = v.split(',').filter(Boolean);
-        const unknown = list.filter((x) => !(GUARANTEE_NAMES as readonly string[]).includes(x));
+        const unknown = list.filter((x) => !(REQUIRABLE as readonly string[]).includes(x));
         if (unknown.length > 0) return usageError(`unknown guarantee(s) ${unknown.join(', ')}`);
-        required = list as GuaranteeName[];
+        required = list as Requirable[];
       }
     } else return usageError(`unknown option '${a}'`);
   }
-  const report = hostReport(probeHost(), backend);
-  const failing = report.guarantees.filter((g) => required.includes(g.name) && !g.holds);
+  const host = probeHost();
+  const report = hostReport(host, backend);
+  let launcher;
+  try {
+    launcher = chooseLauncher(host.tools.setpriv !== undefined);
+  } catch {
+    launcher = undefined;
+  }
+  const confinement = confinementStatus(host, launcher);
+  const failing: string[] = report.guarantees.filter((g) => required.includes(g.name) && !g.holds).map((g) => g.name);
+  const unconfined = confinement.filter((p) => !p.holds && p.name !== 'seccomp');
+  if (required.includes('confinement') && unconfined.length > 0) failing.push(`confinement (${unconfined.map((p) => p.name).join(', ')})`);
   if (json) {
-    process.stdout.write(JSON.stringify({ ...report, required, ok: failing.length === 0 }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ ...report, confinement, required, ok: failing.length === 0 }, null, 2) + '\n');
   } else {
     const lines = [
       `backend:          ${report.backend}`,
@@ -57,10 +72,15 @@ export async function main(argv: string[]): Promise<number> {
         (g) => `  ${g.holds ? 'yes' : 'NO '}  ${g.name.padEnd(17)} ${g.mechanism}${g.note ? `\n         ${''.padEnd(17)} ${g.note}` : ''}${required.includes(g.name) ? '' : '  (not required)'}`,
       ),
     ];
+    lines.push(
+      '',
+      `confinement (the default for every sandbox${required.includes('confinement') ? '' : '; not required'}):`,
+      ...confinement.map((p) => `  ${p.holds ? 'yes' : 'NO '}  ${p.name.padEnd(21)} ${p.how}${p.note ? `\n         ${''.padEnd(21)} ${p.note}` : ''}`),
+    );
     if (report.guarantees.find((g) => g.name === 'tree-kill' && !g.holds)) {
       lines.push('', 'WARNING: without a cgroup, a process that calls setsid (or double-forks) escapes the kill and is NOT contained.');
     }
-    lines.push('', failing.length === 0 ? 'ok: every required guarantee holds' : `NOT OK: ${failing.map((g) => g.name).join(', ')} cannot be met on this host`);
+    lines.push('', failing.length === 0 ? 'ok: every required guarantee holds' : `NOT OK: ${failing.join(', ')} cannot be met on this host`);
     process.stdout.write(lines.join('\n') + '\n');
   }
   return failing.length === 0 ? 0 : 1;
