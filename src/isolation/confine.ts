@@ -169,7 +169,9 @@ export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[],
   }
   if (cwd !== undefined) {
     const r = real(resolve(cwd)) ?? resolve(cwd);
-    const visible = bound.some((b) => within(r, b)) || r === '/' || (view.tmp && within(r, '/tmp'));
+    // The private /tmp starts empty: /tmp itself is there, a host directory below it is not
+    // (unless a root binds it, which `bound` already covers).
+    const visible = bound.some((b) => within(r, b)) || r === '/' || (view.tmp && r === '/tmp');
     if (!visible) throw new SandboxOptionError(`working directory '${cwd}' is not inside the sandbox's view; add it to view.readOnly or view.readWrite, or use '/'`, { option: 'cwd', cwd });
   }
   for (const h of [...DEFAULT_HIDDEN_PATHS, ...view.hide]) {
@@ -226,6 +228,8 @@ export function planConfinement(i: ConfinementInput, host: HostInfo, launcher: L
   const env: Record<string, string> = {};
   if (!i.confine) return { launcherArgs: [], degraded, report, env };
   if (launcher.kind !== 'captrap-launch') {
+    // Nothing of the confinement holds: the report says so (the degradation says why).
+    report.confined = false;
     degraded.push({
       limit: 'confinement',
       reason: `confinement needs the compiled launcher, and this sandbox starts through ${launcher.kind} (${launcher.why})`,

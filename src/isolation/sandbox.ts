@@ -212,7 +212,9 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
   const launcher = chooseLauncher(host.tools.setpriv !== undefined);
   chooseIds(options, host);
   const confined = options.confine && launcher.kind === 'captrap-launch';
-  checkIds(options, host, confined);
+  // Unconfined, the launcher switches ids itself only when no unshare(1) follows it (see buildArgv).
+  const unshares = !confined && options.namespaces.some((n) => host.namespaces[n] && n !== 'cgroup');
+  checkIds(options, host, launcher.kind === 'captrap-launch' && !unshares);
   let backend = options.backend === 'auto' ? autoBackend(host) : options.backend;
   const degraded: Degradation[] = [];
   if (backend === 'systemd-run') {
@@ -291,7 +293,10 @@ function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[
     tail.push('--');
   }
   const switchIds = !confined && (o.uid !== undefined || o.gid !== undefined);
-  if (switchIds && p.launcher.kind === 'captrap-launch') {
+  // The launcher switches ids in place before it execs the chain, so unshare(1) after it would
+  // run unprivileged and fail: with unshare in the chain, setpriv switches after it instead.
+  const launcherSwitches = switchIds && p.launcher.kind === 'captrap-launch' && ns.length === 0;
+  if (launcherSwitches) {
     // The launcher switches ids in place (and re-arms the parent-death signal after).
   } else if (switchIds && host.tools.setpriv) {
     // A credential change clears the parent-death signal, so this setpriv re-arms it after switching.
@@ -310,7 +315,7 @@ function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[
   }
   tail.push(p.file, ...args);
   if (p.launcher.kind === 'captrap-launch') {
-    const extra = confined ? p.confineArgs : switchIds ? [...(o.uid !== undefined ? ['--uid', String(o.uid)] : []), ...(o.gid !== undefined ? ['--gid', String(o.gid)] : [])] : [];
+    const extra = confined ? p.confineArgs : launcherSwitches ? [...(o.uid !== undefined ? ['--uid', String(o.uid)] : []), ...(o.gid !== undefined ? ['--gid', String(o.gid)] : [])] : [];
     return launchArgv(p.launcher.path!, { ownerPid: process.pid, noNewPrivs: o.noNewPrivs, keepPwd: o.env.PWD !== undefined, joinFiles: cg.joinFiles, extra }, tail);
   }
   const sh = host.tools.sh ?? '/bin/sh';

@@ -7,6 +7,7 @@ import { removeCgroupBase } from '../../src/isolation/cgroup.js';
 import { probeHost } from '../../src/isolation/host.js';
 import { isAlive, isSameProcess, processRef } from '../../src/isolation/proc.js';
 import { runSandboxed, type Sandbox } from '../../src/isolation/sandbox.js';
+import { cgroupOf, namespacePids, toHostPids } from './helpers.js';
 
 const host = probeHost();
 const base = `captrap-test-be-${process.pid}-${Date.now().toString(36)}`;
@@ -38,14 +39,21 @@ describe.skipIf(!v2)('cgroup-v2 backend on a real cgroup2 tree', () => {
       killGrace: 100,
     });
     expect(sb.backend).toBe('cgroup-v2');
-    const [membership, escapee] = await firstLines(sb, 2);
-    expect(membership).toBe(`0::/${base}/${sb.cgroupName}`);
+    const [membership, printed] = await firstLines(sb, 2);
+    // Confined: the shell reads its membership relative to its cgroup namespace ('/' is the
+    // namespace's root) and prints its escapee's pid inside the pid namespace; the host side
+    // shows that root to be the sandbox's cgroup and finds the escapee's host pid.
+    expect(membership).toBe('0::/');
+    const { sh, escapee } = toHostPids(sb.pid, { sh: 2, escapee: Number(printed) });
+    expect(cgroupOf(sh!, '')).toBe(`/${base}/${sb.cgroupName}`);
+    expect(cgroupOf(escapee!, '')).toBe(`/${base}/${sb.cgroupName}`);
     expect(existsSync(`${host.unifiedRoot}/${base}/${sb.cgroupName}/cgroup.events`)).toBe(true);
     sb.kill();
     const r = await sb;
     expect(r.reason).toEqual({ kind: 'killed' });
     expect(r.killMechanism).toMatch(/cgroup\.kill/);
-    expect(isAlive(Number(escapee))).toBe(false);
+    expect(r.escaped).toEqual([]);
+    expect(isAlive(escapee!)).toBe(false);
     expect(existsSync(`${host.unifiedRoot}/${base}/${sb.cgroupName}`)).toBe(false);
   });
 
@@ -75,7 +83,10 @@ describe('no-cgroup backend (rlimits + process group)', () => {
   });
 
   it('with allowDegraded: kills the process group, applies rlimits, and honestly does not contain a setsid escapee', async () => {
+    // Unconfined: this is the backend's own primitive (a process group), which a pid namespace
+    // would otherwise cover (see the next test).
     const sb = runSandboxed('sh', ['-c', `ulimit -v; sh -c 'echo child $$; exec sleep 300' & setsid sh -c 'echo escapee $$; exec sleep 300' & sleep 300`], {
+      confine: false,
       cgroupBase: base,
       backend: 'none',
       allowDegraded: true,
@@ -94,5 +105,28 @@ describe('no-cgroup backend (rlimits + process group)', () => {
     // The documented hole of this backend: the setsid'd process left the process group.
     expect(isSameProcess(escapee)).toBe(true);
     process.kill(escapee.pid, 'SIGKILL');
+  });
+
+  it.skipIf(!host.namespaces.pid)('confined, the same setsid escapee dies with the sandbox: the pid namespace holds it without a cgroup', async () => {
+    const sb = runSandboxed('sh', ['-c', `ulimit -v; sh -c 'echo child $$; exec sleep 300' & setsid sh -c 'echo escapee $$; exec sleep 300' & sleep 300`], {
+      cgroupBase: base,
+      backend: 'none',
+      allowDegraded: true,
+      memory: '512M',
+      killGrace: 100,
+    });
+    const lines = await firstLines(sb, 3);
+    const pidOf = (label: string) => Number(lines.find((l) => l.startsWith(label))!.split(' ')[1]);
+    expect(lines[0]).toBe(String(512 * 1024));
+    const outside = toHostPids(sb.pid, { child: pidOf('child'), escapee: pidOf('escapee') });
+    const all = [sb.pid, ...namespacePids(sb.pid).values()];
+    const escapee = processRef(outside.escapee!)!;
+    sb.kill();
+    const r = await sb;
+    expect(r.confinement.namespaces).toContain('pid');
+    expect(r.degraded.map((d) => d.limit)).toEqual(expect.arrayContaining(['tree-kill', 'memory']));
+    expect(isAlive(outside.child!)).toBe(false);
+    expect(isSameProcess(escapee)).toBe(false);
+    expect(all.filter(isAlive)).toEqual([]);
   });
 });

@@ -1,6 +1,6 @@
 // Guarantee 7: 100 sandboxes at once all run and all are cleaned up: no cgroup, file
 // descriptor or process is left behind (counted before and after).
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
 import { hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js';
@@ -32,9 +32,11 @@ describe.skipIf(host.layout === 'none')('guarantee 7: 100 concurrent sandboxes',
     await runSandboxed('true', [], { cgroupBase: base });
     const before = { cgroups: cgroupCount(), fds: fdCount(), children: childCount() };
     const gate = mkdtempSync(`${tmpdir()}/captrap-cc-`);
+    // Confined, the gate dir is shown read-only in each sandbox's view; the tool runs as 65534.
+    chmodSync(gate, 0o755);
     // Every sandbox waits for the same gate file, so all 100 are provably alive at once.
     const sandboxes = Array.from({ length: 100 }, (_, i) =>
-      runSandboxed('sh', ['-c', `while [ ! -e ${gate}/go ]; do sleep 0.05; done; echo $((${i} * 2))`], { cgroupBase: base, memory: '64M', pids: 16, timeout: 20_000 }),
+      runSandboxed('sh', ['-c', `while [ ! -e ${gate}/go ]; do sleep 0.05; done; echo $((${i} * 2))`], { cgroupBase: base, memory: '64M', pids: 16, timeout: 20_000, view: { readOnly: [gate] } }),
     );
     try {
       expect(cgroupCount()).toBe(100 * hierarchiesPerSandbox());

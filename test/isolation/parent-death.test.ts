@@ -20,8 +20,10 @@ const SCRIPT = `
 import { runSandboxed } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)};
 const base = process.argv[2];
 const tree = "setsid sh -c 'exec sleep 300' & sh -c 'exec sleep 300' & echo ready; exec sleep 300";
-const plain = runSandboxed('sh', ['-c', tree], { cgroupBase: base });
-const inNs = runSandboxed('sh', ['-c', tree], { cgroupBase: base, namespaces: ${JSON.stringify(host.namespaces.pid ? ['pid'] : [])} });
+// plain: unconfined, no pid namespace, so its descendants die by the owner watchdog alone.
+const plain = runSandboxed('sh', ['-c', tree], { cgroupBase: base, confine: false });
+// inNs: the default confinement (its own pid namespace, the launcher's init as pid 1).
+const inNs = runSandboxed('sh', ['-c', tree], { cgroupBase: base${host.namespaces.pid ? '' : ', confine: false'} });
 let ready = 0;
 for (const sb of [plain, inNs]) sb.stdout.on('data', () => {
   if (++ready === 2) console.log(JSON.stringify({ plain: [plain.pid, plain.cgroupName], inNs: [inNs.pid, inNs.cgroupName] }));
@@ -89,7 +91,9 @@ describe.skipIf(!trackRoot || !host.tools.setpriv)('guarantee 3: captrap SIGKILL
     writeFileSync(
       script,
       `import { runSandboxed } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)};
-const sb = runSandboxed('sh', ['-c', "setsid sh -c 'exec sleep 300' & echo ready; exec sleep 300"], { cgroupBase: process.argv[2] });
+// Unconfined: in a pid namespace the setsid'd survivor this test needs would die with the
+// namespace's init; stale cleanup is the last line for sandboxes without one.
+const sb = runSandboxed('sh', ['-c', "setsid sh -c 'exec sleep 300' & echo ready; exec sleep 300"], { cgroupBase: process.argv[2], confine: false });
 sb.stdout.on('data', () => console.log(JSON.stringify([sb.pid, sb.cgroupName])));
 setInterval(() => {}, 1000);
 `,
@@ -123,9 +127,17 @@ setInterval(() => {}, 1000);
     const script = `${dir}/exiter.mts`;
     writeFileSync(
       script,
-      `import { runSandboxed } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)};
+      `import { readFileSync } from 'node:fs';
+import { runSandboxed } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)};
+import { pidsInNamespace, sandboxPidNamespace } from ${JSON.stringify(`${root}src/isolation/confine.ts`)};
 const sb = runSandboxed('sh', ['-c', "setsid sh -c 'echo $$; exec sleep 300' & wait"], { cgroupBase: process.argv[2] });
-sb.stdout.on('data', (c) => { console.log('escapee ' + c.toString().trim()); process.exit(0); });
+// Confined, the escapee printed its pid inside the sandbox's pid namespace: report its host pid.
+const hostPid = (inside) => {
+  const ns = sandboxPidNamespace(sb.pid);
+  if (!ns) return inside;
+  return pidsInNamespace(ns).find((p) => /^NSpid:.*\\s(\\d+)$/m.exec(readFileSync('/proc/' + p + '/status', 'utf8'))?.[1] === String(inside));
+};
+sb.stdout.on('data', (c) => { console.log('escapee ' + hostPid(Number(c.toString().trim()))); process.exit(0); });
 `,
     );
     const r = spawn(process.execPath, ['--import', 'tsx', script, base], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });

@@ -8,6 +8,7 @@ import { hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js'
 import { probeHost } from '../../src/isolation/host.js';
 import { isAlive } from '../../src/isolation/proc.js';
 import { runSandboxed, type Sandbox, type SandboxOptions } from '../../src/isolation/sandbox.js';
+import { cgroupOf, namespacePids, toHostPids } from './helpers.js';
 
 const host = probeHost();
 const base = `captrap-test-${process.pid}-${Date.now().toString(36)}`;
@@ -65,16 +66,34 @@ afterAll(() => {
 
 describe.skipIf(!hasCgroups)(`sandbox on this host (${host.layout})`, () => {
   it('guarantee 1: the command is in its cgroups when it starts, and so is everything it forks', async () => {
-    const sb = runSandboxed('sh', ['-c', 'cat /proc/self/cgroup; echo ---; sh -c "cat /proc/self/cgroup"'], opts({ memory: '64M', pids: 32 }));
+    // Confined, /proc/self/cgroup is relative to the sandbox's cgroup namespace: '/' is its root
+    // (a process outside it would read '/..'). The host side then shows that this root is the
+    // sandbox's cgroup, for the command, the process it forked and the launcher's init alike.
+    const sb = runSandboxed('sh', ['-c', 'cat /proc/self/cgroup; echo ---; sh -c "cat /proc/self/cgroup; echo ---; read x"'], opts({ memory: '64M', pids: 32, stdin: 'pipe' }));
+    const text = await new Promise<string>((resolve) => {
+      let buf = '';
+      sb.stdout!.on('data', (c: Buffer) => {
+        buf += c.toString();
+        if (buf.split('---\n').length === 3) resolve(buf);
+      });
+    });
+    const suffix = `/${base}/${sb.cgroupName}`;
+    const members = [sb.pid, ...namespacePids(sb.pid).values()];
+    expect(members.length).toBeGreaterThanOrEqual(4); // launcher, its init, sh, the forked sh
+    for (const pid of members) {
+      if (host.v1.memory) expect(cgroupOf(pid, 'memory')).toBe(suffix);
+      if (host.v1.pids) expect(cgroupOf(pid, 'pids')).toBe(suffix);
+      if (host.unifiedRoot) expect(cgroupOf(pid, '')).toBe(suffix);
+    }
+    sb.stdin!.end('\n');
     const r = await sb;
     expect(r.reason).toEqual({ kind: 'exited', code: 0 });
-    const [own, forked] = r.stdout.split('---\n');
-    const suffix = `/${base}/${sb.cgroupName}`;
-    for (const text of [own!, forked!]) {
-      const lines = text.trim().split('\n');
-      if (host.v1.memory) expect(lines.find((l) => /^\d+:memory:/.test(l))).toMatch(new RegExp(`${suffix}$`));
-      if (host.v1.pids) expect(lines.find((l) => /^\d+:pids:/.test(l))).toMatch(new RegExp(`${suffix}$`));
-      if (host.unifiedRoot) expect(lines.find((l) => l.startsWith('0::'))).toBe(`0::${suffix}`);
+    const [own, forked] = text.split('---\n');
+    for (const t of [own!, forked!]) {
+      const lines = t.trim().split('\n');
+      if (host.v1.memory) expect(lines.find((l) => /^\d+:memory:/.test(l))).toMatch(/:memory:\/$/);
+      if (host.v1.pids) expect(lines.find((l) => /^\d+:pids:/.test(l))).toMatch(/:pids:\/$/);
+      if (host.unifiedRoot) expect(lines.find((l) => l.startsWith('0::'))).toBe('0::/');
     }
     expect(r.cleanedUp).toBe(true);
   });
@@ -94,7 +113,7 @@ describe.skipIf(!hasCgroups)(`sandbox on this host (${host.layout})`, () => {
 
   it('guarantee 2: kill() takes the whole tree: setsid grandchild, double-forked daemon, SIGTERM-ignorers', async () => {
     const sb = runSandboxed('sh', ['-c', ESCAPEES], opts());
-    const pids = await pidsFromOutput(sb, ['setsid', 'daemon', 'stubborn', 'leader']);
+    const pids = toHostPids(sb.pid, await pidsFromOutput(sb, ['setsid', 'daemon', 'stubborn', 'leader']));
     expect(Object.values(pids).every(isAlive)).toBe(true);
     sb.kill();
     const r = await sb;
@@ -106,15 +125,16 @@ describe.skipIf(!hasCgroups)(`sandbox on this host (${host.layout})`, () => {
 
   it('guarantee 2: a timeout takes the whole tree too', async () => {
     const sb = runSandboxed('sh', ['-c', ESCAPEES], opts({ timeout: 400 }));
-    const pids = await pidsFromOutput(sb, ['setsid', 'daemon', 'stubborn']);
+    const pids = toHostPids(sb.pid, await pidsFromOutput(sb, ['setsid', 'daemon', 'stubborn']));
     const r = await sb;
     expect(r.reason).toEqual({ kind: 'timeout' });
     expect(await waitGone(Object.values(pids), 200)).toEqual([]);
   });
 
   it('guarantee 2: when the leader exits normally, its leftover daemons are killed and the cgroup removed', async () => {
-    const sb = runSandboxed('sh', ['-c', `(sh -c 'echo daemon $$; exec sleep 300' &) ; setsid sh -c 'echo setsid $$; exec sleep 300' & sleep 0.1; exit 0`], opts());
-    const pids = await pidsFromOutput(sb, ['daemon', 'setsid']);
+    // The leader lingers long enough for the host-side pid lookup below.
+    const sb = runSandboxed('sh', ['-c', `(sh -c 'echo daemon $$; exec sleep 300' &) ; setsid sh -c 'echo setsid $$; exec sleep 300' & sleep 0.5; exit 0`], opts());
+    const pids = toHostPids(sb.pid, await pidsFromOutput(sb, ['daemon', 'setsid']));
     const r = await sb;
     expect(r.reason).toEqual({ kind: 'exited', code: 0 });
     expect(await waitGone(Object.values(pids), 200)).toEqual([]);
@@ -159,14 +179,17 @@ describe.skipIf(!hasCgroups)(`sandbox on this host (${host.layout})`, () => {
   });
 
   it('guarantee 6: live usage from the cgroup and per process', async () => {
-    const sb = runSandboxed('sh', ['-c', 'x=$(head -c 20000000 /dev/zero | tr "\\0" a); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo ready; sleep 5'], opts({ memory: '256M' }));
-    await new Promise<void>((r) => sb.stdout!.on('data', (c: Buffer) => c.toString().includes('ready') && r()));
+    const sb = runSandboxed('sh', ['-c', 'x=$(head -c 20000000 /dev/zero | tr "\\0" a); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo ready $$; sleep 5'], opts({ memory: '256M' }));
+    const inside = await pidsFromOutput(sb, ['ready']);
+    // Confined, the leader captrap sees is the launcher; the shell holding the 20 MB is the command.
+    const { ready: command } = toHostPids(sb.pid, inside);
     const u = await sb.usage();
     expect(u.cgroup.memoryCurrentBytes).toBeGreaterThan(15_000_000);
     expect(u.cgroup.memoryPeakBytes).toBeGreaterThanOrEqual(u.cgroup.memoryCurrentBytes!);
     expect(u.cgroup.cpuUsageUs).toBeGreaterThan(1000);
-    const leader = u.processes.find((p) => p.pid === sb.pid);
-    expect(leader?.memoryBytes).toBeGreaterThan(15_000_000);
+    expect(u.processes.map((p) => p.pid)).toContain(sb.pid);
+    const shell = u.processes.find((p) => p.pid === command);
+    expect(shell?.memoryBytes).toBeGreaterThan(15_000_000);
     sb.kill();
     await sb;
   });
@@ -186,8 +209,16 @@ describe.skipIf(!hasCgroups)(`sandbox on this host (${host.layout})`, () => {
   });
 
   it.skipIf(!host.namespaces.pid)('runs in a pid namespace as its init when asked', async () => {
-    const r = await runSandboxed('sh', ['-c', 'echo $$'], opts({ namespaces: ['pid', 'mount'] }));
-    expect(r.stdout.trim()).toBe('1');
+    // The legacy unconfined chain (unshare(1) --pid --fork): the command is the namespace's init.
+    // It runs as 65534 like any sandbox: unshare runs first, setpriv switches after it.
+    const r = await runSandboxed('sh', ['-c', 'echo $$; id -u'], opts({ confine: false, namespaces: ['pid', 'mount'] }));
+    expect(r.stdout.trim().split('\n')).toEqual(['1', '65534']);
+  });
+
+  it.skipIf(!host.namespaces.pid)('confined, the command is pid 2 under the launcher\'s init (pid 1)', async () => {
+    // The glob runs in the shell itself: no extra process shows up in /proc.
+    const r = await runSandboxed('sh', ['-c', 'echo $$; read c < /proc/1/comm; echo $c; cd /proc && echo [0-9]*'], opts());
+    expect(r.stdout.trim().split('\n')).toEqual(['2', 'captrap-launch', '1 2']);
   });
 });
 

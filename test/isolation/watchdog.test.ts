@@ -27,7 +27,9 @@ import { runSandboxed } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)
 import { ownerWatchdogs } from ${JSON.stringify(`${root}src/isolation/watchdog.ts`)};
 const [base, mode] = process.argv.slice(2);
 const tree = "setsid sh -c 'echo g $$; exec sleep 300' & (sh -c 'echo d $$; exec sleep 300' &); exec sleep 300";
-const sbs = [0, 1].map(() => runSandboxed('sh', ['-c', tree], { cgroupBase: base, namespaces: [] }));
+// Unconfined: confinement puts every sandbox in a pid namespace, whose init's death alone would
+// kill the tree; this tests the watchdog's own cgroup kill, for sandboxes without one.
+const sbs = [0, 1].map(() => runSandboxed('sh', ['-c', tree], { cgroupBase: base, confine: false, namespaces: [] }));
 const pids = [];
 for (const sb of sbs) sb.stdout.on('data', (c) => {
   for (const m of c.toString().matchAll(/[gd] (\\d+)/g)) pids.push(Number(m[1]));
