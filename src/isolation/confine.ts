@@ -110,6 +110,15 @@ export function normalizeNamespaces(v: unknown, fallback: readonly ConfineNamesp
 
 const within = (path: string, root: string) => root === '/' || path === root || path.startsWith(root + sep);
 
+function exists(p: string): boolean {
+  try {
+    lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The real path of p, or undefined if it does not exist (a root that is not there shows nothing). */
 function real(p: string): string | undefined {
   try {
@@ -146,14 +155,15 @@ export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[],
       if (r) binds.push({ path: r, rw: false, order: order++ });
     }
   }
-  for (const p of [...view.readOnly, ...extraReadOnly]) {
+  // Roots are bound at the path given, never re-resolved here: a root checked as a real path and
+  // swapped for a symlink since must be refused (the launcher does), not followed to its target.
+  // Whoever names a root with a symlink in it (config, CLI) resolves it first.
+  for (const p of view.readOnly) if (exists(p)) binds.push({ path: p, rw: false, order: order++ });
+  for (const p of extraReadOnly) {
     const r = real(p);
     if (r) binds.push({ path: r, rw: false, order: order++ });
   }
-  for (const p of view.readWrite) {
-    const r = real(p);
-    if (r) binds.push({ path: r, rw: true, order: order++ });
-  }
+  for (const p of view.readWrite) if (exists(p)) binds.push({ path: p, rw: true, order: order++ });
   // Parents before children; for the same path the later (writable) entry wins.
   binds.sort((a, b) => a.path.split('/').length - b.path.split('/').length || a.order - b.order);
   const bound: string[] = [];

@@ -5,7 +5,7 @@
 import type { SecurityKernel } from '../kernel/kernel.js';
 import type { AuditSink } from '../kernel/events.js';
 import type { Capability, ProcessRef } from '../kernel/capability.js';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { effectiveLimits, redactArgs } from '../kernel/policy.js';
@@ -117,8 +117,17 @@ export class ToolRunner {
     const { sandbox: defaults } = this.o;
     const files = auth.tool.spec.resources.filter((r) => r.kind === 'file');
     const writes = files.some((r) => r.kind === 'file' && r.access === 'write');
-    const readOnly = [...(defaults.view?.readOnly ?? [])];
-    const readWrite = [...(defaults.view?.readWrite ?? [])];
+    // The capability's roots and the kernel's realPaths are real paths already; only the
+    // operator's configured paths are resolved here.
+    const real = (p: string) => {
+      try {
+        return realpathSync(p);
+      } catch {
+        return p;
+      }
+    };
+    const readOnly = (defaults.view?.readOnly ?? []).map(real);
+    const readWrite = (defaults.view?.readWrite ?? []).map(real);
     const roots = auth.capability.constraints.paths;
     if (roots) (writes ? readWrite : readOnly).push(...roots);
     else {

@@ -156,6 +156,8 @@ export interface AgentHandle {
   readonly children: Set<string>;
   /** Who the agent runs as; its tools run as the same uid. */
   readonly identity: Identity;
+  /** What the agent's sandbox shows (sub-agents get the same, plus their program). */
+  readonly view: AgentView;
   state: 'running' | 'exited';
   exitReason: string | null;
   conn: RpcConnection | undefined;
@@ -268,6 +270,9 @@ export class Supervisor {
     if (!resolved) throw new SandboxSpawnError('E_COMMAND_NOT_FOUND', `agent ${spec.id}: command '${spec.command}' not found or not executable`, { command: spec.command });
 
     const id = agentIdentity(spec, config, this.uids);
+    // A sub-agent sees what its parent sees, plus the program it was allowed to start: its
+    // arguments come from the parent and never widen the view.
+    const view = parent ? { readOnly: [...parent.view.readOnly, resolved], readWrite: parent.view.readWrite, hide: parent.view.hide } : agentView(spec, resolved, config);
     const release = () => {
       if (id.pooled && id.uid !== undefined) this.uids.release(id.uid);
     };
@@ -285,7 +290,7 @@ export class Supervisor {
         killGrace: config.sandbox.killGraceMs ?? 1000,
         confine: spec.confine ?? config.sandbox.confine,
         allowRoot: id.allowRoot,
-        view: agentView(spec, resolved, config),
+        view,
         ...(spec.namespaces !== undefined ? { namespaces: spec.namespaces } : {}),
         ...(id.uid !== undefined ? { uid: id.uid } : {}),
         ...(id.gid !== undefined ? { gid: id.gid } : {}),
@@ -316,6 +321,7 @@ export class Supervisor {
       ref,
       children: new Set(),
       identity: { ...(id.uid !== undefined ? { uid: id.uid } : {}), ...(id.gid !== undefined ? { gid: id.gid } : {}), allowRoot: id.allowRoot },
+      view,
       state: 'running',
       exitReason: null,
       conn: undefined,
@@ -431,11 +437,25 @@ export class Supervisor {
  * What an agent sees besides the system: its cwd, its program and the files its arguments name
  * (all read-only), plus what the config adds; never the sidecar's own files.
  */
-function agentView(spec: LaunchSpec, resolved: string, config: SidecarConfig) {
+export interface AgentView {
+  readOnly: string[];
+  readWrite: string[];
+  hide: string[];
+}
+
+function agentView(spec: LaunchSpec, resolved: string, config: SidecarConfig): AgentView {
+  // The operator's paths are trusted and resolved once here (the sandbox binds exactly what it is given).
+  const real = (p: string) => {
+    try {
+      return realpathSync(p);
+    } catch {
+      return p;
+    }
+  };
   const named = spec.args.filter((a) => isAbsolute(a) && existsSync(a) && !statSync(a).isDirectory());
   return {
-    readOnly: [spec.cwd, resolved, ...named, ...(spec.view?.readOnly ?? [])],
-    readWrite: spec.view?.readWrite ?? [],
+    readOnly: [spec.cwd, ...named, ...(spec.view?.readOnly ?? [])].map(real).concat(resolved),
+    readWrite: (spec.view?.readWrite ?? []).map(real),
     hide: [...sidecarSecrets(config), ...(spec.view?.hide ?? [])],
   };
 }

@@ -347,6 +347,53 @@ for (;;) {
     }
   }, 60_000);
 
+  it('symlink-swap race on the root itself: a root swapped for a symlink is refused, never followed (0 leaks in 300 calls)', async () => {
+    const R = mkdtempSync(`${tmpdir()}/captrap-race-root-`);
+    const S = mkdtempSync(`${outsideBase}/captrap-race-root-secret-`);
+    try {
+      chmodSync(R, 0o755);
+      mkdirSync(`${R}/real`, { mode: 0o755 });
+      writeFileSync(`${R}/real/file`, 'public\n', { mode: 0o644 });
+      writeFileSync(`${S}/file`, 'SECRET\n', { mode: 0o600 });
+      const racer = spawn(
+        process.execPath,
+        [
+          '-e',
+          `const fs = require('fs'); const [R, S] = process.argv.slice(1);
+for (;;) {
+  try { fs.renameSync(R + '/real', R + '/d'); } catch {}
+  try { fs.renameSync(R + '/d', R + '/real'); } catch {}
+  try { fs.symlinkSync(S, R + '/d'); } catch {}
+  try { fs.unlinkSync(R + '/d'); } catch {}
+}`,
+          R,
+          S,
+        ],
+        { stdio: 'ignore' },
+      );
+      racers.push(racer);
+      const results: SandboxResult[] = [];
+      let next = 0;
+      const worker = async () => {
+        while (next < 300) {
+          next++;
+          // R/d is the root: checked as a real directory by the caller, swapped by the racer.
+          results.push(await runSandboxed('sh', ['-c', `cat ${R}/d/file`], opts({ view: { readOnly: [`${R}/d`] }, allowRoot: true })));
+        }
+      };
+      await Promise.all(Array.from({ length: 8 }, worker));
+      racer.kill('SIGKILL');
+      expect(results.length).toBe(300);
+      expect(results.filter((r) => /SECRET/.test(r.stdout + r.stderr)).length).toBe(0);
+      // The race was real: some launches were refused (the root was a symlink), some showed it.
+      expect(results.some((r) => r.stdout.includes('public'))).toBe(true);
+    } finally {
+      for (const r of racers) if (r.exitCode === null && r.signalCode === null) r.kill('SIGKILL');
+      rmSync(R, { recursive: true, force: true });
+      rmSync(S, { recursive: true, force: true });
+    }
+  }, 60_000);
+
   it('doctor-style report: the default confinement lists all six namespaces, a view, uid 65534, no capabilities, no network, closed fds', async () => {
     const sb = runSandboxed('true', [], opts());
     expect(sb.confinement).toMatchObject({ confined: true });

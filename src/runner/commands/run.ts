@@ -1,6 +1,7 @@
 // `captrap run [options] -- command args...`: runs one command in a sandbox, streams its output,
 // and exits with its exit code (or 128+signal). When the exit was not a normal one (signal, oom,
 // timeout, pids-limit, killed) the reason goes to stderr.
+import { realpathSync } from 'node:fs';
 import { cleanupStaleCgroups } from '../../isolation/cgroup.js';
 import { probeHost } from '../../isolation/host.js';
 import { BACKEND_NAMES, NAMESPACE_NAMES, parseBytes, type NamespaceName, type SandboxOptions } from '../../isolation/limits.js';
@@ -72,7 +73,16 @@ export function parseRunArgs(argv: string[]): { options: SandboxOptions; command
     else if (flag === '--ro' || flag === '--rw' || flag === '--hide') {
       const key = flag === '--ro' ? 'readOnly' : flag === '--rw' ? 'readWrite' : 'hide';
       const view = (options.view ??= {});
-      (view[key] ??= []).push(take());
+      const path = take();
+      // Resolved once, here: the sandbox binds roots at exactly the path it is given.
+      let real: string;
+      try {
+        real = realpathSync(path);
+      } catch {
+        if (key === 'hide') real = path;
+        else throw new SandboxOptionError(`${flag} ${path}: no such file or directory`);
+      }
+      (view[key] ??= []).push(real);
     }
     else if (flag === '--allow-new-privs') options.noNewPrivs = false;
     else if (flag === '--env') {
