@@ -160,20 +160,30 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * Copies the command's output to ours. A slow reader on our side slows the command (its pipe
+ * fills) instead of growing captrap's memory: the source pauses until the destination drains.
+ */
 function forward(from: NodeJS.ReadableStream | null, to: NodeJS.WritableStream, cap: number | undefined): void {
   if (!from) return;
   let sent = 0;
   let marked = false;
+  const write = (data: Buffer | string) => {
+    if (!to.write(data)) {
+      from.pause();
+      to.once('drain', () => from.resume());
+    }
+  };
   from.on('data', (chunk: Buffer) => {
     if (cap === undefined || !Number.isFinite(cap)) {
-      to.write(chunk);
+      write(chunk);
       return;
     }
-    if (sent < cap) to.write(chunk.subarray(0, cap - sent));
+    if (sent < cap) write(chunk.subarray(0, cap - sent));
     sent += chunk.length;
     if (sent > cap && !marked) {
       marked = true;
-      to.write(`\n[captrap: output truncated at ${cap} bytes]\n`);
+      write(`\n[captrap: output truncated at ${cap} bytes]\n`);
     }
   });
 }
