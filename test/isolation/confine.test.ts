@@ -394,6 +394,19 @@ for (;;) {
     }
   }, 60_000);
 
+  it("the namespace's init shows no launcher arguments (cgroup paths, hidden paths, captrap's pid) in /proc/1/cmdline", async () => {
+    const secret = mkdtempSync(`${tmpdir()}/captrap-cmdline-secret-`);
+    try {
+      const r = await runSandboxed('sh', ['-c', 'tr "\\0" " " < /proc/1/cmdline'], opts({ view: { hide: [secret] } }));
+      expect(r.reason).toEqual({ kind: 'exited', code: 0 });
+      expect(r.stdout.trim()).toBe('captrap-init');
+      expect(r.stdout).not.toContain(secret);
+      expect(r.stdout).not.toContain(String(process.pid));
+    } finally {
+      rmSync(secret, { recursive: true, force: true });
+    }
+  });
+
   it('doctor-style report: the default confinement lists all six namespaces, a view, uid 65534, no capabilities, no network, closed fds', async () => {
     const sb = runSandboxed('true', [], opts());
     expect(sb.confinement).toMatchObject({ confined: true });

@@ -682,12 +682,9 @@ describe('confined serve: allowRoot', () => {
     for (const f of segments) expect(readFileSync(f, 'utf8')).not.toContain('"forged"');
   });
 
-  // KNOWN BUG (reported, not fixed here): a view root of exactly /tmp is bound recursively from a
-  // descriptor opened before the launcher mounts its scratch tmpfs on /tmp, so the sandbox's /tmp
-  // shows that scratch, including /tmp/newroot: a copy of its own view taken before the hidden
-  // paths were covered. A root tool reads /etc/shadow there. `it.fails` keeps the suite green
-  // while the bug stands; once the launcher is fixed this starts failing: make it a plain `it`.
-  it.fails('allowRoot: a capability over /tmp does not uncover the hidden paths (known bug)', async () => {
+  // A root over /tmp once carried the launcher's scratch tmpfs (and an unhidden copy of the view):
+  // the scratch now goes where no bound root covers it.
+  it('allowRoot: a capability over /tmp does not uncover the hidden paths', async () => {
     if (!s) throw new Error('no sidecar');
     const cap = (await r.caps()).find((c) => (c.constraints.paths as string[])[0] === '/tmp')!.id;
     const shadowHead = readFileSync('/etc/shadow', 'utf8').split('\n')[0]!;

@@ -135,6 +135,8 @@ struct opts {
 	const char *chdir_to, *hostname, *proxy_path;
 	int proxy_port;
 	char **command;
+	/* The contiguous argument strings, to wipe where a sandboxed process could read them. */
+	char *argv_start, *argv_end;
 };
 
 static int ns_flag(const char *name)
@@ -212,6 +214,8 @@ static void parse(struct opts *o, int argc, char **argv)
 	if (i + 1 >= argc)
 		fail("missing '-- COMMAND'", NULL, 0);
 	o->command = &argv[i + 1];
+	o->argv_start = argv[0];
+	o->argv_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
 	if (o->view && !(o->ns & CLONE_NEWNS))
 		fail("--view needs --unshare mount", NULL, 0);
 	if (o->proxy_path && (!(o->ns & CLONE_NEWNET) || !(o->ns & CLONE_NEWPID)))
@@ -456,6 +460,22 @@ static void bring_up_loopback(void)
 	close(s);
 }
 
+/* Whether a bound root is BASE or one of its ancestors. */
+static int covers_base(const struct opts *o, const char *base)
+{
+	size_t bl = strlen(base);
+
+	for (int i = 0; i < o->nentries; i++) {
+		const struct entry *e = &o->entries[i];
+		size_t pl = strlen(e->path);
+		if (e->kind != E_RO && e->kind != E_RW)
+			continue;
+		if (pl <= bl && strncmp(base, e->path, pl) == 0 && (base[pl] == '\0' || base[pl] == '/' || pl == 1))
+			return 1;
+	}
+	return 0;
+}
+
 static void rootpath(char *buf, size_t size, const char *path)
 {
 	if ((size_t)snprintf(buf, size, "%s%s", newroot, path) >= size)
@@ -483,11 +503,14 @@ static void build_view(const struct opts *o, int own_pidns)
 		fds[i] = o->entries[i].kind == E_RO || o->entries[i].kind == E_RW ? open_source(o->entries[i].path) : -1;
 	for (size_t i = 0; i < sizeof bases / sizeof *bases && !base; i++) {
 		struct stat st;
+		/* A root at or above the scratch dir would carry the scratch tmpfs (and an unhidden copy of the view) in its recursive bind. */
+		if (covers_base(o, bases[i]))
+			continue;
 		if (lstat(bases[i], &st) == 0 && S_ISDIR(st.st_mode) && mount("tmpfs", bases[i], "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") == 0)
 			base = bases[i];
 	}
 	if (!base)
-		fail("no directory to build the view in (/tmp, /run, /mnt, /var/tmp)", NULL, errno);
+		fail("no directory to build the view in: /tmp, /run, /mnt and /var/tmp are each missing or inside a bound root", NULL, 0);
 	snprintf(newroot, sizeof newroot, "%s/newroot", base);
 	snprintf(hidden_file, sizeof hidden_file, "%s/hidden", base);
 	if (mkdir(newroot, 0755) != 0 || mount(newroot, newroot, NULL, MS_BIND | MS_REC, NULL) != 0)
@@ -720,6 +743,17 @@ static int egress_listener(int port)
 	return s;
 }
 
+static void wipe_argv(const struct opts *o)
+{
+	static const char name[] = "captrap-init";
+	size_t len = (size_t)(o->argv_end - o->argv_start);
+
+	if (!o->argv_start || o->argv_end <= o->argv_start)
+		return;
+	memset(o->argv_start, 0, len);
+	memcpy(o->argv_start, name, len > sizeof name ? sizeof name : len - 1);
+}
+
 static void __attribute__((noreturn)) run_init(const struct opts *o, int status_sock)
 {
 	int capmax, status = 0;
@@ -763,6 +797,8 @@ static void __attribute__((noreturn)) run_init(const struct opts *o, int status_
 		exec_command(o);
 	}
 	fwd_target = cmd;
+	/* Our command line (paths of the sidecar's state, cgroups, its pid) is readable as /proc/1/cmdline inside. */
+	wipe_argv(o);
 	/* Nothing in the sandbox may read this process's memory or signal it with effect. */
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	for (int c = 0; c <= capmax; c++)
