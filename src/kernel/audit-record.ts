@@ -201,7 +201,8 @@ export interface SegmentHeader {
   mac: string;
 }
 
-export type CheckpointReason = 'interval' | 'rotate' | 'close' | 'open';
+/** `resume`: right after the `audit_resumed` record that ends an outage, so the recovery is anchored at once. */
+export type CheckpointReason = 'interval' | 'rotate' | 'close' | 'open' | 'resume';
 
 export interface Checkpoint {
   v: number;

@@ -5,6 +5,7 @@
 // it; only the file I/O is asynchronous (buffer + periodic flush).
 import type { KeyObject } from 'node:crypto';
 import { createPublicKey, createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { closeSync, statSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, fstatSync, ftruncateSync, fsyncSync, unlinkSync, writeFileSync } from 'node:fs';
 import { open as openFile, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -74,8 +75,92 @@ export interface AuditLogOptions {
   maxSegmentAgeMs?: number;
   /** Keep at most this many segments; older ones are deleted after a logged `audit_rotated` retention event (0 = keep all). */
   retainSegments?: number;
-  /** Called when a write fails; the log stops writing (fail closed) and every later flush() rejects. */
+  /**
+   * Called when the log stops writing: at the start of every outage (with the
+   * AuditUnavailableError, E_AUDIT_UNAVAILABLE; the log retries) and when a write fails for good
+   * (E_AUDIT_WRITE; see `failed` in stats): the segment path was replaced by something else, a
+   * segment to create already exists, or a segment shrank under the writer. Then the log stops
+   * (fail closed) and every later flush()/close() rejects with that error.
+   */
   onError?: (err: Error) => void;
+  /** Called (like the 'unavailable' event) when a write or fsync fails and the log starts retrying. */
+  onUnavailable?: (err: AuditUnavailableError) => void;
+  /** Called (like the 'available' event) when the log writes again, after its `audit_resumed` record is on disk. */
+  onAvailable?: (info: AuditOutageReport) => void;
+  /**
+   * At most this many records wait in memory (default 100 000). Beyond it record() drops the
+   * event and counts it: stats `droppedRecords`, and an `audit_gap` record with the count
+   * (`dropped`) at the place in the chain where the records are missing.
+   */
+  maxBufferedRecords?: number;
+  /** First retry this long after a failed write (ms, default 100), doubling ... */
+  retryInitialMs?: number;
+  /** ... up to this (ms, default 5000). */
+  retryMaxMs?: number;
+  /**
+   * Fault injection (tests, fault scenarios): called before each open, write, fsync and truncate
+   * of a segment or of the checkpoint file. Throw to make the operation fail. From a 'write',
+   * return a byte count n smaller than `bytes` to write only the first n bytes and then fail with
+   * ENOSPC, as a full disk does.
+   */
+  ioHook?: (op: AuditIoOp) => void | number;
+}
+
+export interface AuditIoOp {
+  op: 'open' | 'write' | 'sync' | 'truncate';
+  /** Base name: a segment file or `checkpoints.jsonl`. */
+  file: string;
+  /** For 'write': bytes about to be written. */
+  bytes?: number;
+}
+
+/** One outage, as the `audit_resumed` record and the 'available' event report it. */
+export interface AuditOutageReport {
+  /** ISO time the first write failed. */
+  since: string;
+  /** How long the log could not write (ms). */
+  downMs: number;
+  /** Failed attempts during the outage (the first write and every retry). */
+  failedWrites: number;
+  firstError: string;
+  lastError: string;
+  /** Records accepted into the buffer while unavailable (written now). */
+  bufferedRecords: number;
+  /** The most records waiting at once during the outage. */
+  peakBufferDepth: number;
+  /** Records dropped during the outage because the buffer was full (also in `audit_gap` records). */
+  droppedRecords: number;
+}
+
+export interface AuditUnavailableDetails {
+  since?: string | null;
+  bufferedRecords?: number;
+  droppedRecords?: number;
+  failedWrites?: number;
+  /** The log gave up for good (E_AUDIT_WRITE): no retry will come. */
+  permanent?: boolean;
+  /** Set by close(): records that were never written. */
+  lostRecords?: number;
+}
+
+/**
+ * The audit log cannot write: what the sidecar throws instead of running a tool unaudited
+ * (`log.assertAvailable()`), and what flush() rejects with during an outage. Names the
+ * directory and the last write error.
+ */
+export class AuditUnavailableError extends AuditError {
+  readonly dir: string;
+  readonly lastError: string;
+  constructor(dir: string, lastError: string, details: AuditUnavailableDetails = {}, options?: { cause?: unknown; message?: string }) {
+    const since = details.since ? ` since ${details.since}` : '';
+    const counts = `${details.bufferedRecords ?? 0} record(s) buffered, ${details.droppedRecords ?? 0} dropped`;
+    const message =
+      options?.message ??
+      `audit log ${dir} is unavailable${since}: ${lastError}; ${counts}; ${details.permanent ? 'the log has stopped for good' : 'retrying'}`;
+    super('E_AUDIT_UNAVAILABLE', message, { dir, lastError, ...details }, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.dir = dir;
+    this.lastError = lastError;
+  }
 }
 
 export interface AuditLogStats extends AuditStats {
@@ -89,17 +174,70 @@ export interface AuditLogStats extends AuditStats {
   failed: string | null;
   /** Milliseconds since this log was opened (monotonic clock). */
   uptimeMs: number;
+  /** Writes go through; false during an outage (retrying), after a permanent failure, and after close. */
+  available: boolean;
+  /** ISO time the current outage began, or null. */
+  unavailableSince: string | null;
+  /** Records dropped because the buffer held maxBufferedRecords (cumulative; each also counted in an `audit_gap` record). */
+  droppedRecords: number;
+  /** Failed write attempts (cumulative). */
+  failedWrites: number;
+  /** Message of the last write failure, or null. */
+  lastError: string | null;
+  /** Outages that ended with an `audit_resumed` record. */
+  outages: number;
 }
 
 interface Group {
   segment: number;
-  /** The segment starts here: its file must not exist yet (never overwrite a segment). */
+  /** The segment starts here: its file must not exist yet (never overwrite a segment). Cleared once this writer created it. */
   create: boolean;
   out: LineBuffer;
+  /** Bytes taken out of `out` and not yet durably written: kept across failed attempts and rewritten whole. */
+  pending: Buffer[];
+  /** Pool chunks behind `pending`, released once written. */
+  chunks: Buffer[];
+  /** The first `owned` entries of `pending` are exact-size copies (compacted), not pool chunk views. */
+  owned: number;
   events: number;
   checkpoints: string[];
   deletes: string[];
+  /** Stages already done (a retry resumes after them). */
+  segmentDone: boolean;
+  checkpointsDone: boolean;
 }
+
+interface Outage {
+  sinceMs: number;
+  since: string;
+  failedWrites: number;
+  firstError: string;
+  lastError: string;
+  buffered: number;
+  peak: number;
+  dropped: number;
+  /** The `audit_resumed` record is queued: the outage ends when it is on disk. */
+  report: AuditOutageReport | null;
+}
+
+interface Gap {
+  dropped: number;
+  firstAt: string;
+  lastAt: string;
+  byType: Record<string, number>;
+}
+
+/**
+ * Errors a retry cannot cure: something else now sits where the log writes (a directory, a
+ * segment this writer did not create), or a name the log built is invalid. The log then stops
+ * for good (fail closed) rather than retrying forever. Everything else (ENOSPC, EDQUOT, EIO,
+ * EROFS, EACCES, ...) is an outage: buffer, retry, resume.
+ */
+const PERMANENT_WRITE_ERRORS = new Set(['EISDIR', 'ENOTDIR', 'EEXIST', 'ELOOP', 'ENAMETOOLONG', 'EINVAL', 'EBADF', 'EFBIG']);
+/** At most this many distinct event types are counted apart in an `audit_gap` record. */
+const GAP_TYPES_MAX = 64;
+
+class PermanentWriteError extends Error {}
 
 interface TailState {
   seq: number;
@@ -123,8 +261,27 @@ export class AuditLog implements AuditSink {
   private readonly pk: string;
   private readonly clock = new IsoClock();
   private readonly pool = new ChunkPool();
-  private readonly opts: Required<Pick<AuditLogOptions, 'flushIntervalMs' | 'flushEvents' | 'fsync' | 'checkpointEvery' | 'checkpointIntervalMs' | 'maxSegmentBytes' | 'maxSegmentAgeMs' | 'retainSegments'>>;
+  private readonly opts: Required<
+    Pick<
+      AuditLogOptions,
+      | 'flushIntervalMs'
+      | 'flushEvents'
+      | 'fsync'
+      | 'checkpointEvery'
+      | 'checkpointIntervalMs'
+      | 'maxSegmentBytes'
+      | 'maxSegmentAgeMs'
+      | 'retainSegments'
+      | 'maxBufferedRecords'
+      | 'retryInitialMs'
+      | 'retryMaxMs'
+    >
+  >;
   private readonly onError: ((err: Error) => void) | undefined;
+  private readonly onUnavailable: ((err: AuditUnavailableError) => void) | undefined;
+  private readonly onAvailable: ((info: AuditOutageReport) => void) | undefined;
+  private readonly ioHook: ((op: AuditIoOp) => void | number) | undefined;
+  private readonly emitter = new EventEmitter();
 
   private seq = 0;
   private head = ZERO_MAC;
@@ -156,6 +313,26 @@ export class AuditLog implements AuditSink {
   private droppedAfterFailure = 0;
   private readonly openedAtMs = performance.now();
 
+  // Availability: an outage is a run of failed writes; the buffer holds what could not be written.
+  private outage: Outage | null = null;
+  private unavailableSince: string | null = null;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = 0;
+  private gap: Gap | null = null;
+  private droppedRecords = 0;
+  private failedWrites = 0;
+  private lastError: string | null = null;
+  private outages = 0;
+  // What is durably on disk of the segment being written: a failed batch is cut back to here.
+  private diskSegment = 0;
+  private diskOffset = 0;
+  /** Segment that may hold a partial batch past diskOffset (0: none). */
+  private dirtySegment = 0;
+  /** The checkpoint file must be cut back to this length before the next append. */
+  private cpTruncateTo: number | undefined;
+  /** close() queued `audit_closed` and nothing has been appended after it. */
+  private closeRecorded = false;
+
   private constructor(dir: string, key: Buffer, signingKey: KeyObject, opts: AuditLogOptions) {
     this.dir = dir;
     this.mac = new AuditMac(key);
@@ -164,6 +341,9 @@ export class AuditLog implements AuditSink {
     this.publicKey = createPublicKey(signingKey);
     this.pk = publicKeyId(this.publicKey);
     this.onError = opts.onError;
+    this.onUnavailable = opts.onUnavailable;
+    this.onAvailable = opts.onAvailable;
+    this.ioHook = opts.ioHook;
     this.opts = {
       flushIntervalMs: opts.flushIntervalMs ?? 100,
       flushEvents: opts.flushEvents ?? 1000,
@@ -173,7 +353,11 @@ export class AuditLog implements AuditSink {
       maxSegmentBytes: opts.maxSegmentBytes ?? 64 * 1024 * 1024,
       maxSegmentAgeMs: opts.maxSegmentAgeMs ?? 0,
       retainSegments: opts.retainSegments ?? 0,
+      maxBufferedRecords: Math.max(1, opts.maxBufferedRecords ?? 100_000),
+      retryInitialMs: Math.max(1, opts.retryInitialMs ?? 100),
+      retryMaxMs: Math.max(1, opts.retryMaxMs ?? 5000),
     };
+    this.retryDelay = this.opts.retryInitialMs;
   }
 
   /**
@@ -207,6 +391,74 @@ export class AuditLog implements AuditSink {
     return logObj;
   }
 
+  // ---- availability -------------------------------------------------------------------
+
+  /**
+   * True while records reach the disk. False during an outage (a write or fsync failed; the log
+   * buffers, retries with backoff and resumes by itself), after a permanent failure, and after
+   * close. The sidecar must not run tools while it is false: see assertAvailable().
+   */
+  get available(): boolean {
+    return !this.closed && this.failure === undefined && this.outage === null;
+  }
+
+  /** Throws AuditUnavailableError (E_AUDIT_UNAVAILABLE) unless the log is available. */
+  assertAvailable(): void {
+    if (!this.available) throw this.unavailableError();
+  }
+
+  /** The error that says why the log is not available now (for callers that throw it themselves). */
+  unavailableError(cause?: unknown): AuditUnavailableError {
+    if (this.closed || (this.closing && !this.outage && !this.failure)) {
+      return new AuditUnavailableError(this.dir, 'the audit log is closed', { since: this.unavailableSince }, { message: `audit log ${this.dir} is closed` });
+    }
+    const o = this.outage;
+    return new AuditUnavailableError(
+      this.dir,
+      this.lastError ?? 'unknown error',
+      {
+        since: this.unavailableSince,
+        bufferedRecords: this.pendingEvents,
+        droppedRecords: o ? o.dropped : this.droppedRecords,
+        failedWrites: o ? o.failedWrites : this.failedWrites,
+        permanent: this.failure !== undefined,
+      },
+      { cause: cause ?? this.failure },
+    );
+  }
+
+  /** 'unavailable': a write failed and the log is retrying (or stopped for good: `err.details.permanent`). 'available': an outage ended. */
+  on(event: 'unavailable', listener: (err: AuditUnavailableError) => void): this;
+  on(event: 'available', listener: (info: AuditOutageReport) => void): this;
+  on(event: 'unavailable' | 'available', listener: (arg: never) => void): this {
+    this.emitter.on(event, listener as (arg: unknown) => void);
+    return this;
+  }
+  once(event: 'unavailable', listener: (err: AuditUnavailableError) => void): this;
+  once(event: 'available', listener: (info: AuditOutageReport) => void): this;
+  once(event: 'unavailable' | 'available', listener: (arg: never) => void): this {
+    this.emitter.once(event, listener as (arg: unknown) => void);
+    return this;
+  }
+  off(event: 'unavailable' | 'available', listener: (arg: never) => void): this {
+    this.emitter.off(event, listener as (arg: unknown) => void);
+    return this;
+  }
+
+  /** Listeners are the sidecar's; one that throws must not break the log (or the other listeners). */
+  private notify(event: 'unavailable' | 'available', arg: unknown): void {
+    const cb = event === 'unavailable' ? this.onUnavailable : this.onAvailable;
+    const all: ((a: unknown) => void)[] = [...(this.emitter.listeners(event) as ((a: unknown) => void)[])];
+    if (cb) all.push(cb as (a: unknown) => void);
+    for (const l of all) {
+      try {
+        l(arg);
+      } catch (err) {
+        oplog.error({ err: (err as Error)?.message, event }, 'audit log: an availability listener threw');
+      }
+    }
+  }
+
   // ---- the hot path -------------------------------------------------------------------
 
   record(event: AuditEvent): void {
@@ -220,8 +472,46 @@ export class AuditLog implements AuditSink {
       this.droppedAfterFailure++;
       return;
     }
+    if (this.pendingEvents >= this.opts.maxBufferedRecords) {
+      this.drop(event);
+      return;
+    }
     if (this.opts.maxSegmentBytes > 0 && this.segmentBytes >= this.opts.maxSegmentBytes) this.rotate('size');
+    if (this.gap) this.appendGap();
     this.append(event);
+    const o = this.outage;
+    if (o) {
+      o.buffered++;
+      if (this.pendingEvents > o.peak) o.peak = this.pendingEvents;
+    }
+  }
+
+  /** The buffer is full: count the event, never keep it. The count goes into the next `audit_gap` record. */
+  private drop(event: AuditEvent): void {
+    this.droppedRecords++;
+    if (this.outage) this.outage.dropped++;
+    const now = this.clock.now();
+    if (!this.gap) {
+      this.gap = { dropped: 0, firstAt: now, lastAt: now, byType: {} };
+      oplog.error({ dir: this.dir, maxBufferedRecords: this.opts.maxBufferedRecords }, 'audit buffer full: dropping audit events (counted; an audit_gap record will say how many)');
+    }
+    const g = this.gap;
+    g.dropped++;
+    g.lastAt = now;
+    let type = typeof event?.type === 'string' ? event.type : 'unknown';
+    if (!(type in g.byType) && Object.keys(g.byType).length >= GAP_TYPES_MAX) type = 'other';
+    g.byType[type] = (g.byType[type] ?? 0) + 1;
+  }
+
+  /** Records the drops since the last gap record, at this place in the chain: the gap is explicit, the chain unbroken. */
+  private appendGap(): void {
+    const g = this.gap;
+    if (!g) return;
+    this.gap = null;
+    this.append({
+      type: 'audit_gap',
+      details: { reason: 'buffer_full', dropped: g.dropped, firstDroppedAt: g.firstAt, lastDroppedAt: g.lastAt, byType: g.byType, maxBufferedRecords: this.opts.maxBufferedRecords },
+    });
   }
 
   private append(event: AuditEvent): void {
@@ -236,7 +526,8 @@ export class AuditLog implements AuditSink {
     this.eventsLogged++;
     this.pendingEvents++;
     if (++this.sinceCheckpoint >= this.opts.checkpointEvery) this.addCheckpoint('interval');
-    if (this.pendingEvents >= this.opts.flushEvents && !this.flushSoon) {
+    // During an outage the retry timer does the writing; flush() would only reject.
+    if (this.pendingEvents >= this.opts.flushEvents && !this.flushSoon && this.outage === null) {
       this.flushSoon = true;
       setImmediate(() => {
         this.flushSoon = false;
@@ -247,8 +538,9 @@ export class AuditLog implements AuditSink {
 
   private currentGroup(): Group {
     const last = this.queue[this.queue.length - 1];
-    if (last && last.segment === this.segment) return last;
-    const g: Group = { segment: this.segment, create: false, out: new LineBuffer(this.pool), events: 0, checkpoints: [], deletes: [] };
+    // A group whose bytes are on disk (a failed attempt stopped at its checkpoint stage) takes nothing more.
+    if (last && last.segment === this.segment && !last.segmentDone) return last;
+    const g = newGroup(this.segment, false, this.pool);
     this.queue.push(g);
     return g;
   }
@@ -266,8 +558,12 @@ export class AuditLog implements AuditSink {
   }
 
   private startSegment(n: number, create: boolean): void {
+    // During an outage the finished segment's bytes may wait long: keep them in an exact-size
+    // buffer instead of a mostly empty pool chunk per segment.
+    const prev = this.queue[this.queue.length - 1];
+    if (this.outage && prev) this.compact(prev);
     const body = encodeHeaderBody(n, this.clock.now(), this.keyId, this.seq, this.head);
-    const g: Group = { segment: n, create, out: new LineBuffer(this.pool), events: 0, checkpoints: [], deletes: [] };
+    const g = newGroup(n, create, this.pool);
     this.head = this.mac.sealInto(g.out, body);
     this.segment = n;
     this.segments.push(n);
@@ -276,9 +572,23 @@ export class AuditLog implements AuditSink {
     this.segmentOpenedAt = Date.now();
   }
 
+  /** Moves a waiting group's bytes into one exact-size buffer and gives its pool chunks back. Only for groups no write is using. */
+  private compact(g: Group): void {
+    if (g.segmentDone) return;
+    const { views, chunks } = g.out.take();
+    const loose = g.pending.slice(g.owned).concat(views); // bytes still in pool chunks; owned ones are not copied again
+    if (loose.length > 0) {
+      g.pending = g.pending.slice(0, g.owned);
+      g.pending.push(Buffer.concat(loose));
+      g.owned = g.pending.length;
+    }
+    this.pool.release(g.chunks.concat(chunks));
+    g.chunks = [];
+  }
+
   /** Closes the current segment (with a checkpoint) and starts the next; applies retention. */
   rotate(reason: 'size' | 'age' | 'manual' = 'manual'): void {
-    if (this.closed || this.closing) return;
+    if (this.closed || this.closing || this.failure) return;
     const from = this.segment;
     const lastSeq = this.seq;
     const lastMac = this.head;
@@ -297,6 +607,8 @@ export class AuditLog implements AuditSink {
 
   private tick(): void {
     if (this.closed || this.closing || this.failure) return;
+    if (this.outage) return; // the retry timer writes; rotation and checkpoints wait for the disk
+    if (this.gap && this.pendingEvents < this.opts.maxBufferedRecords) this.appendGap();
     const now = Date.now();
     if (this.opts.maxSegmentAgeMs > 0 && now - this.segmentOpenedAt >= this.opts.maxSegmentAgeMs && this.seq > 0) this.rotate('age');
     if (this.seq > this.lastCheckpointSeq && now - this.lastCheckpointAt >= this.opts.checkpointIntervalMs) this.addCheckpoint('interval');
@@ -305,84 +617,351 @@ export class AuditLog implements AuditSink {
 
   // ---- writing ------------------------------------------------------------------------
 
-  /** Writes everything recorded before this call (and fsyncs per policy). Rejects once a write has failed. */
+  /**
+   * Writes everything recorded before this call (and fsyncs per policy). Rejects with
+   * AuditUnavailableError (E_AUDIT_UNAVAILABLE) during an outage, including when this flush's
+   * own write fails (the log then retries by itself), and with E_AUDIT_WRITE once the log has
+   * stopped for good.
+   */
   flush(): Promise<void> {
-    const p = this.flushChain.then(() => this.writeOut());
+    return this.chained(async () => {
+      if (this.failure) throw this.failure;
+      if (this.outage) throw this.unavailableError();
+      await this.attempt();
+    });
+  }
+
+  /** Runs fn after every write before it: one write at a time, in order. */
+  private chained(fn: () => Promise<void>): Promise<void> {
+    const p = this.flushChain.then(fn);
     this.flushChain = p.catch(() => {});
     return p;
   }
 
-  private async writeOut(): Promise<void> {
+  /**
+   * One attempt at writing the queue. After an outage, a successful write is followed by the
+   * `audit_resumed` record (and a checkpoint anchoring it); the outage ends once that is on disk.
+   */
+  private async attempt(): Promise<void> {
     if (this.failure) throw this.failure;
-    if (this.queue.length === 0) return;
-    const groups = this.queue;
-    this.queue = [];
     try {
-      for (const g of groups) {
-        const fh = await this.handleFor(g.segment, g.create);
-        const { views, chunks } = g.out.take();
-        for (const buf of views) {
-          await writeAll(fh, buf);
-          this.bytesWritten += buf.length;
-        }
-        this.pool.release(chunks);
-        if (this.opts.fsync === 'flush') await fh.datasync();
-        if (g.checkpoints.length > 0) await this.appendCheckpoints(g.checkpoints);
-        for (const name of g.deletes) {
-          await unlink(join(this.dir, name)).catch((err: NodeJS.ErrnoException) => {
-            if (err.code !== 'ENOENT') throw err;
-          });
-        }
-        this.eventsFlushed += g.events;
-        this.pendingEvents -= g.events;
+      await this.writeQueued();
+      const o = this.outage;
+      if (!o) return;
+      if (!o.report) {
+        if (this.gap) this.appendGap();
+        o.report = {
+          since: o.since,
+          downMs: Math.round(performance.now() - o.sinceMs),
+          failedWrites: o.failedWrites,
+          firstError: o.firstError,
+          lastError: o.lastError,
+          bufferedRecords: o.buffered,
+          peakBufferDepth: o.peak,
+          droppedRecords: o.dropped,
+        };
+        this.append({ type: 'audit_resumed', details: { ...o.report } });
+        this.addCheckpoint('resume');
       }
-      this.lastFlushAt = new Date().toISOString();
+      await this.writeQueued();
+      this.resumed(o.report);
     } catch (err) {
-      const e = new AuditError('E_AUDIT_WRITE', `audit log write failed in ${this.dir}: ${(err as Error).message}`, { dir: this.dir }, { cause: err });
-      this.failure = e;
-      oplog.error({ err: (err as Error).message, dir: this.dir }, 'audit log write failed; audit log stopped');
-      this.onError?.(e);
-      throw e;
+      throw this.writeFailed(err as Error);
     }
   }
 
-  private async handleFor(segment: number, create: boolean): Promise<FileHandle> {
-    if (this.fh && this.fhSegment === segment) return this.fh;
-    if (this.fh) {
-      if (this.opts.fsync !== 'never') await this.fh.sync();
-      await this.fh.close();
-      this.fh = undefined;
+  private resumed(report: AuditOutageReport): void {
+    this.outage = null;
+    this.unavailableSince = null;
+    this.outages++;
+    this.clearRetry();
+    this.retryDelay = this.opts.retryInitialMs;
+    oplog.warn({ dir: this.dir, ...report }, 'audit log writes again; outage recorded in audit_resumed');
+    this.notify('available', report);
+  }
+
+  /** A write failed: an outage begins (or goes on), or, for a failure no retry can cure, the log stops. Returns the error to reject with. */
+  private writeFailed(err: Error): AuditError {
+    if (err instanceof AuditError && (err === this.failure || err.code === 'E_AUDIT_UNAVAILABLE')) return err;
+    this.failedWrites++;
+    this.lastError = err.message;
+    const code = (err as NodeJS.ErrnoException).code;
+    const wasAvailable = this.outage === null;
+    if (err instanceof PermanentWriteError || (code !== undefined && PERMANENT_WRITE_ERRORS.has(code))) {
+      const e = new AuditError('E_AUDIT_WRITE', `audit log write failed in ${this.dir}: ${err.message}`, { dir: this.dir }, { cause: err });
+      this.failure = e;
+      this.unavailableSince ??= new Date().toISOString();
+      this.clearRetry();
+      oplog.error({ err: err.message, dir: this.dir, buffered: this.pendingEvents }, 'audit log write failed; audit log stopped');
+      this.callOnError(e);
+      if (wasAvailable) this.notify('unavailable', this.unavailableError(err));
+      return e;
     }
-    const path = join(this.dir, segmentFileName(segment));
-    this.fh = await openFile(path, create ? 'wx' : 'a', 0o600);
-    this.fhSegment = segment;
+    if (wasAvailable) {
+      const since = new Date().toISOString();
+      this.unavailableSince = since;
+      this.outage = { sinceMs: performance.now(), since, failedWrites: 1, firstError: err.message, lastError: err.message, buffered: 0, peak: this.pendingEvents, dropped: 0, report: null };
+      // Not writable now; written with the rest of the buffer when the disk takes writes again,
+      // at the place in the chain where the outage began.
+      this.append({ type: 'audit_unavailable', details: { error: err.message, ...(code ? { code } : {}), since, bufferedRecords: this.pendingEvents } });
+      // A failure of close()'s final write: audit_closed must stay the last record, so close()
+      // records it again after the outage (audit_closed, audit_unavailable, audit_resumed, audit_closed).
+      this.closeRecorded = false;
+    } else {
+      const o = this.outage!;
+      o.failedWrites++;
+      o.lastError = err.message;
+    }
+    const e = this.unavailableError(err);
+    if (wasAvailable) {
+      oplog.error({ err: err.message, dir: this.dir, buffered: this.pendingEvents }, 'audit log unavailable: write failed; buffering and retrying');
+      this.callOnError(e);
+      this.notify('unavailable', e);
+    }
+    this.scheduleRetry();
+    return e;
+  }
+
+  private callOnError(e: Error): void {
+    try {
+      this.onError?.(e);
+    } catch (err) {
+      oplog.error({ err: (err as Error)?.message }, 'audit log: onError threw');
+    }
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer || this.closing || this.closed || this.failure) return;
+    const delay = this.retryDelay;
+    this.retryDelay = Math.min(this.retryDelay * 2, this.opts.retryMaxMs);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (this.closing || this.closed || this.failure || !this.outage) return;
+      this.chained(() => this.attempt()).catch(() => {});
+    }, delay);
+    this.retryTimer.unref();
+  }
+
+  private clearRetry(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+  }
+
+  /** Writes the queued groups in order; on failure the unwritten ones go back to the front of the queue, bytes kept. */
+  private async writeQueued(): Promise<void> {
+    if (this.queue.length === 0) return;
+    const groups = this.queue;
+    this.queue = [];
+    let i = 0;
+    try {
+      for (; i < groups.length; i++) await this.writeGroup(groups[i]!);
+    } catch (err) {
+      const back = groups.slice(i);
+      for (const g of back) this.compact(g);
+      this.queue = back.concat(this.queue);
+      throw err;
+    }
+    this.lastFlushAt = new Date().toISOString();
+  }
+
+  /**
+   * A group's segment bytes are written whole or not at all: before writing, the segment is cut
+   * back to the last offset known to be durable if an earlier attempt may have left part of a
+   * batch there (a short write on a full disk, or a failed fsync whose pages may be gone), and a
+   * failed attempt cuts it back at once. The chain on disk therefore only ever ends with complete lines.
+   */
+  private async writeGroup(g: Group): Promise<void> {
+    if (!g.segmentDone) {
+      const file = segmentFileName(g.segment);
+      let fh: FileHandle | undefined;
+      try {
+        fh = await this.handleFor(g);
+        const { views, chunks } = g.out.take();
+        for (const v of views) g.pending.push(v);
+        for (const c of chunks) g.chunks.push(c);
+        let bytes = 0;
+        this.dirtySegment = g.segment;
+        for (const buf of g.pending) {
+          // At an explicit offset: a segment this writer created is not O_APPEND, so after a cut-back
+          // the file position would still point past the end and leave a hole.
+          await this.writeAll(fh, buf, file, this.diskOffset + bytes);
+          bytes += buf.length;
+        }
+        if (this.opts.fsync === 'flush') {
+          this.hook('sync', file);
+          await fh.datasync();
+        }
+        this.dirtySegment = 0;
+        this.diskOffset += bytes;
+        this.bytesWritten += bytes;
+        this.pool.release(g.chunks);
+        g.pending = [];
+        g.chunks = [];
+        g.owned = 0;
+        g.segmentDone = true;
+      } catch (err) {
+        if (fh && this.dirtySegment === g.segment) {
+          try {
+            this.hook('truncate', file);
+            await fh.truncate(this.diskOffset);
+            this.dirtySegment = 0;
+          } catch {
+            /* cut back before the next write instead */
+          }
+        }
+        throw err;
+      }
+    }
+    if (!g.checkpointsDone) {
+      if (g.checkpoints.length > 0) await this.appendCheckpoints(g.checkpoints);
+      g.checkpointsDone = true;
+    }
+    for (const name of g.deletes) {
+      await unlink(join(this.dir, name)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+    }
+    this.eventsFlushed += g.events;
+    this.pendingEvents -= g.events;
+  }
+
+  private async handleFor(g: Group): Promise<FileHandle> {
+    const segment = g.segment;
+    const file = segmentFileName(segment);
+    if (!this.fh || this.fhSegment !== segment) {
+      if (this.fh) {
+        if (this.opts.fsync !== 'never') {
+          this.hook('sync', segmentFileName(this.fhSegment));
+          await this.fh.sync();
+        }
+        const old = this.fh;
+        this.fh = undefined;
+        await old.close();
+      }
+      this.hook('open', file);
+      this.fh = await openFile(join(this.dir, file), g.create ? 'wx' : 'a', 0o600);
+      this.fhSegment = segment;
+      if (g.create) {
+        g.create = false; // ours now: a retry appends to it
+        this.diskSegment = segment;
+        this.diskOffset = 0;
+      } else if (this.diskSegment !== segment) {
+        this.diskSegment = segment;
+        this.diskOffset = (await this.fh.stat()).size;
+      }
+    }
+    if (this.dirtySegment === segment) {
+      // An earlier attempt may have left part of a batch: back to the last durable offset.
+      const size = (await this.fh.stat()).size;
+      if (size < this.diskOffset) {
+        throw new PermanentWriteError(`${file} shrank under the writer (${size} bytes, ${this.diskOffset} written)`);
+      }
+      if (size > this.diskOffset) {
+        this.hook('truncate', file);
+        await this.fh.truncate(this.diskOffset);
+      }
+      this.dirtySegment = 0;
+    }
     return this.fh;
   }
 
   private async appendCheckpoints(lines: string[]): Promise<void> {
+    this.hook('open', CHECKPOINT_FILE);
     const fh = await openFile(join(this.dir, CHECKPOINT_FILE), 'a', 0o644);
     try {
-      await writeAll(fh, Buffer.from(lines.join('')));
-      if (this.opts.fsync === 'flush') await fh.datasync();
+      let size = (await fh.stat()).size;
+      if (this.cpTruncateTo !== undefined) {
+        if (size > this.cpTruncateTo) {
+          this.hook('truncate', CHECKPOINT_FILE);
+          await fh.truncate(this.cpTruncateTo);
+          size = this.cpTruncateTo;
+        }
+        this.cpTruncateTo = undefined;
+      }
+      try {
+        await this.writeAll(fh, Buffer.from(lines.join('')), CHECKPOINT_FILE, null);
+        if (this.opts.fsync === 'flush') {
+          this.hook('sync', CHECKPOINT_FILE);
+          await fh.datasync();
+        }
+      } catch (err) {
+        // Whole lines or nothing here too: a torn checkpoint line would read as a forged one.
+        this.cpTruncateTo = size;
+        try {
+          this.hook('truncate', CHECKPOINT_FILE);
+          await fh.truncate(size);
+          this.cpTruncateTo = undefined;
+        } catch {
+          /* cut back before the next append */
+        }
+        throw err;
+      }
     } finally {
-      await fh.close();
+      await fh.close().catch(() => {});
     }
   }
 
-  /** Records `audit_closed`, writes a final checkpoint, flushes and closes. Idempotent. */
+  private hook(op: AuditIoOp['op'], file: string): void {
+    this.ioHook?.({ op, file });
+  }
+
+  /** Writes all of buf at `position` (null: at the end of an O_APPEND file). */
+  private async writeAll(fh: FileHandle, buf: Buffer, file: string, position: number | null): Promise<void> {
+    let off = 0;
+    const at = () => (position === null ? null : position + off);
+    while (off < buf.length) {
+      const len = buf.length - off;
+      const allow = this.ioHook?.({ op: 'write', file, bytes: len });
+      if (typeof allow === 'number' && allow < len) {
+        // Injected short write: what a full disk does (part of the buffer lands, then ENOSPC).
+        const stop = off + Math.max(0, allow);
+        while (off < stop) {
+          const { bytesWritten } = await fh.write(buf, off, stop - off, at());
+          off += bytesWritten;
+        }
+        throw Object.assign(new Error(`ENOSPC: no space left on device, write (injected after ${allow} bytes)`), { code: 'ENOSPC', errno: -28, syscall: 'write' });
+      }
+      const { bytesWritten } = await fh.write(buf, off, len, at());
+      off += bytesWritten;
+    }
+  }
+
+  /**
+   * Records `audit_closed`, writes a final checkpoint, flushes and closes. Idempotent. During an
+   * outage it tries once more to write the buffer (and, if that works, the `audit_resumed` and
+   * `audit_closed` records); if the disk still refuses, it closes anyway and rejects with
+   * AuditUnavailableError saying how many records were never written (details.lostRecords,
+   * details.droppedRecords). Rejects with E_AUDIT_WRITE after a permanent failure.
+   */
   close(): Promise<void> {
     if (this.closing) return this.closing;
     if (this.timer) clearInterval(this.timer);
-    if (!this.failure) {
-      this.append({ type: 'audit_closed', details: { seq: this.seq + 1, eventsLogged: this.eventsLogged + 1, droppedAfterClose: this.droppedAfterClose } });
-      this.addCheckpoint('close');
-    }
+    this.clearRetry();
+    const startedInOutage = this.outage !== null;
+    if (!this.failure && !this.outage) this.queueClosed();
     this.closing = (async () => {
       try {
-        await this.flush();
+        await this.flushChain; // a write in flight (a retry, a flush) ends first
+        // During an outage: one more try. Available: the final write, and one more try if it fails.
+        const maxFailures = startedInOutage ? 1 : 2;
+        let failures = 0;
+        for (;;) {
+          if (this.failure) throw this.failure;
+          if (!this.outage && !this.closeRecorded) this.queueClosed();
+          let ok = true;
+          await this.chained(() => this.attempt()).catch(() => {
+            ok = false;
+          });
+          if (this.failure) throw this.failure;
+          if (ok && !this.outage && this.closeRecorded) break; // everything, audit_closed last, is on disk
+          if (ok) continue; // the outage just ended: audit_closed comes after audit_resumed
+          if (++failures >= maxFailures) throw this.lostOnClose();
+          await new Promise((r) => setTimeout(r, this.opts.retryInitialMs));
+        }
       } finally {
+        this.clearRetry();
         if (this.fh) {
-          if (this.opts.fsync !== 'never' && !this.failure) await this.fh.sync().catch(() => {});
+          if (this.opts.fsync !== 'never' && !this.failure && !this.outage) await this.fh.sync().catch(() => {});
           await this.fh.close().catch(() => {});
           this.fh = undefined;
         }
@@ -391,6 +970,29 @@ export class AuditLog implements AuditSink {
       }
     })();
     return this.closing;
+  }
+
+  /** `audit_closed` and the final checkpoint (after any pending gap record). */
+  private queueClosed(): void {
+    if (this.gap) this.appendGap();
+    this.append({ type: 'audit_closed', details: { seq: this.seq + 1, eventsLogged: this.eventsLogged + 1, droppedAfterClose: this.droppedAfterClose, droppedRecords: this.droppedRecords } });
+    this.addCheckpoint('close');
+    this.closeRecorded = true;
+  }
+
+  private lostOnClose(): AuditUnavailableError {
+    const lost = this.pendingEvents;
+    const dropped = this.outage?.dropped ?? 0;
+    const last = this.lastError ?? 'unknown error';
+    oplog.error({ dir: this.dir, lostRecords: lost, droppedRecords: dropped, err: last }, 'audit log closed while unavailable: buffered records lost');
+    return new AuditUnavailableError(
+      this.dir,
+      last,
+      { since: this.unavailableSince, bufferedRecords: lost, droppedRecords: dropped, failedWrites: this.outage?.failedWrites ?? 0, lostRecords: lost },
+      {
+        message: `audit log ${this.dir} closed while unavailable (since ${this.unavailableSince}; last error: ${last}): ${lost} buffered record(s) were never written and ${dropped} were dropped`,
+      },
+    );
   }
 
   stats(): AuditLogStats {
@@ -408,6 +1010,12 @@ export class AuditLog implements AuditSink {
       droppedAfterFailure: this.droppedAfterFailure,
       failed: this.failure ? this.failure.message : null,
       uptimeMs: Math.round(performance.now() - this.openedAtMs),
+      available: this.available,
+      unavailableSince: this.unavailableSince,
+      droppedRecords: this.droppedRecords,
+      failedWrites: this.failedWrites,
+      lastError: this.lastError,
+      outages: this.outages,
     };
   }
 
@@ -447,6 +1055,8 @@ export class AuditLog implements AuditSink {
     this.head = tail.head;
     this.segment = tail.segment;
     this.segmentBytes = tail.segmentBytes;
+    this.diskSegment = tail.segment;
+    this.diskOffset = tail.segmentBytes;
     this.segmentOpenedAt = tail.segmentOpenedAt;
     this.lastCheckpointSeq = tail.lastCheckpointSeq;
     this.sinceCheckpoint = tail.seq - tail.lastCheckpointSeq;
@@ -684,10 +1294,6 @@ function readFully(fd: number, buf: Buffer, position: number): void {
   }
 }
 
-async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
-  let off = 0;
-  while (off < buf.length) {
-    const { bytesWritten } = await fh.write(buf, off, buf.length - off);
-    off += bytesWritten;
-  }
+function newGroup(segment: number, create: boolean, pool: ChunkPool): Group {
+  return { segment, create, out: new LineBuffer(pool), pending: [], chunks: [], owned: 0, events: 0, checkpoints: [], deletes: [], segmentDone: false, checkpointsDone: false };
 }

@@ -18,6 +18,12 @@ export const AUDIT_EVENT_TYPES = [
   'audit_rotated',
   'audit_opened',
   'audit_closed',
+  // The log's own availability (see AuditLog): the moment writes started failing (written once
+  // the disk takes writes again, at its place in the chain), records the log had to drop because
+  // its bounded buffer was full (the count, never the records), and the recovery.
+  'audit_unavailable',
+  'audit_gap',
+  'audit_resumed',
 ] as const;
 
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
@@ -44,6 +50,11 @@ export interface AuditEvent {
  */
 export interface AuditSink {
   record(event: AuditEvent): void;
+  /**
+   * False while the sink cannot write what it is given (the file log after a write failure,
+   * until a retry succeeds). Sinks without the notion leave it undefined: always available.
+   */
+  readonly available?: boolean;
   /** Counters of a sink that keeps them (the file log does); `kernel.stats()` includes them as `audit`. */
   stats?(): AuditStats;
 }
@@ -60,6 +71,16 @@ export interface AuditStats {
   bufferDepth: number;
   /** Milliseconds since the sink was opened, for sinks that know. */
   uptimeMs?: number;
+  /** The sink writes what it is given (false while a write failure is being retried, or for good). */
+  available?: boolean;
+  /** ISO time the current outage began, or null while available. */
+  unavailableSince?: string | null;
+  /** Records never written because the buffer was full (each count is also in an `audit_gap` record). */
+  droppedRecords?: number;
+  /** Write attempts that failed since the sink was opened. */
+  failedWrites?: number;
+  /** Message of the last write failure, or null. */
+  lastError?: string | null;
 }
 
 export const nullAuditSink: AuditSink = { record() {} };
