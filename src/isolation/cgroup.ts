@@ -7,11 +7,17 @@
 // systemd-run lives in systemd-run.ts. Every cgroup captrap creates is named
 // <base>/<ownerPid>.<ownerStartTime>.<seq> in each hierarchy, so a later captrap can tell its
 // own stale cgroups (owner no longer alive) from live ones and from anything else on the host.
-import { mkdirSync, readFileSync, readdirSync, rmdirSync, watch, writeFileSync, existsSync } from 'node:fs';
+import { readdirSync, rmdirSync, existsSync } from 'node:fs';
+import {
+  ensureDir, freezerKill, killIfMember, killSubtreeMembers, mkdirOwned, pollUntil, readKeyed, readNumber, readPids, readText,
+  rmdirTrees, subtreeDeepestFirst, subtreePids, unifiedFreezeKill, waitUnifiedEmpty, write,
+} from './cgroupfs.js';
 import { CgroupError, LimitUnenforceableError } from './errors.js';
 import type { HostInfo, V1Controller } from './host.js';
 import type { BackendName, Limits } from './limits.js';
-import { cgroupsOf, isSameProcess, listPids, processRef, readStat } from './proc.js';
+import { isSameProcess, listPids, processRef, readStat } from './proc.js';
+
+export { readKeyed, waitUnifiedEmpty } from './cgroupfs.js';
 
 export interface Degradation {
   /** What is not enforced: 'memory', 'swap', 'pids', 'cpu', 'tree-kill'. */
@@ -23,6 +29,12 @@ export interface Degradation {
 export interface Counters {
   oomKills: number;
   pidsMax: number;
+  /**
+   * cgroup v2 in a group only: `max` of the outermost group's pids.events. v2 counts a refused
+   * fork in the cgroup whose limit was hit (and its ancestors), not in the forking leaf, so a
+   * fork refused by a group's limit never shows in the leaf's own counter (see sandbox.ts).
+   */
+  groupPidsMax?: number;
 }
 
 export interface CgroupUsage {
@@ -54,160 +66,114 @@ export interface SandboxCgroup {
   remove(): void;
 }
 
+/** Where a cgroup is created when it is not directly under `<base>`: inside a group. */
+export interface CgroupParent {
+  /** The group's path below every hierarchy root: `<base>/<group>[/<group>...]`. */
+  readonly rel: string;
+  /** The hierarchies the group exists in (v1 controller names, '' for the cgroup2 tree); a child joins exactly these. */
+  readonly keys: readonly string[];
+  /** The tightest cpu limit from the group up: v1 refuses (EINVAL) a child quota above an ancestor's. */
+  readonly cpuCeiling?: number;
+}
+
+/** A group's cgroup(s): limits for everything below it, never a process of its own. */
+export interface GroupCgroup extends Omit<SandboxCgroup, 'joinFiles' | 'counters'> {
+  /** What a sandbox or group created inside this one is placed under. */
+  readonly placement: CgroupParent;
+  /** Pids anywhere below the group. */
+  pids(): number[];
+  /** SIGKILL every process below the group, at any depth. */
+  killAll(): void;
+  /** rmdir the group and any empty cgroups left below it, deepest first; CgroupError if busy. */
+  remove(): void;
+}
+
 export interface CgroupBackend {
   readonly name: BackendName;
   /** The limits this backend cannot enforce here (empty: all of them hold). Creates nothing. */
   check(limits: Limits): Degradation[];
-  create(base: string, name: string, limits: Limits, leaderPgid?: () => number | undefined): SandboxCgroup;
+  create(base: string, name: string, limits: Limits, leaderPgid?: () => number | undefined, parent?: CgroupParent): SandboxCgroup;
+  createGroup(base: string, name: string, limits: Limits, parent?: CgroupParent): GroupCgroup;
 }
 
-// ---------------------------------------------------------------- small file helpers
+const minCpu = (a: number | undefined, b: number | undefined) => (a === undefined ? b : b === undefined ? a : Math.min(a, b));
 
-function readText(path: string): string | undefined {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
-
-function readNumber(path: string): number | undefined {
-  const t = readText(path);
-  if (t === undefined) return undefined;
-  const n = Number(t.trim());
-  return Number.isFinite(n) ? n : undefined;
-}
-
-/** Value of `key` in a flat-keyed file such as memory.events or cpu.stat. */
-export function readKeyed(path: string, key: string): number | undefined {
-  const t = readText(path);
-  if (t === undefined) return undefined;
-  for (const line of t.split('\n')) {
-    const [k, v] = line.split(/\s+/);
-    if (k === key) return Number(v);
-  }
-  return undefined;
-}
-
-function write(path: string, value: string): void {
-  try {
-    writeFileSync(path, value);
-  } catch (err) {
-    throw new CgroupError(`cannot write '${value}' to ${path}: ${(err as Error).message}`, { path, value }, err);
-  }
-}
-
-function readPids(dir: string): number[] {
-  const t = readText(`${dir}/cgroup.procs`);
-  if (t === undefined) return [];
-  return t.split('\n').filter(Boolean).map(Number);
-}
-
-function mkdirOwned(dir: string): void {
-  try {
-    mkdirSync(dir);
-  } catch (err) {
-    throw new CgroupError(`cannot create cgroup ${dir}: ${(err as Error).message}`, { dir }, err);
-  }
-}
-
-function ensureDir(dir: string): void {
-  try {
-    mkdirSync(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new CgroupError(`cannot create cgroup base ${dir}: ${(err as Error).message}`, { dir }, err);
-  }
-}
-
-function rmdirAll(dirs: readonly string[]): void {
-  const busy: string[] = [];
-  for (const d of [...dirs].reverse()) {
-    try {
-      rmdirSync(d);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT') busy.push(`${d} (${code})`);
-    }
-  }
-  if (busy.length > 0) throw new CgroupError(`cannot remove cgroup(s): ${busy.join(', ')}`, { dirs: busy });
-}
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Waits for `populated 0` in a cgroup2 cgroup.events, watched with inotify, with a slow poll as a safety net. */
-export function waitUnifiedEmpty(dir: string, timeoutMs: number): Promise<boolean> {
-  const events = `${dir}/cgroup.events`;
-  const isEmpty = () => readKeyed(events, 'populated') !== 1;
-  if (isEmpty()) return Promise.resolve(true);
-  return new Promise<boolean>((resolve) => {
-    let done = false;
-    let watcher: ReturnType<typeof watch> | undefined;
-    const finish = (v: boolean) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      clearInterval(poll);
-      watcher?.close();
-      resolve(v);
-    };
-    const check = () => {
-      if (isEmpty()) finish(true);
-    };
-    try {
-      watcher = watch(events, check);
-      watcher.on('error', () => undefined);
-    } catch {
-      watcher = undefined;
-    }
-    // Only called after a kill, so the wait is short: a 5 ms poll backs up inotify, which a
-    // busy 2-core host was seen to deliver late.
-    const poll = setInterval(check, watcher ? 5 : 2);
-    const timer = setTimeout(() => finish(isEmpty()), timeoutMs);
-    check();
-  });
-}
-
-async function pollUntil(cond: () => boolean, timeoutMs: number, everyMs = 2): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() >= deadline) return cond();
-    await sleep(everyMs);
-  }
-  return true;
-}
-
-/** SIGKILL a pid only if it is still the process we read and still in `dir` (never a recycled PID). */
-function killIfMember(pid: number, dir: string, hierarchyKey: string, hierarchyRoot: string): void {
-  const ref = processRef(pid);
-  if (!ref) return;
-  const cg = cgroupsOf(pid)?.get(hierarchyKey);
-  if (cg === undefined || `${hierarchyRoot}${cg}` !== dir) return;
-  if (!isSameProcess(ref)) return;
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
-  }
-}
-
-/** Freeze, SIGKILL every member, thaw, until the cgroup is empty (v1 hosts without cgroup.kill). */
-async function freezerKill(freezerDir: string, freezerRoot: string, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (readPids(freezerDir).length > 0 && Date.now() < deadline) {
-    write(`${freezerDir}/freezer.state`, 'FROZEN');
-    // A frozen task cannot fork or exit, so the list read now is exact and no PID in it can be recycled.
-    await pollUntil(() => readText(`${freezerDir}/freezer.state`)?.trim() === 'FROZEN', 200, 1);
-    for (const pid of readPids(freezerDir)) killIfMember(pid, freezerDir, 'freezer', freezerRoot);
-    write(`${freezerDir}/freezer.state`, 'THAWED');
-    await pollUntil(() => readPids(freezerDir).length === 0, 50, 1);
-  }
-}
+/** cgroup2 CPU time of a cgroup and everything below it (rstat: present even without the cpu controller). */
+const unifiedCpuUs = (dir: string) => readKeyed(`${dir}/cpu.stat`, 'usage_usec');
 
 // ---------------------------------------------------------------- cgroup v2
 
 export function cgroupV2Backend(host: HostInfo, root = host.unifiedRoot): CgroupBackend {
   const controllers = new Set(root === host.unifiedRoot ? host.unifiedControllers : readText(`${root}/cgroup.controllers`)?.trim().split(/\s+/) ?? []);
   const fix = `use a host with cgroup v2 controllers delegated to captrap (e.g. echo '+memory +pids +cpu' > ${root ?? '/sys/fs/cgroup'}/cgroup.subtree_control), or run as root`;
+  const wanted = ['memory', 'pids', 'cpu'].filter((c) => controllers.has(c));
+  const killMechanism = host.cgroupKill ? 'cgroup.kill (cgroup v2)' : 'freezer loop (cgroup v2 cgroup.freeze)';
+
+  /** The directory a new cgroup goes in: a group's, or <root>/<base> with the controllers delegated to it. */
+  const parentDir = (base: string, parent: CgroupParent | undefined): string => {
+    if (!root) throw new CgroupError('no cgroup2 tree is mounted');
+    // Inside a group nothing is created on the way: a removed group must fail the mkdir below,
+    // never be silently re-created without its limits.
+    if (parent) return `${root}/${parent.rel}`;
+    const baseDir = `${root}/${base}`;
+    ensureDir(baseDir);
+    if (wanted.length > 0) {
+      // A controller reaches <base> only if the root enables it for its children.
+      const atBase = new Set(readText(`${baseDir}/cgroup.controllers`)?.trim().split(/\s+/) ?? []);
+      const notDelegated = wanted.filter((c) => !atBase.has(c));
+      if (notDelegated.length > 0) write(`${root}/cgroup.subtree_control`, notDelegated.map((c) => `+${c}`).join(' '));
+      const enabled = new Set(readText(`${baseDir}/cgroup.subtree_control`)?.trim().split(/\s+/) ?? []);
+      const missing = wanted.filter((c) => !enabled.has(c));
+      if (missing.length > 0) write(`${baseDir}/cgroup.subtree_control`, missing.map((c) => `+${c}`).join(' '));
+    }
+    return baseDir;
+  };
+
+  const makeDir = (dir: string, limits: Limits, kind: 'sandbox' | 'group'): void => {
+    mkdirOwned(dir);
+    try {
+      if (limits.memoryBytes !== undefined && controllers.has('memory')) {
+        write(`${dir}/memory.max`, String(limits.memoryBytes));
+        if (existsSync(`${dir}/memory.swap.max`)) write(`${dir}/memory.swap.max`, String(limits.swapBytes));
+        // An OOM kill takes the whole sandbox, not one arbitrary member of it. Not on a group:
+        // there the kernel picks the highest oom.group cgroup up to the one over its limit, so a
+        // group's OOM takes one whole sandbox, not every sandbox of the agent.
+        if (kind === 'sandbox') write(`${dir}/memory.oom.group`, '1');
+      }
+      if (limits.pids !== undefined && controllers.has('pids')) write(`${dir}/pids.max`, String(limits.pids));
+      if (limits.cpu !== undefined && controllers.has('cpu')) write(`${dir}/cpu.max`, `${Math.round(limits.cpu * 100_000)} 100000`);
+      // "No internal processes": a cgroup with controllers enabled for its children may hold no
+      // process. A group never does (its agent runs in a sandbox inside it), so this is allowed,
+      // and it must happen before the first sandbox is created below it.
+      if (kind === 'group' && wanted.length > 0) write(`${dir}/cgroup.subtree_control`, wanted.map((c) => `+${c}`).join(' '));
+    } catch (err) {
+      rmdirTrees([dir]);
+      throw err;
+    }
+  };
+
+  // Membership, populated, cgroup.kill, cgroup.freeze, memory and cpu.stat are all hierarchical
+  // in cgroup2: the same code serves a sandbox and a whole group.
+  const handle = (dir: string) => ({
+    usage: () => {
+      const u: CgroupUsage = {};
+      const cur = readNumber(`${dir}/memory.current`);
+      const peak = readNumber(`${dir}/memory.peak`);
+      const cpu = unifiedCpuUs(dir);
+      if (cur !== undefined) u.memoryCurrentBytes = cur;
+      if (peak !== undefined) u.memoryPeakBytes = peak;
+      if (cpu !== undefined) u.cpuUsageUs = cpu;
+      return u;
+    },
+    populated: () => readKeyed(`${dir}/cgroup.events`, 'populated') === 1,
+    killAll: () => {
+      if (host.cgroupKill) write(`${dir}/cgroup.kill`, '1');
+      else unifiedFreezeKill(dir, root!);
+    },
+    waitEmpty: (ms: number) => waitUnifiedEmpty(dir, ms),
+    remove: () => rmdirTrees([dir]),
+  });
+
   return {
     name: 'cgroup-v2',
     check(limits) {
@@ -225,81 +191,124 @@ export function cgroupV2Backend(host: HostInfo, root = host.unifiedRoot): Cgroup
       }
       return out;
     },
-    create(base, name, limits) {
-      if (!root) throw new CgroupError('no cgroup2 tree is mounted');
-      const baseDir = `${root}/${base}`;
-      ensureDir(baseDir);
-      const wanted = ['memory', 'pids', 'cpu'].filter((c) => controllers.has(c));
-      if (wanted.length > 0) {
-        // A controller reaches <base> only if the root enables it for its children.
-        const atBase = new Set(readText(`${baseDir}/cgroup.controllers`)?.trim().split(/\s+/) ?? []);
-        const notDelegated = wanted.filter((c) => !atBase.has(c));
-        if (notDelegated.length > 0) write(`${root}/cgroup.subtree_control`, notDelegated.map((c) => `+${c}`).join(' '));
-        const enabled = new Set(readText(`${baseDir}/cgroup.subtree_control`)?.trim().split(/\s+/) ?? []);
-        const missing = wanted.filter((c) => !enabled.has(c));
-        if (missing.length > 0) write(`${baseDir}/cgroup.subtree_control`, missing.map((c) => `+${c}`).join(' '));
-      }
-      const dir = `${baseDir}/${name}`;
-      mkdirOwned(dir);
-      try {
-        if (limits.memoryBytes !== undefined && controllers.has('memory')) {
-          write(`${dir}/memory.max`, String(limits.memoryBytes));
-          if (existsSync(`${dir}/memory.swap.max`)) write(`${dir}/memory.swap.max`, String(limits.swapBytes));
-          // An OOM kill takes the whole sandbox, not one arbitrary member of it.
-          write(`${dir}/memory.oom.group`, '1');
-        }
-        if (limits.pids !== undefined && controllers.has('pids')) write(`${dir}/pids.max`, String(limits.pids));
-        if (limits.cpu !== undefined && controllers.has('cpu')) write(`${dir}/cpu.max`, `${Math.round(limits.cpu * 100_000)} 100000`);
-      } catch (err) {
-        rmdirAll([dir]);
-        throw err;
-      }
+    create(base, name, limits, _leaderPgid, parent) {
+      const dir = `${parentDir(base, parent)}/${name}`;
+      makeDir(dir, limits, 'sandbox');
+      // The outermost group counts every fork refused anywhere inside it (see Counters).
+      const topGroup = parent ? `${root}/${parent.rel.split('/').slice(0, 2).join('/')}` : undefined;
       return {
         backend: 'cgroup-v2',
         name,
         dirs: [dir],
         joinFiles: [`${dir}/cgroup.procs`],
-        killMechanism: host.cgroupKill ? 'cgroup.kill (cgroup v2)' : 'freezer loop (cgroup v2 cgroup.freeze)',
-        counters: () => ({ oomKills: readKeyed(`${dir}/memory.events`, 'oom_kill') ?? 0, pidsMax: readKeyed(`${dir}/pids.events`, 'max') ?? 0 }),
-        usage: () => {
-          const u: CgroupUsage = {};
-          const cur = readNumber(`${dir}/memory.current`);
-          const peak = readNumber(`${dir}/memory.peak`);
-          const cpu = readKeyed(`${dir}/cpu.stat`, 'usage_usec');
-          if (cur !== undefined) u.memoryCurrentBytes = cur;
-          if (peak !== undefined) u.memoryPeakBytes = peak;
-          if (cpu !== undefined) u.cpuUsageUs = cpu;
-          return u;
-        },
+        killMechanism,
+        ...handle(dir),
+        counters: () => ({
+          // memory.events oom_kill is charged to the victim's cgroup and its ancestors, so the
+          // leaf counts its own members killed by its limit or by any group's limit.
+          oomKills: readKeyed(`${dir}/memory.events`, 'oom_kill') ?? 0,
+          pidsMax: readKeyed(`${dir}/pids.events`, 'max') ?? 0,
+          ...(topGroup ? { groupPidsMax: readKeyed(`${topGroup}/pids.events`, 'max') ?? 0 } : {}),
+        }),
         pids: () => readPids(dir),
-        populated: () => readKeyed(`${dir}/cgroup.events`, 'populated') === 1,
-        killAll: () => {
-          if (host.cgroupKill) write(`${dir}/cgroup.kill`, '1');
-          else unifiedFreezeKill(dir, root);
-        },
-        waitEmpty: (ms) => waitUnifiedEmpty(dir, ms),
-        remove: () => rmdirAll([dir]),
+      };
+    },
+    createGroup(base, name, limits, parent) {
+      const dir = `${parentDir(base, parent)}/${name}`;
+      makeDir(dir, limits, 'group');
+      const ceiling = minCpu(parent?.cpuCeiling, limits.cpu);
+      return {
+        backend: 'cgroup-v2',
+        name,
+        dirs: [dir],
+        killMechanism,
+        placement: { rel: `${parent?.rel ?? base}/${name}`, keys: [''], ...(ceiling !== undefined ? { cpuCeiling: ceiling } : {}) },
+        ...handle(dir),
+        pids: () => subtreePids(dir),
       };
     },
   };
 }
 
-/** Pre-5.14 cgroup2: freeze, SIGKILL each member, thaw (a frozen cgroup's member list is stable). */
-function unifiedFreezeKill(dir: string, root: string): void {
-  try {
-    write(`${dir}/cgroup.freeze`, '1');
-    for (const pid of readPids(dir)) killIfMember(pid, dir, '', root);
-  } finally {
-    write(`${dir}/cgroup.freeze`, '0');
-  }
-}
-
 // ---------------------------------------------------------------- cgroup v1 (+ hybrid tracking)
+
+type V1Key = V1Controller | 'unified';
 
 export function cgroupV1Backend(host: HostInfo): CgroupBackend {
   const useUnified = host.layout === 'hybrid' && host.unifiedRoot !== undefined && host.cgroupKill;
   const fixFor = (ctrl: string) =>
     `mount the v1 '${ctrl}' controller writable for captrap (mount -t cgroup -o ${ctrl} cgroup /sys/fs/cgroup/${ctrl}) or run captrap as root`;
+  const rootOf = (k: V1Key) => (k === 'unified' ? host.unifiedRoot! : host.v1[k]!);
+  const keyOf = (k: V1Key) => (k === 'unified' ? '' : k);
+  const killMechanism = useUnified ? 'cgroup.kill (hybrid: controller-less cgroup2 tree)' : 'freezer loop (cgroup v1 freezer)';
+
+  /**
+   * Which hierarchies: memory and pids always (usage, OOM and fork counters); cpu for a
+   * sandbox only for a limit, for a group always (a sandbox inside must join every hierarchy
+   * its group is in, or it would escape the group's limit there); cpuacct only when the
+   * unified tree cannot report CPU time; freezer only when cgroup.kill is unavailable. Fewer
+   * hierarchies = cheaper spawn.
+   */
+  const hierarchies = (limits: Limits, kind: 'sandbox' | 'group', parent: CgroupParent | undefined): V1Key[] => {
+    if (parent) return parent.keys.map((k) => (k === '' ? 'unified' : (k as V1Controller)));
+    const keys: V1Key[] = [];
+    if (host.v1.memory) keys.push('memory');
+    if (host.v1.pids) keys.push('pids');
+    if ((kind === 'group' || limits.cpu !== undefined) && host.v1.cpu) keys.push('cpu');
+    if (!useUnified && host.v1.cpuacct) keys.push('cpuacct');
+    if (!useUnified && host.v1.freezer) keys.push('freezer');
+    if (useUnified) keys.push('unified');
+    return keys;
+  };
+
+  const makeDirs = (base: string, name: string, limits: Limits, keys: V1Key[], parent: CgroupParent | undefined) => {
+    const dirOf: Partial<Record<V1Key, string>> = {};
+    const created: string[] = [];
+    try {
+      for (const k of keys) {
+        // Inside a group nothing is created on the way (a removed group must fail the mkdir).
+        if (!parent) ensureDir(`${rootOf(k)}/${base}`);
+        const d = `${rootOf(k)}/${parent?.rel ?? base}/${name}`;
+        mkdirOwned(d);
+        created.push(d);
+        dirOf[k] = d;
+      }
+      if (limits.memoryBytes !== undefined && dirOf.memory) {
+        write(`${dirOf.memory}/memory.limit_in_bytes`, String(limits.memoryBytes));
+        if (host.v1Memsw) write(`${dirOf.memory}/memory.memsw.limit_in_bytes`, String(limits.memoryBytes + limits.swapBytes));
+      }
+      if (limits.pids !== undefined && dirOf.pids) write(`${dirOf.pids}/pids.max`, String(limits.pids));
+      // v1 refuses a quota above an ancestor's (EINVAL) where v2 takes the smaller: clamp, the
+      // effective limit is the same.
+      const cpu = limits.cpu === undefined ? undefined : minCpu(limits.cpu, parent?.cpuCeiling);
+      if (cpu !== undefined && dirOf.cpu) {
+        write(`${dirOf.cpu}/cpu.cfs_period_us`, '100000');
+        write(`${dirOf.cpu}/cpu.cfs_quota_us`, String(Math.round(cpu * 100_000)));
+      }
+    } catch (err) {
+      rmdirTrees(created);
+      throw err;
+    }
+    // The tree is tracked where kill works: the unified cgroup, else the freezer, else memory/pids.
+    const track = dirOf.unified ?? dirOf.freezer ?? dirOf.pids ?? dirOf.memory ?? created[0]!;
+    const trackKey: V1Key = dirOf.unified ? 'unified' : dirOf.freezer ? 'freezer' : dirOf.pids ? 'pids' : 'memory';
+    const usage = (): CgroupUsage => {
+      // usage_in_bytes, max_usage_in_bytes and cpuacct.usage count the whole subtree (v1
+      // memory is always hierarchical since 5.x; cpuacct always was).
+      const u: CgroupUsage = {};
+      if (dirOf.memory) {
+        const cur = readNumber(`${dirOf.memory}/memory.usage_in_bytes`);
+        const peak = readNumber(`${dirOf.memory}/memory.max_usage_in_bytes`);
+        if (cur !== undefined) u.memoryCurrentBytes = cur;
+        if (peak !== undefined) u.memoryPeakBytes = peak;
+      }
+      const cpu = dirOf.unified ? unifiedCpuUs(dirOf.unified) : dirOf.cpuacct ? (readNumber(`${dirOf.cpuacct}/cpuacct.usage`) ?? 0) / 1000 : undefined;
+      if (cpu !== undefined) u.cpuUsageUs = cpu;
+      return u;
+    };
+    return { dirOf, created, track, trackKey, usage };
+  };
+
   return {
     name: 'cgroup-v1',
     check(limits) {
@@ -315,82 +324,30 @@ export function cgroupV1Backend(host: HostInfo): CgroupBackend {
       }
       return out;
     },
-    create(base, name, limits) {
-      // Which hierarchies: memory and pids always (usage, OOM and fork counters), cpu only for a
-      // limit, cpuacct only when the unified tree cannot report CPU time, freezer only when
-      // cgroup.kill is unavailable. Fewer hierarchies = cheaper spawn.
-      const ctrls: V1Controller[] = [];
-      if (host.v1.memory) ctrls.push('memory');
-      if (host.v1.pids) ctrls.push('pids');
-      if (limits.cpu !== undefined && host.v1.cpu) ctrls.push('cpu');
-      if (!useUnified && host.v1.cpuacct) ctrls.push('cpuacct');
-      if (!useUnified && host.v1.freezer) ctrls.push('freezer');
-      const dirOf: Partial<Record<V1Controller | 'unified', string>> = {};
-      const created: string[] = [];
-      try {
-        for (const c of ctrls) {
-          const root = host.v1[c]!;
-          ensureDir(`${root}/${base}`);
-          const d = `${root}/${base}/${name}`;
-          mkdirOwned(d);
-          created.push(d);
-          dirOf[c] = d;
-        }
-        if (useUnified) {
-          ensureDir(`${host.unifiedRoot}/${base}`);
-          const d = `${host.unifiedRoot}/${base}/${name}`;
-          mkdirOwned(d);
-          created.push(d);
-          dirOf.unified = d;
-        }
-        if (limits.memoryBytes !== undefined && dirOf.memory) {
-          write(`${dirOf.memory}/memory.limit_in_bytes`, String(limits.memoryBytes));
-          if (host.v1Memsw) write(`${dirOf.memory}/memory.memsw.limit_in_bytes`, String(limits.memoryBytes + limits.swapBytes));
-        }
-        if (limits.pids !== undefined && dirOf.pids) write(`${dirOf.pids}/pids.max`, String(limits.pids));
-        if (limits.cpu !== undefined && dirOf.cpu) {
-          write(`${dirOf.cpu}/cpu.cfs_period_us`, '100000');
-          write(`${dirOf.cpu}/cpu.cfs_quota_us`, String(Math.round(limits.cpu * 100_000)));
-        }
-      } catch (err) {
-        rmdirAll(created);
-        throw err;
-      }
-      // The tree is tracked where kill works: the unified cgroup, else the freezer, else memory/pids.
-      const track = dirOf.unified ?? dirOf.freezer ?? dirOf.pids ?? dirOf.memory ?? created[0]!;
+    create(base, name, limits, _leaderPgid, parent) {
+      const { dirOf, created, track, trackKey, usage } = makeDirs(base, name, limits, hierarchies(limits, 'sandbox', parent), parent);
       const empty = () => readPids(track).length === 0;
       return {
         backend: 'cgroup-v1',
         name,
         dirs: created,
         joinFiles: created.map((d) => `${d}/cgroup.procs`),
-        killMechanism: dirOf.unified ? 'cgroup.kill (hybrid: controller-less cgroup2 tree)' : 'freezer loop (cgroup v1 freezer)',
+        killMechanism,
+        // v1 counts both in the sandbox's own cgroup even when a group's limit was the one hit
+        // (checked on this kernel): memory.oom_control oom_kill is charged to the victim's
+        // cgroup only (v1 does not propagate memory events), and pids.events max to the cgroup
+        // that tried to fork, not the one over its limit.
         counters: () => ({
           oomKills: dirOf.memory ? (readKeyed(`${dirOf.memory}/memory.oom_control`, 'oom_kill') ?? 0) : 0,
           pidsMax: dirOf.pids ? (readKeyed(`${dirOf.pids}/pids.events`, 'max') ?? 0) : 0,
         }),
-        usage: () => {
-          const u: CgroupUsage = {};
-          if (dirOf.memory) {
-            const cur = readNumber(`${dirOf.memory}/memory.usage_in_bytes`);
-            const peak = readNumber(`${dirOf.memory}/memory.max_usage_in_bytes`);
-            if (cur !== undefined) u.memoryCurrentBytes = cur;
-            if (peak !== undefined) u.memoryPeakBytes = peak;
-          }
-          const cpu = dirOf.unified
-            ? readKeyed(`${dirOf.unified}/cpu.stat`, 'usage_usec')
-            : dirOf.cpuacct
-              ? (readNumber(`${dirOf.cpuacct}/cpuacct.usage`) ?? 0) / 1000
-              : undefined;
-          if (cpu !== undefined) u.cpuUsageUs = cpu;
-          return u;
-        },
+        usage,
         pids: () => readPids(track),
         populated: () => (dirOf.unified ? readKeyed(`${dirOf.unified}/cgroup.events`, 'populated') === 1 : !empty()),
         killAll: () => {
           if (dirOf.unified) write(`${dirOf.unified}/cgroup.kill`, '1');
           else if (dirOf.freezer) void freezerKill(dirOf.freezer, host.v1.freezer!);
-          else for (const pid of readPids(track)) killIfMember(pid, track, ctrls.includes('pids') ? 'pids' : 'memory', host.v1[ctrls.includes('pids') ? 'pids' : 'memory']!);
+          else for (const pid of readPids(track)) killIfMember(pid, track, trackKey, rootOf(trackKey));
         },
         waitEmpty: async (ms) => {
           if (dirOf.unified) return waitUnifiedEmpty(dirOf.unified, ms);
@@ -398,7 +355,35 @@ export function cgroupV1Backend(host: HostInfo): CgroupBackend {
           // Every v1 hierarchy must be empty before rmdir; they drain at the same moment in practice.
           return ok && (await pollUntil(() => created.every((d) => readPids(d).length === 0), 200));
         },
-        remove: () => rmdirAll(created),
+        remove: () => rmdirTrees(created),
+      };
+    },
+    createGroup(base, name, limits, parent) {
+      const keys = hierarchies(limits, 'group', parent);
+      const { dirOf, created, track, trackKey, usage } = makeDirs(base, name, limits, keys, parent);
+      const ceiling = minCpu(parent?.cpuCeiling, limits.cpu);
+      const subtreeEmpty = () => created.every((d) => subtreePids(d).length === 0);
+      return {
+        backend: 'cgroup-v1',
+        name,
+        dirs: created,
+        killMechanism,
+        placement: { rel: `${parent?.rel ?? base}/${name}`, keys: keys.map(keyOf), ...(ceiling !== undefined ? { cpuCeiling: ceiling } : {}) },
+        usage,
+        pids: () => subtreePids(track),
+        populated: () => (dirOf.unified ? readKeyed(`${dirOf.unified}/cgroup.events`, 'populated') === 1 : subtreePids(track).length > 0),
+        killAll: () => {
+          // cgroup.kill and the freezer both act on the whole subtree; the checked per-pid kill
+          // (no tree mechanism at all) walks it.
+          if (dirOf.unified) write(`${dirOf.unified}/cgroup.kill`, '1');
+          else if (dirOf.freezer) void freezerKill(dirOf.freezer, host.v1.freezer!);
+          else killSubtreeMembers(track, keyOf(trackKey), rootOf(trackKey));
+        },
+        waitEmpty: async (ms) => {
+          if (dirOf.unified) return (await waitUnifiedEmpty(dirOf.unified, ms)) && (await pollUntil(subtreeEmpty, 200));
+          return pollUntil(subtreeEmpty, ms);
+        },
+        remove: () => rmdirTrees(created),
       };
     },
   };
@@ -455,6 +440,23 @@ export function noCgroupBackend(host: HostInfo): CgroupBackend {
           }
         },
         waitEmpty: (ms) => pollUntil(() => members().length === 0, ms, 5),
+        remove: () => undefined,
+      };
+    },
+    // Without cgroups a group is only a name: its limits are reported as degraded by check()
+    // and its sandboxes are each their own process group.
+    createGroup(base, name, _limits, parent) {
+      return {
+        backend: 'none',
+        name,
+        dirs: [],
+        killMechanism: 'none (no cgroup: each sandbox is killed by its own process group)',
+        placement: { rel: `${parent?.rel ?? base}/${name}`, keys: [] },
+        usage: () => ({}),
+        pids: () => [],
+        populated: () => false,
+        killAll: () => undefined,
+        waitEmpty: async () => true,
         remove: () => undefined,
       };
     },
@@ -523,10 +525,12 @@ export async function cleanupStaleCgroups(host: HostInfo, base: string): Promise
       stale.set(n, list);
     }
   }
+  // A stale name may be a group: its sandboxes and sub-groups are directories below it, so
+  // every step works on the subtree (cgroup.kill and the freezer are hierarchical already).
   for (const [, dirs] of stale) {
     const unified = dirs.find((d) => d.key === '');
     const freezer = dirs.find((d) => d.key === 'freezer');
-    const before = new Set(dirs.flatMap((d) => readPids(d.dir)));
+    const before = new Set(dirs.flatMap((d) => subtreePids(d.dir)));
     result.killed += before.size;
     if (unified && host.cgroupKill) {
       if (readKeyed(`${unified.dir}/cgroup.events`, 'populated') === 1) write(`${unified.dir}/cgroup.kill`, '1');
@@ -535,10 +539,10 @@ export async function cleanupStaleCgroups(host: HostInfo, base: string): Promise
       await freezerKill(freezer.dir, freezer.root);
     }
     // Whatever is left (a hierarchy not covered by the kill above): per-pid, checked kill.
-    for (const d of dirs) for (const pid of readPids(d.dir)) killIfMember(pid, d.dir, d.key, d.root);
-    await pollUntil(() => dirs.every((d) => readPids(d.dir).length === 0), 2000);
+    for (const d of dirs) killSubtreeMembers(d.dir, d.key, d.root);
+    await pollUntil(() => dirs.every((d) => subtreePids(d.dir).length === 0), 2000);
     try {
-      rmdirAll(dirs.map((d) => d.dir));
+      rmdirTrees(dirs.map((d) => d.dir));
       result.removed.push(...dirs.map((d) => d.dir));
     } catch (err) {
       result.failed.push({ dir: dirs.map((d) => d.dir).join(', '), error: (err as Error).message });
@@ -547,12 +551,28 @@ export async function cleanupStaleCgroups(host: HostInfo, base: string): Promise
   return result;
 }
 
-/** Removes `<root>/<base>` in every hierarchy if it is empty (tests, uninstall). Returns what is left. */
+/**
+ * Removes `<root>/<base>` in every hierarchy (tests, uninstall). Empty cgroups left below it by
+ * a dead owner (a group's leftover sandbox directories, say) are removed deepest first; a live
+ * owner's cgroups and anything populated stay, and so does the base then. Kills nothing (that
+ * is cleanupStaleCgroups). Returns what is left.
+ */
 export function removeCgroupBase(host: HostInfo, base: string): string[] {
   const left: string[] = [];
   for (const h of hierarchyRoots(host)) {
     const d = `${h.root}/${base}`;
     if (!existsSync(d)) continue;
+    for (const n of readdirSync(d, { withFileTypes: true })) {
+      const owner = n.isDirectory() ? parseCgroupName(n.name) : undefined;
+      if (!owner || isSameProcess(owner)) continue;
+      for (const sub of subtreeDeepestFirst(`${d}/${n.name}`)) {
+        try {
+          rmdirSync(sub);
+        } catch {
+          // populated: left for cleanupStaleCgroups
+        }
+      }
+    }
     try {
       rmdirSync(d);
     } catch {

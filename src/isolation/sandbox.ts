@@ -26,8 +26,20 @@ import { descendants, processRef, type ProcessRef } from './proc.js';
 import { NOBODY, pidsInNamespace, planConfinement, sandboxPidNamespace, type ConfinementReport } from './confine.js';
 import { chooseLauncher, launchArgv, type LauncherChoice, type LauncherKind } from './launcher/launcher.js';
 import { ensureOwnerWatchdog } from './watchdog.js';
+import { seatInGroup, type GroupSeat, type KillReason, type SandboxGroup } from './group.js';
 
-export type KillReason = 'killed' | 'revoked' | 'owner-exited';
+export type { KillReason } from './group.js';
+export { createSandboxGroup, prioritiseSelf, type GroupLimitOptions, type PrioritiseResult, type SandboxGroup, type SandboxGroupOptions } from './group.js';
+
+/** Options of one sandbox, plus the group it is created in. */
+export interface RunOptions extends SandboxOptions {
+  /**
+   * Create the sandbox's cgroup inside this group (made by createSandboxGroup): its own limits
+   * still apply, and the group's (and every enclosing group's) bound it together with everything
+   * else inside. The sandbox uses the group's backend and cgroupBase.
+   */
+  group?: SandboxGroup;
+}
 export type ExitReason =
   | { kind: 'exited'; code: number }
   | { kind: 'signaled'; signal: NodeJS.Signals }
@@ -200,12 +212,14 @@ interface Plan {
 }
 
 /** Everything that can be refused is refused here, before any cgroup or process exists. */
-function plan(command: string, args: readonly string[], input: SandboxOptions | undefined): Plan {
+function plan(command: string, args: readonly string[], input: RunOptions | undefined): Plan {
   if (!isMainThread) {
     throw new SandboxOptionError('sandboxes must be started from the main thread: a parent-death signal fires when the spawning thread exits');
   }
   if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new SandboxOptionError('args must be an array of strings');
-  const options = normalizeOptions(input);
+  const { group, ...rest } = input ?? {};
+  const options = normalizeOptions(rest);
+  if (group) fitGroup(options, rest, group);
   const host = probeHost();
   checkCwd(options.cwd);
   const file = resolveCommand(command, options.env, options.cwd);
@@ -260,6 +274,19 @@ function plan(command: string, args: readonly string[], input: SandboxOptions | 
   }
   if (degraded.length > 0) log.warn({ backend, degraded }, 'sandbox runs degraded');
   return { options, host, backend, degraded, file, launcher, confineArgs: confined ? confinement.launcherArgs : [], confinement: confinement.report };
+}
+
+/** A sandbox in a group lives under the group's base and uses its backend (one cgroup tree). */
+function fitGroup(options: NormalizedOptions, input: SandboxOptions, group: SandboxGroup): void {
+  if (group.removed) throw new SandboxOptionError(`option 'group': group ${group.path} was removed`, { option: 'group' });
+  if (input.cgroupBase !== undefined && input.cgroupBase !== group.cgroupBase) {
+    throw new SandboxOptionError(`option 'cgroupBase': a sandbox in a group lives under the group's base '${group.cgroupBase}'`, { option: 'cgroupBase' });
+  }
+  if (options.backend !== 'auto' && options.backend !== group.backend) {
+    throw new SandboxOptionError(`option 'backend': a sandbox in a group uses the group's backend '${group.backend}'`, { option: 'backend' });
+  }
+  options.cgroupBase = group.cgroupBase;
+  options.backend = group.backend;
 }
 
 /**
@@ -391,13 +418,22 @@ function outsideCgroup(leader: number | undefined, pidNs: string | undefined, in
  * anything) for bad options, a missing command or cwd, an unswitchable uid, or a limit this host
  * cannot enforce. The returned object is a promise for the result and exposes the live child.
  */
-export function runSandboxed(command: string, args: readonly string[] = [], options?: SandboxOptions): Sandbox {
+export function runSandboxed(command: string, args: readonly string[] = [], options?: RunOptions): Sandbox {
   const p = plan(command, args, options);
   const o = p.options;
   const backend = cgroupBackend(p.backend, p.host);
   let child: ChildProcess | undefined;
   armWatchdog(p);
-  const cg = backend.create(o.cgroupBase, newCgroupName(), o.limits, () => child?.pid);
+  // Set once the sandbox exists; a group's killAll records its reason here before it kills.
+  let groupKill: ((reason: KillReason) => void) | undefined;
+  const seat: GroupSeat | undefined = options?.group ? seatInGroup(options.group, { noteKill: (r) => groupKill?.(r) }) : undefined;
+  let cg: SandboxCgroup;
+  try {
+    cg = backend.create(o.cgroupBase, newCgroupName(), o.limits, () => child?.pid, seat?.placement);
+  } catch (err) {
+    seat?.leave();
+    throw err;
+  }
   installExitHook();
   log.debug({ backend: p.backend, cgroup: cg.name, command }, 'sandbox starting');
   live.add(cg);
@@ -415,6 +451,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   } catch (err) {
     live.delete(cg);
     cg.remove();
+    seat?.leave();
     throw new SandboxSpawnError('E_SPAWN', `cannot start '${command}': ${(err as Error).message}`, { command });
   }
   const proc = child;
@@ -475,6 +512,18 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
     else graceTimer = setTimeout(killEverything, o.killGraceMs);
   };
   const timer = o.timeoutMs !== undefined ? longTimeout(() => stop('timeout'), o.timeoutMs) : undefined;
+  groupKill = (reason) => {
+    if (finished) return;
+    // Like stop(), the reason is recorded before any signal and a decided ending is never
+    // relabelled; unlike it there is no grace: the group is going down as a whole. Killing
+    // through the sandbox (not only by the group's cgroup) also reaches a leader or member that
+    // left its cgroup.
+    if (ownKill === undefined && leaderExit === undefined) {
+      ownKill = reason;
+      notePidNs();
+    }
+    killEverything();
+  };
 
   const done = new Promise<SandboxResult>((resolve, reject) => {
     const finish = async () => {
@@ -502,19 +551,28 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
       }
       finished = true;
       live.delete(cg);
+      seat?.leave();
       if (spawnError) {
         reject(new SandboxSpawnError('E_SPAWN', `cannot start '${command}': ${spawnError.message}`, { command }));
         return;
       }
-      const counters = { oomKills: end.oomKills - start.oomKills, pidsMax: end.pidsMax - start.pidsMax };
+      const counters: Counters = { oomKills: end.oomKills - start.oomKills, pidsMax: end.pidsMax - start.pidsMax };
+      if (end.groupPidsMax !== undefined) counters.groupPidsMax = end.groupPidsMax - (start.groupPidsMax ?? 0);
       const exitCode = leaderExit?.code ?? null;
       const signal = leaderExit?.signal ?? null;
+      // In a group: oomKills is the sandbox's own cgroup's counter, which counts its members
+      // killed whether its own limit or a group's was hit (v1: charged to the victim's cgroup
+      // only; v2: to the victim's cgroup and up), so a sibling's OOM is never ours. pidsMax is
+      // exact on v1 (charged to the cgroup that forked); on v2 a fork refused by a group's limit
+      // only shows in the groups' counters, which siblings share: it counts as ours only if the
+      // command also failed.
+      const failed = signal !== null || (exitCode ?? 0) !== 0;
       let reason: ExitReason;
       if (ownKill === 'killed' || ownKill === 'revoked' || ownKill === 'owner-exited') reason = { kind: ownKill };
       else if (counters.oomKills > 0) reason = { kind: 'oom' };
       // A refused fork is the sandbox hitting its limit even if the command coped and exited 0;
       // the raw status stays in exitCode.
-      else if (counters.pidsMax > 0) reason = { kind: 'pids-limit' };
+      else if (counters.pidsMax > 0 || ((counters.groupPidsMax ?? 0) > 0 && failed)) reason = { kind: 'pids-limit' };
       else if (ownKill === 'timeout') reason = { kind: 'timeout' };
       else if (signal) reason = { kind: 'signaled', signal };
       else reason = { kind: 'exited', code: exitCode ?? 0 };

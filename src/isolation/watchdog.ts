@@ -27,18 +27,23 @@ export class WatchdogError extends CaptrapError {
 
 // $1 owner prefix, $2 unified base dir or '', $3 freezer base dir or '', $4.. every base dir.
 // Only names that are exactly <prefix><digits> are touched; the base dirs come from captrap.
+// A name may be a group: its sandboxes and sub-groups are directories below it. cgroup.kill,
+// cgroup.freeze and the v1 freezer act on the whole subtree; what lists members (tprocs) and
+// what removes directories (rmtree, deepest first) walk it.
 const SCRIPT = `
 trap '' HUP INT QUIT PIPE
 prefix=$1; unified=$2; freezer=$3; shift 3
 while read -r _; do :; done
 ours() { case "\${1##*/}" in "$prefix"*[!0-9]*) return 1;; "$prefix"[0-9]*) return 0;; esac; return 1; }
 procs() { p=; while read -r x; do p="$p $x"; done < "$1/cgroup.procs"; echo "$p"; }
+tprocs() { procs "$1"; for s in "$1"/*/; do [ -d "$s" ] && tprocs "\${s%/}"; done; }
+rmtree() { for s in "$1"/*/; do [ -d "$s" ] && rmtree "\${s%/}"; done; rmdir "$1"; }
 if [ -n "$unified" ]; then
   for c in "$unified"/"$prefix"*; do
     ours "$c" && [ -d "$c" ] || continue
     if [ -e "$c/cgroup.kill" ]; then echo 1 > "$c/cgroup.kill"
     elif [ -e "$c/cgroup.freeze" ]; then
-      echo 1 > "$c/cgroup.freeze"; for p in $(procs "$c"); do kill -9 "$p"; done; echo 0 > "$c/cgroup.freeze"
+      echo 1 > "$c/cgroup.freeze"; for p in $(tprocs "$c"); do kill -9 "$p"; done; echo 0 > "$c/cgroup.freeze"
     fi
   done 2>/dev/null
 fi
@@ -46,10 +51,11 @@ if [ -n "$freezer" ]; then
   for c in "$freezer"/"$prefix"*; do
     ours "$c" && [ -d "$c" ] || continue
     n=0
-    while [ -n "$(procs "$c")" ] && [ $n -lt 200 ]; do
+    while [ $n -lt 200 ]; do
+      case "$(tprocs "$c")" in *[0-9]*) ;; *) break;; esac
       echo FROZEN > "$c/freezer.state"
       m=0; while [ "$(cat "$c/freezer.state")" != FROZEN ] && [ $m -lt 100 ]; do m=$((m+1)); sleep 0.002; done
-      for p in $(procs "$c"); do kill -9 "$p"; done
+      for p in $(tprocs "$c"); do kill -9 "$p"; done
       echo THAWED > "$c/freezer.state"
       n=$((n+1)); sleep 0.005
     done
@@ -62,8 +68,8 @@ while [ $n -lt 400 ]; do
     for c in "$b"/"$prefix"*; do
       ours "$c" && [ -d "$c" ] || continue
       # Tree not caught above (no cgroup.kill, no freezer): SIGKILL what is listed, then retry.
-      if [ -z "$unified$freezer" ]; then for p in $(procs "$c"); do kill -9 "$p"; done; fi
-      rmdir "$c" || left=1
+      if [ -z "$unified$freezer" ]; then for p in $(tprocs "$c"); do kill -9 "$p"; done; fi
+      rmtree "$c" || left=1
     done
   done 2>/dev/null
   [ $left = 0 ] && exit 0
