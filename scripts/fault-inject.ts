@@ -6,7 +6,7 @@
 // is restarted on the same state). After every round and at the end the script asserts: no
 // capability valid for a dead process, no process or cgroup left behind, and at the end a
 // verifying audit log. Prints a summary; exits 1 on any violation, 2 on bad usage.
-import { mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isSameProcess, type ProcessRef } from '../src/isolation/proc.js';
@@ -24,7 +24,7 @@ import {
   proxyAgent,
   SPAWN_NODE_CAP,
   spawnCap,
-  recordedRefs,
+  hangRefs,
   shutdown,
   sleep,
   startServe,
@@ -41,7 +41,12 @@ export interface RoundsOptions {
   seed: number;
   /** Probability per round of SIGKILLing the sidecar itself (then restarting it). Default 0.02. */
   sidecarKillRate?: number;
-  /** Run tools in their own pid namespace (serve's sandbox.namespaces: [pid]). */
+  /**
+   * Confinement of every sandbox (default true: own pid, mount, net, ... namespaces, a uid per
+   * agent). false is the limits-only sidecar (sandbox.confine: false).
+   */
+  confine?: boolean;
+  /** Unconfined only: run tools in their own pid namespace (serve's sandbox.namespaces: [pid]); confined sandboxes have one anyway. */
   pidNamespace?: boolean;
   log?: (line: string) => void;
 }
@@ -56,6 +61,7 @@ export interface RoundsSummary {
   sidecarRestarts: number;
   violations: string[];
   audit: { ok: boolean; records: number } | null;
+  confine: boolean;
   pidNamespace: boolean;
   ms: number;
 }
@@ -102,7 +108,8 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
     sidecarRestarts: 0,
     violations: [],
     audit: null,
-    pidNamespace: opts.pidNamespace === true,
+    confine: opts.confine !== false,
+    pidNamespace: opts.confine === false ? opts.pidNamespace === true : true,
     ms: 0,
   };
   const violation = (round: number, what: string) => {
@@ -112,7 +119,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
   const count = (bucket: Record<string, number>, key: string) => (bucket[key] = (bucket[key] ?? 0) + 1);
 
   const cgroupBase = uniqueBase('fi');
-  const sandbox = opts.pidNamespace ? { namespaces: ['pid'] } : {};
+  const sandbox = opts.confine === false ? { confine: false, ...(opts.pidNamespace ? { namespaces: ['pid'] } : {}) } : {};
   let h: ServeHandle = await startServe({ agents: [proxyAgent('root', ROOT_CAPS)], cgroupBase, sandbox });
   const dir = h.dir;
   let root = await h.agent('root');
@@ -158,8 +165,8 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
         else if (roll < 0.45) p = s.agent.call('tools.invoke', { tool: 'echo', args: { msg: `round ${round}` }, capability: s.cap.token });
         else if (roll < 0.55) p = s.agent.call('tools.invoke', { tool: 'nap', args: { secs: (rand() * 0.3).toFixed(2) }, capability: s.cap.id });
         else if (roll < 0.7) {
+          // A unique argument: how the hang call's processes are found (nothing is written there).
           const hangDir = join(dir, `fi-${round}-${++seq}`);
-          mkdirSync(hangDir, { recursive: true });
           s.hangs.push(hangDir);
           p = s.agent.call('tools.invoke', { tool: 'hang', args: { dir: hangDir }, capability: s.cap.id }, 120_000);
         } else if (roll < 0.8) {
@@ -190,7 +197,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
           await sleep(Math.floor(rand() * 250));
           if (rand() < (opts.sidecarKillRate ?? 0.02)) {
             count(summary.kills, 'sidecar');
-            const refs = [...processesInBase(h.cgroupBase), ...subs.map((s) => s.agent.ref), root.ref];
+            const refs = [...processesInBase(h.cgroupBase), ...[...subs.map((s) => s.agent), root].flatMap((a) => [a.ref, ...(a.leader ? [a.leader] : [])])];
             process.kill(h.ref.pid, 'SIGKILL');
             const t = Date.now();
             if (!(await waitFor(() => refs.every(gone), 1000, 2))) violation(round, `processes alive 1 s after the sidecar was SIGKILLed: ${JSON.stringify(refs.filter((r) => !gone(r)))}`);
@@ -231,7 +238,8 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
                 deadIds.add(victim.agent.id);
                 break;
               case 'kill-tool': {
-                const refs = victim.hangs.flatMap((d) => recordedRefs(d));
+                // Found from outside: a confined tool cannot tell its host pids.
+                const refs = victim.hangs.flatMap((d) => hangRefs(d));
                 if (refs.length > 0) killIfSame(pick(refs), 'SIGKILL');
                 break;
               }
@@ -254,7 +262,9 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
           await sleep(Math.floor(rand() * 100));
 
           // Invariant while the sidecar runs: no capability valid for a dead process.
-          const deadRefs = subs.filter((s) => deadIds.has(s.agent.id)).map((s) => s.agent.ref);
+          // The agents' own processes and their sandbox leaders (the holders of their capabilities;
+          // confined, the launcher outlives the agent's process by a moment).
+          const deadRefs = subs.filter((s) => deadIds.has(s.agent.id)).flatMap((s) => [s.agent.ref, ...(s.agent.leader ? [s.agent.leader] : [])]);
           if (!(await waitFor(() => deadRefs.every(gone), 3000))) violation(round, `killed agents still alive: ${JSON.stringify(deadRefs.filter((r) => !gone(r)))}`);
           const settled = await waitFor(async () => liveCapsOfDeadHolders(await h.caps()).length === 0, 3000, 20);
           if (!settled) violation(round, `capabilities live for dead holders: ${JSON.stringify(liveCapsOfDeadHolders(await h.caps()).map((c) => `${c.id}@${c.principal}`))}`);
@@ -273,14 +283,16 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
         for (const s of subs) if (!gone(s.agent.ref)) await h.adminCall('agents.kill', { id: s.agent.id }).catch(() => undefined);
         await Promise.race([Promise.allSettled(calls), sleep(10_000)]);
       }
+      // Only root's sandbox may be left: confined, its cgroups hold its launcher and namespace init besides root itself.
       const rootDirs = new Set(cgroupDirsOf(root.pid, h.cgroupBase));
+      const ofRoot = (r: ProcessRef) => r.pid === root.pid || cgroupDirsOf(r.pid, h.cgroupBase).every((d) => rootDirs.has(d));
       const clean = await waitFor(
-        () => processesInBase(h.cgroupBase).every((r) => r.pid === root.pid) && cgroupsUnder(h.cgroupBase).every((d) => rootDirs.has(d)),
+        () => processesInBase(h.cgroupBase).every(ofRoot) && cgroupsUnder(h.cgroupBase).every((d) => rootDirs.has(d)),
         5000,
         20,
       );
       if (!clean) {
-        violation(round, `left after the round: processes ${JSON.stringify(processesInBase(h.cgroupBase).filter((r) => r.pid !== root.pid))}, cgroups ${cgroupsUnder(h.cgroupBase).filter((d) => !rootDirs.has(d)).join(', ')}`);
+        violation(round, `left after the round: processes ${JSON.stringify(processesInBase(h.cgroupBase).filter((r) => !ofRoot(r)))}, cgroups ${cgroupsUnder(h.cgroupBase).filter((d) => !rootDirs.has(d)).join(', ')}`);
       }
       if (round % 10 === 0 || round === opts.rounds) log(`round ${round}/${opts.rounds}: ${summary.agentsSpawned} agents, ${summary.calls} calls, ${summary.violations.length} violation(s)`);
     }
@@ -312,7 +324,7 @@ function killIfSame(ref: ProcessRef, sig: NodeJS.Signals): void {
 export function formatSummary(s: RoundsSummary): string {
   const kv = (o: Record<string, number>) => Object.entries(o).sort().map(([k, v]) => `${k}=${v}`).join(' ') || '-';
   return [
-    `fault-inject: ${s.rounds} round(s), seed ${s.seed}, ${(s.ms / 1000).toFixed(1)} s${s.pidNamespace ? ', tools in pid namespaces' : ''}`,
+    `fault-inject: ${s.rounds} round(s), seed ${s.seed}, ${(s.ms / 1000).toFixed(1)} s, ${s.confine ? 'confined' : 'unconfined'}${s.pidNamespace ? ', tools in pid namespaces' : ''}`,
     `  agents spawned: ${s.agentsSpawned}; calls: ${s.calls}; sidecar restarts: ${s.sidecarRestarts}`,
     `  kills: ${kv(s.kills)}`,
     `  call outcomes: ${kv(s.callOutcomes)}`,
@@ -322,11 +334,11 @@ export function formatSummary(s: RoundsSummary): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  let values: { rounds?: string; seed?: string; 'sidecar-kill-rate'?: string; 'pid-namespace'?: boolean; quiet?: boolean; help?: boolean };
+  let values: { rounds?: string; seed?: string; 'sidecar-kill-rate'?: string; unconfined?: boolean; 'pid-namespace'?: boolean; quiet?: boolean; help?: boolean };
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { rounds: { type: 'string' }, seed: { type: 'string' }, 'sidecar-kill-rate': { type: 'string' }, 'pid-namespace': { type: 'boolean' }, quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: { rounds: { type: 'string' }, seed: { type: 'string' }, 'sidecar-kill-rate': { type: 'string' }, unconfined: { type: 'boolean' }, 'pid-namespace': { type: 'boolean' }, quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
       strict: true,
     }));
   } catch (err) {
@@ -334,7 +346,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (values.help) {
-    process.stdout.write('usage: npm run fault-inject -- [--rounds N (default 20)] [--seed S (default: time)] [--sidecar-kill-rate P (default 0.02)] [--pid-namespace] [--quiet]\n');
+    process.stdout.write('usage: npm run fault-inject -- [--rounds N (default 20)] [--seed S (default: time)] [--sidecar-kill-rate P (default 0.02)] [--unconfined [--pid-namespace]] [--quiet]\n');
     return 0;
   }
   const rounds = Number(values.rounds ?? 20);
@@ -344,7 +356,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write('fault-inject: --rounds must be a positive integer, --seed an integer, --sidecar-kill-rate in [0, 1]\n');
     return 2;
   }
-  const summary = await runRounds({ rounds, seed, sidecarKillRate: rate, pidNamespace: values['pid-namespace'] === true, log: values.quiet ? undefined : (l) => process.stderr.write(l + '\n') });
+  const summary = await runRounds({ rounds, seed, sidecarKillRate: rate, confine: values.unconfined !== true, pidNamespace: values['pid-namespace'] === true, log: values.quiet ? undefined : (l) => process.stderr.write(l + '\n') });
   process.stdout.write(formatSummary(summary) + '\n');
   return summary.violations.length === 0 ? 0 : 1;
 }

@@ -2,6 +2,7 @@
 // the same number), so no agent can signal, ptrace or take the descriptors of another; its tools
 // run as its uid. A uid returns to the pool only when the agent's sandbox is gone, so a uid is
 // never shared by two live agents.
+import { isAbsolute } from 'node:path';
 import type { AgentConfig, SidecarConfig } from './config.js';
 
 export interface Identity {
@@ -57,5 +58,6 @@ export function agentIdentity(spec: Pick<AgentConfig, 'uid' | 'gid' | 'allowRoot
 export function sidecarSecrets(config: SidecarConfig): string[] {
   const { audit } = config;
   const pub = audit.signingKeyFile.replace(/\.[^./]*$/, '') + '.pub';
-  return [config.stateDir, config.adminSocket, config.capabilityKeyFile, audit.dir, audit.keyFile, audit.signingKeyFile, pub, config.source];
+  // `source` is a label, not a file, for configs built in code: only a path can be hidden.
+  return [config.stateDir, config.adminSocket, config.capabilityKeyFile, audit.dir, audit.keyFile, audit.signingKeyFile, pub, config.source].filter((p) => isAbsolute(p));
 }

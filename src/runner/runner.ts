@@ -229,12 +229,19 @@ export class ToolRunner {
       ...(sb.ref ? { process: { pid: sb.ref.pid, startTime: sb.ref.startTime } } : {}),
       details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, cgroup: sb.cgroupName, limits, argv: redactArgs(auth.tool, auth.argv), confinement: sb.confinement },
     });
+    // The call stays in flight until its exit is audited: whenIdle() (the sidecar's stop, which
+    // then closes the audit log) must not resolve before the sandbox_exited record is written.
+    const settle = () => {
+      this.inFlight.delete(entry);
+      if (this.inFlight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+    };
     let r: SandboxResult;
     try {
       r = await sb;
+    } catch (err) {
+      settle();
+      throw err;
     } finally {
-      this.inFlight.delete(entry);
-      if (this.inFlight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
       await egress?.close().catch((err: unknown) => log.error({ err }, 'closing an egress proxy failed'));
     }
     if (r.escaped.length > 0) {
@@ -255,6 +262,7 @@ export class ToolRunner {
       process: { pid: r.pid, startTime: sb.ref?.startTime ?? 0 },
       details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, reason: r.reason.kind, exitCode: r.exitCode, signal: r.signal, durationMs: Math.round(r.durationMs), memoryPeakBytes: r.usage.memoryPeakBytes ?? null, cleanedUp: r.cleanedUp },
     });
+    settle();
     return {
       reason: r.reason.kind,
       exitCode: r.exitCode,

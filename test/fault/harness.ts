@@ -5,12 +5,13 @@
 // the audit log verifies). Used by test/fault/*.test.ts, scripts/fault-inject.ts and the sidecar bench.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync, type Dirent } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync, type Dirent } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cleanupStaleCgroups, hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js';
+import { sandboxPidNamespace } from '../../src/isolation/confine.js';
 import { probeHost, type HostInfo } from '../../src/isolation/host.js';
 import { cgroupsOf, isSameProcess, listPids, processRef, readStat, type ProcessRef } from '../../src/isolation/proc.js';
 import { readAuditRecords, type AuditRecord } from '../../src/kernel/audit.js';
@@ -57,27 +58,28 @@ export interface AgentConfig {
   command?: string;
   args?: string[];
   env?: Record<string, string>;
+  /** Default: the control socket's directory read-only (the agent must reach it). */
+  view?: { readOnly?: string[]; readWrite?: string[]; hide?: string[] };
+  confine?: boolean;
+  allowRoot?: boolean;
   limits?: Record<string, unknown>;
   capabilities?: CapTemplate[];
   requestable?: CapTemplate[];
 }
 
 /**
- * The tools every fault config has. `hang` records its pids (the shell, and a `setsid` escapee)
- * in <dir>/pids and sleeps: the test kills around it and checks every recorded pid is gone.
+ * The tools every fault config has. `hang` is a shell that starts a `setsid` escapee (another
+ * shell) and sleeps; both shells carry the call's unique `dir` argument in their argv. Confined,
+ * a tool can neither write to the host nor know its host pids, so the harness finds its
+ * processes from outside: by that argument, then by the tool's cgroup (see startHang).
  */
 export const FAULT_TOOLS: ToolConfig[] = [
   { name: 'true', command: ['/bin/true'] },
   { name: 'echo', command: ['/bin/echo', '{msg}'], args: { msg: { type: 'string', maxLength: 4096 } } },
   {
     name: 'hang',
-    command: [
-      '/bin/sh',
-      '-c',
-      // The shell itself opens /proc/self/stat, so the host pid is recorded even inside a pid namespace ($$ would be the namespace's).
-      'read -r s < /proc/self/stat; set -- $s; p=$1; shift 21; echo "$p $1" >> "$0/pids"; setsid /bin/sh -c \'read -r s < /proc/self/stat; set -- $s; p=$1; shift 21; echo "$p $1" >> "$0/pids"; exec sleep 300\' "$0" & sleep 300',
-      '{dir}',
-    ],
+    // `; exit 0` keeps each shell alive (no exec of its last command), so its argv keeps the marker.
+    command: ['/bin/sh', '-c', 'setsid /bin/sh -c "sleep 300; exit 0" "$0" & sleep 300; exit 0', '{dir}'],
     args: { dir: { type: 'string', maxLength: 4096 } },
   },
   { name: 'nap', command: ['/bin/sleep', '{secs}'], args: { secs: { type: 'string', pattern: '[0-9.]{1,6}' } } },
@@ -113,7 +115,7 @@ export interface ServeOptions {
   /** Reuse an existing state dir (restart after a crash); default a fresh temp dir. */
   dir?: string;
   cgroupBase?: string;
-  /** Copy serve's stderr to ours (debugging). */
+  /** Copy serve's stderr to ours (debugging; also CAPTRAP_FAULT_ECHO=1). */
   echoStderr?: boolean;
   readyTimeoutMs?: number;
   /** Audit flush interval (default 20 ms so tests see records soon; omit-equivalent 100 is serve's default). */
@@ -138,18 +140,57 @@ export interface RpcOutcome<T = unknown> {
   error?: { code: number; message: string; data?: { code?: string; reason?: string } & Record<string, unknown> };
 }
 
+const OWN_PID_NS = readlinkSync('/proc/self/ns/pid');
+
+/** The last field of NSpid: the pid a process has in its own (innermost) pid namespace. */
+function innermostPid(pid: number): number | undefined {
+  try {
+    const m = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const all = m?.[1]?.trim().split(/\s+/);
+    return all ? Number(all[all.length - 1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The host pid of the process that is `nsPid` in pid namespace `ns` (a `pid:[inode]` link text),
+ * found from outside (/proc/<pid>/ns/pid and NSpid); `ns` null or ours: `nsPid` is a host pid.
+ */
+export function hostPidIn(ns: string | null, nsPid: number): number | undefined {
+  if (ns === null || ns === OWN_PID_NS) return nsPid;
+  for (const pid of listPids()) {
+    try {
+      if (readlinkSync(`/proc/${pid}/ns/pid`) !== ns) continue;
+    } catch {
+      continue;
+    }
+    if (innermostPid(pid) === nsPid) return pid;
+  }
+  return undefined;
+}
+
 /** One connected proxy agent: orders go out over its control connection, answers come back. */
 export class ProxyAgent {
   private next = 1;
   private readonly waiting = new Map<number, (a: ControlAnswer) => void>();
   private buf = '';
   closed = false;
+  /**
+   * The agent's sandbox leader as the sidecar sees it (agents.list): the process its capabilities
+   * are bound to. Confined, the launcher on the host side of the agent's pid namespace, not `ref`.
+   * Set by ServeHandle.agent().
+   */
+  leader: ProcessRef | undefined;
 
   constructor(
     readonly id: string,
+    /** The agent's own process (node fault-proxy.mjs), host pid. */
     readonly pid: number,
     readonly ref: ProcessRef,
     private readonly sock: net.Socket,
+    /** The agent's pid namespace (null if it could not tell); pids it reports are in it. */
+    readonly pidNs: string | null = null,
   ) {
     sock.setEncoding('utf8');
     sock.on('data', (chunk: string) => {
@@ -200,6 +241,12 @@ export class ProxyAgent {
     return r.result as T;
   }
 
+  /** The host ref of a process the agent reported by its own (namespace) pid, e.g. a `fork` child. */
+  hostRef(nsPid: number): ProcessRef | undefined {
+    const pid = hostPidIn(this.pidNs, nsPid);
+    return pid === undefined ? undefined : processRef(pid);
+  }
+
   close(): void {
     this.sock.destroy();
   }
@@ -218,9 +265,11 @@ export class ControlServer {
         const nl = buf.indexOf('\n');
         if (nl === -1) return;
         sock.off('data', onData);
-        const hello = JSON.parse(buf.slice(0, nl)) as { agent: string; pid: number };
-        const ref = processRef(hello.pid) ?? { pid: hello.pid, startTime: -1 };
-        const agent = new ProxyAgent(hello.agent, hello.pid, ref, sock);
+        const hello = JSON.parse(buf.slice(0, nl)) as { agent: string; pid: number; pidNs?: string | null };
+        // Confined, hello.pid is the agent's pid in its own namespace: the host pid is found from outside.
+        const hostPid = hostPidIn(hello.pidNs ?? null, hello.pid) ?? -1;
+        const ref = processRef(hostPid) ?? { pid: hostPid, startTime: -1 };
+        const agent = new ProxyAgent(hello.agent, hostPid, ref, sock, hello.pidNs ?? null);
         this.agents.set(hello.agent, agent);
         const ws = this.waiters.get(hello.agent) ?? [];
         this.waiters.delete(hello.agent);
@@ -233,7 +282,8 @@ export class ControlServer {
   }
 
   listen(): Promise<void> {
-    return new Promise((r) => this.server.listen(this.path, () => r()));
+    // Agents run under uids of their own: the socket must be connectable by them.
+    return new Promise((r) => this.server.listen(this.path, () => (chmodSync(this.path, 0o666), r())));
   }
 
   wait(id: string, timeoutMs = 15_000): Promise<ProxyAgent> {
@@ -308,6 +358,8 @@ export function writeConfig(dir: string, opts: ServeOptions, controlPath: string
   const agents = opts.agents.map((a) => ({
     command: process.execPath,
     args: [PROXY_AGENT, controlPath],
+    // Confined agents see only what they are shown: the control socket's directory too.
+    view: { readOnly: [dirname(controlPath)] },
     ...a,
   }));
   const config = {
@@ -338,8 +390,13 @@ export function cliArgv(args: string[]): string[] {
 
 export async function startServe(opts: ServeOptions): Promise<ServeHandle> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'captrap-fault-'));
+  // Agents run under uids of their own: the way to the control socket must be open to them (the
+  // state dir inside stays the sidecar's own, 0700, and hidden from every view).
+  chmodSync(dir, 0o755);
   const cgroupBase = opts.cgroupBase ?? uniqueBase();
-  const controlPath = join(dir, `ctl-${randomBytes(3).toString('hex')}.sock`);
+  const controlDir = join(dir, 'ctl');
+  mkdirSync(controlDir, { recursive: true, mode: 0o755 });
+  const controlPath = join(controlDir, `ctl-${randomBytes(3).toString('hex')}.sock`);
   const control = new ControlServer(controlPath);
   await control.listen();
   const configPath = writeConfig(dir, opts, controlPath, cgroupBase);
@@ -352,7 +409,7 @@ export async function startServe(opts: ServeOptions): Promise<ServeHandle> {
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (c: string) => {
     if (err.length < 1_000_000) err += c;
-    if (opts.echoStderr) process.stderr.write(c);
+    if (opts.echoStderr ?? process.env.CAPTRAP_FAULT_ECHO === '1') process.stderr.write(c);
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
   const ready = new Promise<string>((resolvePromise, reject) => {
@@ -405,13 +462,31 @@ export async function startServe(opts: ServeOptions): Promise<ServeHandle> {
     control,
     stderr: () => err,
     exited,
-    agent: (id, timeoutMs) => control.wait(id, timeoutMs),
+    agent: async (id, timeoutMs) => {
+      const a = await control.wait(id, timeoutMs);
+      a.leader = await leaderOf(handle, a);
+      return a;
+    },
     adminCall: async <T>(method: string, params: unknown = {}) => (await admin.call(method, params, { timeoutMs: 20_000 })) as T,
     agents: async () => (await handle.adminCall<{ agents: AgentInfo[] }>('agents.list')).agents,
     caps: async (principal?: string) =>
       (await handle.adminCall<{ capabilities: CapView[] }>('capabilities.list', principal === undefined ? {} : { principal })).capabilities,
   };
   return handle;
+}
+
+/**
+ * The sidecar's process ref for a connected agent, checked rather than assumed: the agent's own
+ * process must be that leader or run inside its pid namespace.
+ */
+async function leaderOf(h: ServeHandle, a: ProxyAgent): Promise<ProcessRef> {
+  const row = (await h.agents()).find((r) => r.id === a.id && r.state === 'running');
+  if (!row) throw new Error(`agent ${a.id} connected but agents.list shows no running agent of that id`);
+  const leader = { pid: row.pid, startTime: row.startTime };
+  const ns = sandboxPidNamespace(leader.pid);
+  const inside = ns === undefined ? leader.pid === a.pid : ns === a.pidNs;
+  if (!inside) throw new Error(`agent ${a.id} (host pid ${a.pid}, ${a.pidNs}) is not the process of its sandbox (leader ${leader.pid}, ${ns ?? 'no pid namespace'})`);
+  return leader;
 }
 
 /** SIGTERM, wait for exit (SIGKILL after `graceMs`); returns how it ended. */
@@ -482,17 +557,37 @@ export function processesMentioning(needle: string): ProcessRef[] {
   return out;
 }
 
-/** Pids a `hang` tool recorded in <dir>/pids as "pid starttime" lines. */
-export function recordedRefs(dir: string): ProcessRef[] {
-  const file = join(dir, 'pids');
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => {
-      const [pid, st] = l.trim().split(/\s+/);
-      return { pid: Number(pid), startTime: Number(st) };
-    });
+/** Live shells one of whose arguments is exactly `marker` (a `hang` call's two shells; not the launcher, whose argv has it too), host refs. */
+export function markedShells(marker: string): ProcessRef[] {
+  const out: ProcessRef[] = [];
+  for (const pid of listPids()) {
+    let argv: string[];
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue;
+    }
+    if (argv[0] !== '/bin/sh' || !argv.includes(marker)) continue;
+    const st = readStat(pid);
+    if (st && st.state !== 'Z') out.push({ pid, startTime: st.startTime });
+  }
+  return out;
+}
+
+/** Live children of a process (host refs). */
+export function childrenOf(ref: ProcessRef): ProcessRef[] {
+  const out: ProcessRef[] = [];
+  for (const pid of listPids()) {
+    const st = readStat(pid);
+    if (st && st.ppid === ref.pid && st.state !== 'Z' && isSameProcess(ref)) out.push({ pid, startTime: st.startTime });
+  }
+  return out;
+}
+
+/** The processes of a `hang` call found from outside: its two shells (tool and setsid escapee) and their children. */
+export function hangRefs(marker: string): ProcessRef[] {
+  const shells = markedShells(marker);
+  return [...shells, ...shells.flatMap(childrenOf)];
 }
 
 export function allGone(refs: readonly ProcessRef[]): boolean {
@@ -549,12 +644,13 @@ export async function shutdown(h: ServeHandle, opts: { keepDir?: boolean } = {})
 // ---------------------------------------------------------------------------- audit
 
 /** The principal_cleanup records for a process (the record names the principal only when the process held one principal's capabilities). */
-export function cleanupRecords(h: Pick<ServeHandle, 'auditDir'>, who: { id: string; ref: ProcessRef }): AuditRecord[] {
+export function cleanupRecords(h: Pick<ServeHandle, 'auditDir'>, who: { id: string; ref: ProcessRef; leader?: ProcessRef | undefined }): AuditRecord[] {
+  const refs = [who.ref, ...(who.leader ? [who.leader] : [])];
   return readAuditRecords(
     h.auditDir,
     (r) =>
       r.type === 'principal_cleanup' &&
-      ((r.process?.pid === who.ref.pid && r.process.startTime === who.ref.startTime) || r.principal === who.id || (Array.isArray(r.details?.principals) && (r.details.principals as unknown[]).includes(who.id))),
+      (refs.some((ref) => r.process?.pid === ref.pid && r.process.startTime === ref.startTime) || r.principal === who.id || (Array.isArray(r.details?.principals) && (r.details.principals as unknown[]).includes(who.id))),
   );
 }
 
@@ -629,10 +725,32 @@ export async function toolCap(agent: ProxyAgent): Promise<CapView> {
 export interface RunningTool {
   /** Settles when tools.invoke answers (after the tool ended or the agent died). */
   call: Promise<RpcOutcome<{ reason: string }>>;
-  /** The tool's shell and its setsid escapee. */
+  /**
+   * Every process of the tool's sandbox, host refs, found from outside while it ran: its leader
+   * (the process the sidecar started) first, then the rest of its cgroup (the namespace's init,
+   * the shell, the setsid escapee, their sleeps).
+   */
   refs: ProcessRef[];
+  /** The tool's own shell and the setsid escapee it started. */
+  shell: ProcessRef;
+  escapee: ProcessRef;
   /** Cgroup dirs of the tool's shell, taken while it ran. */
   cgroups: string[];
+}
+
+/** Host refs of the processes in a cgroup directory. */
+export function procsOf(cgroupDir: string): ProcessRef[] {
+  let text: string;
+  try {
+    text = readFileSync(join(cgroupDir, 'cgroup.procs'), 'utf8');
+  } catch {
+    return [];
+  }
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => processRef(Number(l)))
+    .filter((r): r is ProcessRef => r !== undefined);
 }
 
 /** Cgroup directories (absolute) a live process is in, below `base` only. */
@@ -651,22 +769,41 @@ export function cgroupDirsOf(pid: number, base: string): string[] {
 
 let hangSeq = 0;
 
-/** Starts the `hang` tool through `agent` and waits until both its processes have recorded themselves. */
+/**
+ * Starts the `hang` tool through `agent` and waits until its shell and its setsid escapee both
+ * run, each with its sleep. Everything is found from outside (argv, ppid, session, cgroup.procs):
+ * a confined tool knows only its namespace's pids and cannot write to the host.
+ */
 export async function startHang(h: ServeHandle, agent: ProxyAgent, capability?: string): Promise<RunningTool> {
-  const dir = join(h.dir, `hang-${agent.id}-${++hangSeq}`);
-  mkdirSync(dir, { recursive: true });
+  // A unique argument (nothing is written there): how the harness finds this call's processes.
+  const marker = join(h.dir, `hang-${agent.id}-${++hangSeq}`);
   const cap = capability ?? (await toolCap(agent)).id;
   // The agent may be killed before the answer comes: then the call settles as an error, never rejects.
   const call = agent
-    .call<{ reason: string }>('tools.invoke', { tool: 'hang', args: { dir }, capability: cap }, 120_000)
+    .call<{ reason: string }>('tools.invoke', { tool: 'hang', args: { dir: marker }, capability: cap }, 120_000)
     .catch((err: unknown): RpcOutcome<{ reason: string }> => ({ error: { code: -1, message: `agent gone: ${(err as Error).message}` } }));
-  const ok = await waitFor(() => recordedRefs(dir).length >= 2, 10_000);
-  if (!ok) {
+  const started = () => {
+    const shells = markedShells(marker);
+    if (shells.length !== 2 || shells.some((s) => childrenOf(s).length === 0)) return undefined;
+    const stats = shells.map((s) => readStat(s.pid));
+    // The escapee is the shell the other one started, in a session of its own.
+    const i = stats.findIndex((st, k) => st !== undefined && st.ppid === shells[1 - k]!.pid);
+    if (i < 0 || stats[i]!.session === stats[1 - i]!.session) return undefined;
+    return { shell: shells[1 - i]!, escapee: shells[i]! };
+  };
+  const found = await waitFor(started, 10_000, 20);
+  if (!found) {
     const early = await Promise.race([call, sleep(10).then(() => undefined)]);
     throw new Error(`hang tool of ${agent.id} did not start: ${JSON.stringify(early)}; stderr:\n${h.stderr().slice(-2000)}`);
   }
-  const refs = recordedRefs(dir);
-  return { call, refs, cgroups: cgroupDirsOf(refs[0]!.pid, h.cgroupBase) };
+  const cgroups = cgroupDirsOf(found.shell.pid, h.cgroupBase);
+  const inCgroup = cgroups.length > 0 ? procsOf(cgroups[0]!) : [];
+  // The leader: the member the sidecar itself started.
+  const leader = inCgroup.filter((r) => readStat(r.pid)?.ppid === h.ref.pid);
+  if (leader.length !== 1) throw new Error(`hang tool of ${agent.id}: expected one process of serve's in its cgroup ${cgroups[0]}, found ${JSON.stringify(leader)}`);
+  const refs: ProcessRef[] = [];
+  for (const r of [...leader, ...inCgroup, ...hangRefs(marker)]) if (!refs.some((x) => x.pid === r.pid)) refs.push(r);
+  return { call, refs, shell: found.shell, escapee: found.escapee, cgroups };
 }
 
 /** SIGKILL (or another signal) to a process, only if its ref still names it. */

@@ -4,7 +4,7 @@
 // those delegated from them are revoked, a principal_cleanup record is written, and none of
 // the dead processes' cgroups is left.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { processRef, readStat } from '../../src/isolation/proc.js';
+import { readStat } from '../../src/isolation/proc.js';
 import {
   PROXY_AGENT,
   allGone,
@@ -49,7 +49,8 @@ afterAll(async () => {
 
 /** Everything the sidecar must have done after `agent` died. */
 async function expectCleanedUp(agent: ProxyAgent, opts: { agentCgroups: string[]; toolRefs: { pid: number; startTime: number }[]; toolCgroups: string[]; extraRefs?: { pid: number; startTime: number }[] }): Promise<void> {
-  const refs = [agent.ref, ...opts.toolRefs, ...(opts.extraRefs ?? [])];
+  // The agent's own process and its sandbox leader (confined, the launcher outside its pid namespace).
+  const refs = [agent.ref, agent.leader!, ...opts.toolRefs, ...(opts.extraRefs ?? [])];
   expect(await waitFor(() => allGone(refs), 3000), `processes still alive: ${JSON.stringify(refs.filter((r) => !gone(r)))}`).toBe(true);
   expect(await waitFor(() => existingDirs([...opts.agentCgroups, ...opts.toolCgroups]).length === 0, 3000)).toBe(true);
   const caps = await waitFor(async () => {
@@ -78,7 +79,8 @@ describe.skipIf(!cgroupsAvailable)('kill an agent', () => {
     expect(before.result?.reason, JSON.stringify(before)).toBe('exited');
     // A child of the agent that tries to leave its session: the agent's sandbox takes it down too.
     const escapee = await victim.order<{ pid: number }>('fork', { setsid: true });
-    const escapeeRef = processRef(escapee.pid)!;
+    // The pid the agent reports is its namespace's: its host process is found from outside.
+    const escapeeRef = victim.hostRef(escapee.pid)!;
     expect(escapeeRef).toBeDefined();
     const agentCgroups = cgroupDirsOf(victim.pid, h.cgroupBase);
     expect(agentCgroups.length).toBeGreaterThan(0);
@@ -117,7 +119,7 @@ describe.skipIf(!cgroupsAvailable)('kill an agent', () => {
       expect(r.capabilities).toHaveLength(1);
       expect(r.capabilities[0]!.holder).toEqual({ pid: r.pid, startTime: r.startTime });
       const sub = await h.agent(id);
-      expect(sub.pid).toBe(r.pid);
+      expect(sub.leader).toEqual({ pid: r.pid, startTime: r.startTime });
       return { sub, subCap: r.capabilities[0]! };
     };
 
@@ -139,7 +141,7 @@ describe.skipIf(!cgroupsAvailable)('kill an agent', () => {
     const bossTool = await startHang(h, boss, cap.id);
     const cgs = [...cgroupDirsOf(boss.pid, h.cgroupBase), ...cgroupDirsOf(second.sub.pid, h.cgroupBase)];
     signalRef(boss.ref);
-    await expectCleanedUp(boss, { agentCgroups: cgs, toolRefs: [...bossTool.refs, ...sub2Tool.refs, second.sub.ref], toolCgroups: [...bossTool.cgroups, ...sub2Tool.cgroups] });
+    await expectCleanedUp(boss, { agentCgroups: cgs, toolRefs: [...bossTool.refs, ...sub2Tool.refs, second.sub.ref, second.sub.leader!], toolCgroups: [...bossTool.cgroups, ...sub2Tool.cgroups] });
     await expectCleanedUp(second.sub, { agentCgroups: [], toolRefs: [], toolCgroups: [] });
   });
 

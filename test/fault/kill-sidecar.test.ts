@@ -4,7 +4,7 @@
 // chain and verifies once the new run closes it.
 import { rmSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { processRef, type ProcessRef } from '../../src/isolation/proc.js';
+import { type ProcessRef } from '../../src/isolation/proc.js';
 import {
   allGone,
   auditRecords,
@@ -49,10 +49,12 @@ async function busySidecar(
   const a2 = await h.agent('a2');
   const oldToken = (await toolCap(a1)).token;
   const fork = await a1.order<{ pid: number }>('fork', { setsid: true });
-  const forkRef = processRef(fork.pid)!;
+  const forkRef = a1.hostRef(fork.pid)!; // the agent reports its namespace's pid
+  expect(forkRef).toBeDefined();
   const t1 = await startHang(h, a1);
   const t2 = await startHang(h, a2);
-  const leaders = [a1.ref, a2.ref, t1.refs[0]!, t2.refs[0]!];
+  // The agents' own processes, their sandbox leaders, and the tools' leaders and shells.
+  const leaders = [a1.ref, a2.ref, a1.leader!, a2.leader!, t1.refs[0]!, t2.refs[0]!, t1.shell, t2.shell];
   const toolCgroups = new Set([...t1.cgroups, ...t2.cgroups].map((d) => d.slice(d.lastIndexOf('/') + 1)));
   // Every process inside the two tools' cgroups (shell, its children, the setsid escapee, unshare's init).
   const toolTrees = [...t1.refs, ...t2.refs, ...processesInBase(h.cgroupBase).filter((r) => cgroupDirsOf(r.pid, h.cgroupBase).some((d) => toolCgroups.has(d.slice(d.lastIndexOf('/') + 1))))];
@@ -122,8 +124,10 @@ describe.skipIf(host.layout === 'none')('kill the sidecar', () => {
     rmSync(h.dir, { recursive: true, force: true });
   }, 45_000);
 
-  it.skipIf(!host.namespaces.pid)('SIGKILL serve with sandbox.namespaces [pid]: agents and whole tool trees (setsid escapees included) die within 1 s', async () => {
-    const busy = await busySidecar({ namespaces: ['pid'] });
+  // The limits-only sidecar (confine: false) with tools in pid namespaces of their own; confined
+  // sandboxes have one anyway (the other tests).
+  it.skipIf(!host.namespaces.pid)('SIGKILL serve with sandbox { confine: false, namespaces: [pid] }: agents and whole tool trees (setsid escapees included) die within 1 s', async () => {
+    const busy = await busySidecar({ confine: false, namespaces: ['pid'] });
     first = busy.h;
     const watched = [...busy.leaders, ...busy.toolTrees];
     const t0 = performance.now();
@@ -140,10 +144,14 @@ describe.skipIf(host.layout === 'none')('kill the sidecar', () => {
     expect(dead, `alive ${elapsed.toFixed(0)} ms after the sidecar's SIGKILL: ${JSON.stringify(alive)}`).toBe(true);
   }, 30_000);
 
-  // The default setup (no pid namespace): the isolation layer's owner watchdog kills the dead
-  // sidecar's sandbox cgroups, so descendants and setsid escapees die too.
-  it('SIGKILL serve: every process it started, descendants and setsid escapees included, dies within 1 s', async () => {
-    const busy = await busySidecar();
+  // Confined (the default), the pid namespaces die with their launchers. Limits only (confine:
+  // false, no pid namespace), the isolation layer's owner watchdog kills the dead sidecar's
+  // sandbox cgroups, so descendants and setsid escapees die too.
+  it.each([
+    { mode: 'confined', sandbox: {} },
+    { mode: 'confine: false', sandbox: { confine: false } },
+  ])('SIGKILL serve ($mode): every process it started, descendants and setsid escapees included, dies within 1 s', async ({ sandbox }) => {
+    const busy = await busySidecar(sandbox);
     first = busy.h;
     const t0 = performance.now();
     signalRef(busy.h.ref, 'SIGKILL');

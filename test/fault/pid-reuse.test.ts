@@ -54,11 +54,14 @@ describe.skipIf(host.layout === 'none')('PID reuse', () => {
     const spawner = await h.agent('spawner');
     const other = await h.agent('other');
     const cap = await toolCap(doomed);
-    expect(cap.holder).toEqual({ pid: doomed.ref.pid, startTime: doomed.ref.startTime });
-    const deadPid = doomed.pid;
+    // Capabilities are bound to the agent's sandbox leader (confined: the launcher outside its pid
+    // namespace); that is the pid a new process must not inherit them through.
+    const holder = doomed.leader!;
+    expect(cap.holder).toEqual(holder);
+    const deadPid = holder.pid;
 
-    signalRef(doomed.ref);
-    expect(await waitFor(() => gone(doomed.ref), 3000)).toBe(true);
+    signalRef(doomed.ref); // the agent's own process: its sandbox ends with it
+    expect(await waitFor(() => gone(doomed.ref) && gone(holder), 3000)).toBe(true);
     const revoked = await waitFor(async () => { const c = await h.caps('doomed'); return c.length > 0 && c.every((x) => x.revoked); }, 3000);
     expect(revoked).toBe(true);
 
@@ -98,8 +101,8 @@ describe.skipIf(host.layout === 'none')('PID reuse', () => {
     }
     if (reused) {
       const sub = await h.agent(reused.id);
-      expect(sub.pid).toBe(deadPid);
-      expect(sub.ref.startTime).not.toBe(doomed.ref.startTime);
+      expect(sub.leader!.pid).toBe(deadPid);
+      expect(sub.leader!.startTime).not.toBe(holder.startTime);
       for (const capability of [cap.id, cap.token]) {
         const r = await sub.call('tools.invoke', { tool: 'true', args: {}, capability });
         expect(r.error?.code, JSON.stringify(r)).toBe(-32001);
@@ -129,7 +132,7 @@ describe.skipIf(host.layout === 'none')('PID reuse', () => {
       const dead = caps.find((c) => c.id === cap.id)!;
       expect(dead.revoked).toBe(true);
       expect(liveCapsOfDeadHolders(caps)).toEqual([]);
-      if (squatter) expect(squatter.startTime).not.toBe(doomed.ref.startTime);
+      if (squatter) expect(squatter.startTime).not.toBe(holder.startTime);
     } finally {
       if (squatter) killRef(squatter);
     }

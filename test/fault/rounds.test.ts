@@ -17,9 +17,20 @@ describe.skipIf(host.layout === 'none')('randomized fault rounds', () => {
 });
 
 describe.skipIf(host.layout === 'none' || !host.namespaces.pid)('randomized fault rounds with sidecar kills', () => {
-  it('4 rounds, tools in pid namespaces, the sidecar SIGKILLed half the time and restarted: no violations', async () => {
-    const s = await runRounds({ rounds: 4, seed: 11, sidecarKillRate: 0.5, pidNamespace: true });
+  // Confined (the default), agents and tools are in pid namespaces of their own.
+  it('4 rounds, confined (agents and tools in pid namespaces), the sidecar SIGKILLed half the time and restarted: no violations', async () => {
+    const s = await runRounds({ rounds: 4, seed: 11, sidecarKillRate: 0.5 });
     expect(s.violations, formatSummary(s)).toEqual([]);
+    expect(s.confine).toBe(true);
+    expect(s.sidecarRestarts).toBeGreaterThanOrEqual(1);
+    expect(s.audit?.ok).toBe(true);
+  }, 60_000);
+
+  // The limits-only sidecar (confine: false) with tools in pid namespaces: what this test ran before confinement.
+  it('4 rounds, unconfined, tools in pid namespaces, the sidecar SIGKILLed half the time and restarted: no violations', async () => {
+    const s = await runRounds({ rounds: 4, seed: 11, sidecarKillRate: 0.5, confine: false, pidNamespace: true });
+    expect(s.violations, formatSummary(s)).toEqual([]);
+    expect(s.confine).toBe(false);
     expect(s.sidecarRestarts).toBeGreaterThanOrEqual(1);
     expect(s.audit?.ok).toBe(true);
   }, 60_000);

@@ -42,7 +42,12 @@ function pidsUnder(base: string): number[] {
   return out;
 }
 
-function writeConfig(agentNamespaces = false): { dir: string; file: string } {
+/**
+ * `escapee`: the agent also leaves a setsid escapee behind, which must die with its pid namespace.
+ * 'confined' relies on the default confinement (whose namespaces include pid); 'legacy' is the
+ * limits-only sidecar (`confine: false`) with an explicit `namespaces: [pid]` for the agent.
+ */
+function writeConfig(escapee?: 'confined' | 'legacy'): { dir: string; file: string } {
   const dir = mkdtempSync(join(tmpdir(), 'captrap-serve-'));
   dirs.push(dir);
   const file = join(dir, 'captrap.yaml');
@@ -59,8 +64,9 @@ function writeConfig(agentNamespaces = false): { dir: string; file: string } {
       '  - id: sleeper',
       '    command: sh',
       // With a pid namespace, the agent also leaves a setsid escapee behind: it must die with the namespace.
-      agentNamespaces ? "    args: ['-c', 'setsid sleep 300 & echo up; exec sleep 300']" : "    args: ['-c', 'echo up; exec sleep 300']",
-      ...(agentNamespaces ? ['    namespaces: [pid]'] : []),
+      escapee ? "    args: ['-c', 'setsid sleep 300 & echo up; exec sleep 300']" : "    args: ['-c', 'echo up; exec sleep 300']",
+      // Confined, a sub-list of namespaces is a weaker confinement (refused unless allowDegraded): the legacy form is unconfined.
+      ...(escapee === 'legacy' ? ['    confine: false', '    namespaces: [pid]'] : []),
       '    limits: { memory: 64M, pids: 8 }',
       '    capabilities:',
       "      - { resource: { type: tool, pattern: '*' }, operations: [invoke], constraints: { allowedTools: [echo] } }",
@@ -117,16 +123,21 @@ function cgroupDirsOf(base: string): string[] {
 }
 
 describe('captrap serve', () => {
-  it.skipIf(!host.namespaces.pid || !existsSync('/sys/fs/cgroup/pids'))('with agent namespaces [pid], a SIGKILLed sidecar takes the agent\'s whole tree (setsid escapees too) with it', async () => {
-    const { file } = writeConfig(true);
+  it.skipIf(!host.namespaces.pid || !existsSync('/sys/fs/cgroup/pids')).each([
+    // Confined (the default): launcher (host side), the namespace's init, the agent, its setsid child.
+    { mode: 'confined' as const, expected: 4 },
+    // Limits only, namespaces [pid]: unshare, the agent (namespace init), its setsid child.
+    { mode: 'legacy' as const, expected: 3 },
+  ])('with an agent pid namespace ($mode), a SIGKILLed sidecar takes the agent\'s whole tree (setsid escapees too) with it', async ({ mode, expected }) => {
+    const { file } = writeConfig(mode);
     const s = await serve(file);
     let pids: number[] = [];
     const t0 = Date.now();
-    while (pids.length < 3 && Date.now() - t0 < 5000) {
-      pids = pidsUnder(BASE); // unshare, the agent (namespace init), its setsid child
+    while (pids.length < expected && Date.now() - t0 < 5000) {
+      pids = pidsUnder(BASE);
       await new Promise((r) => setTimeout(r, 20));
     }
-    expect(pids.length).toBeGreaterThanOrEqual(3);
+    expect(pids.length).toBeGreaterThanOrEqual(expected);
     const refs = pids.map((pid) => ({ pid, startTime: Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[19]) }));
     s.child.kill('SIGKILL');
     await s.exited;

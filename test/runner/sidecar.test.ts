@@ -1,7 +1,7 @@
 // The sidecar end to end, in-process: real agents (node processes) in real sandboxes, talking
 // over their fd-3 channels through a relay the test controls, real tools, real cgroups, a real
 // audit log. Each test starts its own sidecar with a unique cgroup base and state directory.
-import { existsSync, mkdirSync, realpathSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, realpathSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +11,7 @@ import { readSecretFile, readEd25519PublicKey } from '../../src/kernel/keys.js';
 import { probeHost } from '../../src/isolation/host.js';
 import { removeCgroupBase } from '../../src/isolation/cgroup.js';
 import { isSameProcess } from '../../src/isolation/proc.js';
+import { pidsInNamespace, sandboxPidNamespace } from '../../src/isolation/confine.js';
 import { parseConfig, type SidecarConfig } from '../../src/runner/config.js';
 import { RPC_ERROR, RpcConnection, RpcError } from '../../src/runner/jsonrpc.js';
 import { publicKeyFileFor, Sidecar } from '../../src/runner/sidecar.js';
@@ -21,13 +22,18 @@ const host = probeHost();
 
 let root: string;
 let dataDir: string;
+/** The control sockets: agents run confined under uids of their own, so it is in their view, world-traversable, its sockets connectable. */
+let ctlDir: string;
 const sidecars: Sidecar[] = [];
 const servers: Server[] = [];
 
 beforeAll(() => {
   root = mkdtempSync(join(tmpdir(), 'captrap-sidecar-'));
+  chmodSync(root, 0o755);
   dataDir = join(root, 'data');
-  mkdirSync(dataDir);
+  mkdirSync(dataDir, { mode: 0o755 });
+  ctlDir = join(root, 'ctl');
+  mkdirSync(ctlDir, { mode: 0o755 });
   writeFileSync(join(dataDir, 'hello.txt'), 'hello from data\n');
   writeFileSync(join(root, 'secret.txt'), 'secret\n');
 });
@@ -42,15 +48,46 @@ afterAll(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
+type Connected = { conn: RpcConnection; id: string; pid: number; sock: Socket };
+type Hello = { hello: string; pid: number; pidNs: string | null };
+
+/**
+ * The host pid of the agent that said hello: the process ref the sidecar launched it as (its
+ * launcher, when the agent has a pid namespace of its own). Checked, not assumed: the relay must
+ * run inside that sandbox (its pid namespace is the one under the launcher), or, without a pid
+ * namespace, be that very process.
+ */
+function agentPid(h: Hello): number {
+  const agent = [...sidecars].reverse().map((s) => s.supervisor.get(h.hello)).find((a) => a !== undefined && a.state === 'running');
+  if (!agent) throw new Error(`no running agent '${h.hello}' said hello`);
+  const mine = sandboxPidNamespace(agent.ref.pid);
+  if (mine !== undefined) expect(h.pidNs).toBe(mine);
+  else expect(h.pid).toBe(agent.ref.pid);
+  return agent.ref.pid;
+}
+
+/** The host pid of an agent's own process (the relay): the leader itself, or the command under its pid namespace's init. */
+function hostPidOfAgent(s: Sidecar, id: string): number {
+  const leader = s.supervisor.get(id)!.ref.pid;
+  const ns = sandboxPidNamespace(leader);
+  if (ns === undefined) return leader;
+  const inNs = pidsInNamespace(ns).filter((p) => {
+    const nspid = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${p}/status`, 'utf8'))?.[1]?.trim().split(/\s+/);
+    return nspid !== undefined && nspid[nspid.length - 1] !== '1';
+  });
+  expect(inNs).toHaveLength(1);
+  return inNs[0]!;
+}
+
 /** A control socket the relay agent connects to; each connection is one agent. */
 class Control {
   readonly path: string;
   private readonly server: Server;
-  private readonly waiting: ((a: { conn: RpcConnection; id: string; pid: number; sock: Socket }) => void)[] = [];
-  private readonly ready: { conn: RpcConnection; id: string; pid: number; sock: Socket }[] = [];
+  private readonly waiting: ((a: { conn: RpcConnection; hello: Hello; sock: Socket }) => void)[] = [];
+  private readonly ready: { conn: RpcConnection; hello: Hello; sock: Socket }[] = [];
 
   constructor(name: string) {
-    this.path = join(root, `${name}-${Math.random().toString(36).slice(2, 8)}.sock`);
+    this.path = join(ctlDir, `${name}-${Math.random().toString(36).slice(2, 8)}.sock`);
     this.server = createServer((sock) => {
       let buf = Buffer.alloc(0);
       const onData = (c: Buffer) => {
@@ -58,10 +95,10 @@ class Control {
         const nl = buf.indexOf(10);
         if (nl < 0) return;
         sock.off('data', onData);
-        const hello = JSON.parse(buf.subarray(0, nl).toString()) as { hello: string; pid: number };
+        const hello = JSON.parse(buf.subarray(0, nl).toString()) as Hello;
         const rest = buf.subarray(nl + 1);
         if (rest.length > 0) sock.unshift(rest);
-        const a = { conn: new RpcConnection(sock, sock), id: hello.hello, pid: hello.pid, sock };
+        const a = { conn: new RpcConnection(sock, sock), hello, sock };
         const w = this.waiting.shift();
         if (w) w(a);
         else this.ready.push(a);
@@ -70,13 +107,14 @@ class Control {
       sock.on('error', () => {});
     });
     this.server.listen(this.path);
+    chmodSync(this.path, 0o666); // bound synchronously for a path; agents run under uids of their own
     servers.push(this.server);
   }
 
-  next(): Promise<{ conn: RpcConnection; id: string; pid: number; sock: Socket }> {
-    const r = this.ready.shift();
-    if (r) return Promise.resolve(r);
-    return new Promise((res) => this.waiting.push(res));
+  /** The next agent to connect, with its host pid (see agentPid). */
+  async next(): Promise<Connected> {
+    const r = this.ready.shift() ?? (await new Promise<{ conn: RpcConnection; hello: Hello; sock: Socket }>((res) => this.waiting.push(res)));
+    return { conn: r.conn, id: r.hello.hello, pid: agentPid(r.hello), sock: r.sock };
   }
 }
 
@@ -116,17 +154,18 @@ function config(agents: { id: string; control: Control; capabilities?: unknown[]
       stateDir,
       cgroupBase: BASE,
       audit: { flushIntervalMs: 20 },
-      sandbox: { memory: '256M', pids: 64, timeout: '20s', killGrace: '200ms' },
       tools: TOOLS,
       agents: agents.map((a) => ({
         id: a.id,
         command: 'node',
         args: [RELAY, a.control.path],
+        view: { readOnly: [ctlDir] },
         limits: a.limits ?? { memory: '512M', pids: 64 },
         capabilities: a.capabilities ?? [toolCap(['read_file', 'echo', 'sleep', 'hog', 'limits'], [dataDir])],
         requestable: a.requestable ?? [],
       })),
       ...extra,
+      sandbox: { memory: '256M', pids: 64, timeout: '20s', killGrace: '200ms', ...(extra['sandbox'] as Record<string, unknown> | undefined) },
     },
     'test config',
     root,
@@ -347,7 +386,11 @@ describe('sidecar', () => {
   it('runs a tool under the tightest of sandbox defaults, tool limits, capability limits and the agent\'s own limits', async () => {
     const ctl = new Control('l');
     const s = await start(
-      config([{ id: 'limited', control: ctl, limits: { memory: '512M', pids: 12 }, capabilities: [{ ...toolCap(['limits', 'sleep']), constraints: { allowedTools: ['limits', 'sleep'], limits: { memoryBytes: 64 * 1024 * 1024, timeoutMs: 300 } } }] }]),
+      config(
+        [{ id: 'limited', control: ctl, limits: { memory: '512M', pids: 12 }, capabilities: [{ ...toolCap(['limits', 'sleep']), constraints: { allowedTools: ['limits', 'sleep'], limits: { memoryBytes: 64 * 1024 * 1024, timeoutMs: 300 } } }] }],
+        // The 'limits' tool reads its own cgroup files from /sys/fs/cgroup, which confinement hides.
+        { sandbox: { confine: false, allowRoot: true } },
+      ),
     );
     const a = await ctl.next();
     const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
@@ -477,6 +520,42 @@ describe('sidecar', () => {
     const a = await ctl.next();
     const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
     expect(await a.conn.call('tools.invoke', { tool: 'uid', args: {}, capability: cap })).toMatchObject({ stdout: '65534\n' });
+  });
+
+  it('without a configured uid, each agent runs under a uid of its own from the identity range, and its tools under the same uid', async () => {
+    const c1 = new Control('x');
+    const c2 = new Control('y');
+    const s = await start(config([
+      { id: 'one', control: c1, capabilities: [toolCap(['uid'])] },
+      { id: 'two', control: c2, capabilities: [toolCap(['uid'])] },
+    ]));
+    const agents = await Promise.all([c1.next(), c2.next()]);
+    const uids: number[] = [];
+    for (const a of agents) {
+      const id = s.supervisor.get(a.id)!.identity;
+      expect(id.allowRoot).toBe(false);
+      expect(id.uid).toBeGreaterThanOrEqual(200000);
+      expect(id.uid).toBeLessThan(200000 + 65536);
+      expect(id.gid).toBe(id.uid);
+      // The agent's process really runs as it (the relay's host process, found through its sandbox's pid namespace) ...
+      const status = readFileSync(`/proc/${hostPidOfAgent(s, a.id)}/status`, 'utf8');
+      expect(status).toMatch(new RegExp(`^Uid:\\s+${id.uid}\\s+${id.uid}\\s+${id.uid}\\s+${id.uid}$`, 'm'));
+      // ... and so do its tools.
+      const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+      expect(await a.conn.call('tools.invoke', { tool: 'uid', args: {}, capability: cap })).toMatchObject({ reason: 'exited', stdout: `${id.uid}\n` });
+      uids.push(id.uid!);
+    }
+    expect(new Set(uids).size).toBe(2); // no two agents share a uid
+  });
+
+  it('allowRoot: an agent without a configured uid keeps uid 0, confined; its tools too', async () => {
+    const ctl = new Control('r');
+    const s = await start(config([{ id: 'rooty', control: ctl, capabilities: [toolCap(['uid'])] }], { sandbox: { allowRoot: true } }));
+    const a = await ctl.next();
+    expect(s.supervisor.get('rooty')!.identity).toMatchObject({ allowRoot: true });
+    expect(s.supervisor.get('rooty')!.identity.uid).toBeUndefined();
+    const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    expect(await a.conn.call('tools.invoke', { tool: 'uid', args: {}, capability: cap })).toMatchObject({ reason: 'exited', stdout: '0\n' });
   });
 
   it('speaks to a plain shell agent: the protocol needs nothing but fd 3', async () => {
