@@ -22,7 +22,7 @@ import { autoBackend, cgroupBackend, newCgroupName, type CgroupUsage, type Count
 import { LimitUnenforceableError, SandboxOptionError, SandboxSpawnError } from './errors.js';
 import { probeHost, which, type HostInfo } from './host.js';
 import { normalizeOptions, type BackendName, type NormalizedOptions, type SandboxOptions } from './limits.js';
-import { descendants, processRef, type ProcessRef } from './proc.js';
+import { cgroupsOf, descendants, processRef, readStat, type ProcessRef } from './proc.js';
 import { NOBODY, pidsInNamespace, planConfinement, sandboxPidNamespace, type ConfinementReport } from './confine.js';
 import { chooseLauncher, launchArgv, type LauncherChoice, type LauncherKind } from './launcher/launcher.js';
 import { ensureOwnerWatchdog } from './watchdog.js';
@@ -482,11 +482,26 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   };
   // What no hostile command can dodge: the cgroup, the leader through its handle even if it left
   // the cgroup, and every process of the sandbox found outside it.
+  // Only a command running as root can write a cgroup.procs file (and, confined, not even that:
+  // it has no cgroupfs and no capabilities), so the /proc scans for escapees are paid only then.
+  const mayEscape = (o.uid ?? process.getuid?.() ?? 0) === 0;
   const killEverything = () => {
     const leaderAlive = proc.exitCode === null && proc.signalCode === null;
-    const outside = leaderAlive ? outsideCgroup(proc.pid, pidNs, new Set(cg.pids())) : [];
+    const inCgroup = new Set(cg.pids());
+    // Without a pid namespace descendants are found through the leader: list them before it dies.
+    const descendantsOutside = leaderAlive && mayEscape && !pidNs ? outsideCgroup(proc.pid, undefined, inCgroup) : [];
     killTree();
     if (leaderAlive) proc.kill('SIGKILL');
+    // Namespace members outside the cgroup are listed after the kill, so it is not delayed.
+    const candidates = pidNs && mayEscape ? outsideCgroup(proc.pid, pidNs, inCgroup) : descendantsOutside;
+    if (leaderAlive && proc.pid !== undefined && !inCgroup.has(proc.pid) && !candidates.includes(proc.pid)) candidates.unshift(proc.pid);
+    // Absent from the snapshot is not proof: a process may have exited or been born since. Only a
+    // live process whose /proc/<pid>/cgroup names none of ours has left.
+    const outside = candidates.filter((pid) => {
+      const st = readStat(pid);
+      const cgs = st && st.state !== 'Z' ? cgroupsOf(pid) : undefined;
+      return cgs !== undefined && ![...cgs.values()].some((path) => path.includes(cg.name));
+    });
     for (const pid of outside) {
       if (pid === proc.pid) continue;
       try {
