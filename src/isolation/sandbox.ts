@@ -485,23 +485,24 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   // Only a command running as root can write a cgroup.procs file (and, confined, not even that:
   // it has no cgroupfs and no capabilities), so the /proc scans for escapees are paid only then.
   const mayEscape = (o.uid ?? process.getuid?.() ?? 0) === 0;
+  // Absent from a snapshot is not proof: a process may have exited or been born since. Only a
+  // live process whose /proc/<pid>/cgroup names none of ours has left.
+  const hasLeft = (pid: number): boolean => {
+    const st = readStat(pid);
+    const cgs = st && st.state !== 'Z' ? cgroupsOf(pid) : undefined;
+    return cgs !== undefined && ![...cgs.values()].some((path) => path.includes(cg.name));
+  };
   const killEverything = () => {
     const leaderAlive = proc.exitCode === null && proc.signalCode === null;
     const inCgroup = new Set(cg.pids());
+    const leaderLeft = leaderAlive && proc.pid !== undefined && !inCgroup.has(proc.pid) && hasLeft(proc.pid);
     // Without a pid namespace descendants are found through the leader: list them before it dies.
-    const descendantsOutside = leaderAlive && mayEscape && !pidNs ? outsideCgroup(proc.pid, undefined, inCgroup) : [];
+    const descendantsOutside = leaderAlive && mayEscape && !pidNs ? outsideCgroup(proc.pid, undefined, inCgroup).filter((pid) => pid !== proc.pid && hasLeft(pid)) : [];
     killTree();
     if (leaderAlive) proc.kill('SIGKILL');
     // Namespace members outside the cgroup are listed after the kill, so it is not delayed.
-    const candidates = pidNs && mayEscape ? outsideCgroup(proc.pid, pidNs, inCgroup) : descendantsOutside;
-    if (leaderAlive && proc.pid !== undefined && !inCgroup.has(proc.pid) && !candidates.includes(proc.pid)) candidates.unshift(proc.pid);
-    // Absent from the snapshot is not proof: a process may have exited or been born since. Only a
-    // live process whose /proc/<pid>/cgroup names none of ours has left.
-    const outside = candidates.filter((pid) => {
-      const st = readStat(pid);
-      const cgs = st && st.state !== 'Z' ? cgroupsOf(pid) : undefined;
-      return cgs !== undefined && ![...cgs.values()].some((path) => path.includes(cg.name));
-    });
+    const others = pidNs && mayEscape ? outsideCgroup(proc.pid, pidNs, inCgroup).filter((pid) => pid !== proc.pid && hasLeft(pid)) : descendantsOutside;
+    const outside = leaderLeft ? [proc.pid!, ...others] : others;
     for (const pid of outside) {
       if (pid === proc.pid) continue;
       try {
