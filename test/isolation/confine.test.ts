@@ -297,7 +297,12 @@ console.log(JSON.stringify({ control, confined: confined.stdout, unconfined: unc
     expect(lines).toContain('pids 1 2');
   });
 
-  it('symlink-swap race: 0 leaks in 1000 calls', async () => {
+  /**
+   * R/real/file says "public"; S/file (0600, outside every view) says "SECRET". A racer keeps R/d
+   * alternating between the real directory and a symlink to S while `calls` sandboxes (8 at a
+   * time) run `command(R, S)` with `view(R)`. Returns every result; the racer and dirs are gone.
+   */
+  async function swapRace(calls: number, command: (R: string, S: string) => string, view: (R: string) => string[]): Promise<SandboxResult[]> {
     const R = mkdtempSync(`${tmpdir()}/captrap-race-`);
     const S = mkdtempSync(`${outsideBase}/captrap-race-secret-`);
     try {
@@ -305,8 +310,6 @@ console.log(JSON.stringify({ control, confined: confined.stdout, unconfined: unc
       mkdirSync(`${R}/real`, { mode: 0o755 });
       writeFileSync(`${R}/real/file`, 'public\n', { mode: 0o644 });
       writeFileSync(`${S}/file`, 'SECRET\n', { mode: 0o600 });
-      // The racer keeps R/d alternating between the real directory and a symlink to S, which is
-      // outside the view: a view that followed the link (or no view at all) would show SECRET.
       const racer = spawn(
         process.execPath,
         [
@@ -327,71 +330,38 @@ for (;;) {
       const results: SandboxResult[] = [];
       let next = 0;
       const worker = async () => {
-        while (next < 1000) {
+        while (next < calls) {
           next++;
-          results.push(await runSandboxed('sh', ['-c', `cat ${R}/d/file; cat ${S}/file`], opts({ view: { readOnly: [R] }, allowRoot: true })));
+          results.push(await runSandboxed('sh', ['-c', command(R, S)], opts({ view: { readOnly: view(R) }, allowRoot: true })));
         }
       };
       await Promise.all(Array.from({ length: 8 }, worker));
       racer.kill('SIGKILL');
-      expect(results.length).toBe(1000);
-      const leaks = results.filter((r) => /SECRET/.test(r.stdout + r.stderr));
-      expect(leaks.length).toBe(0);
-      // The race was real: some calls saw the directory, some did not.
-      expect(results.some((r) => r.stdout.includes('public'))).toBe(true);
-      expect(results.some((r) => !r.stdout.includes('public'))).toBe(true);
+      return results;
     } finally {
       for (const r of racers) if (r.exitCode === null && r.signalCode === null) r.kill('SIGKILL');
       rmSync(R, { recursive: true, force: true });
       rmSync(S, { recursive: true, force: true });
     }
+  }
+
+  it('symlink-swap race: 0 leaks in 1000 calls', async () => {
+    // A view that followed the link (or no view at all) would show SECRET.
+    const results = await swapRace(1000, (R, S) => `cat ${R}/d/file; cat ${S}/file`, (R) => [R]);
+    expect(results.length).toBe(1000);
+    expect(results.filter((r) => /SECRET/.test(r.stdout + r.stderr)).length).toBe(0);
+    // The race was real: some calls saw the directory, some did not.
+    expect(results.some((r) => r.stdout.includes('public'))).toBe(true);
+    expect(results.some((r) => !r.stdout.includes('public'))).toBe(true);
   }, 60_000);
 
   it('symlink-swap race on the root itself: a root swapped for a symlink is refused, never followed (0 leaks in 300 calls)', async () => {
-    const R = mkdtempSync(`${tmpdir()}/captrap-race-root-`);
-    const S = mkdtempSync(`${outsideBase}/captrap-race-root-secret-`);
-    try {
-      chmodSync(R, 0o755);
-      mkdirSync(`${R}/real`, { mode: 0o755 });
-      writeFileSync(`${R}/real/file`, 'public\n', { mode: 0o644 });
-      writeFileSync(`${S}/file`, 'SECRET\n', { mode: 0o600 });
-      const racer = spawn(
-        process.execPath,
-        [
-          '-e',
-          `const fs = require('fs'); const [R, S] = process.argv.slice(1);
-for (;;) {
-  try { fs.renameSync(R + '/real', R + '/d'); } catch {}
-  try { fs.renameSync(R + '/d', R + '/real'); } catch {}
-  try { fs.symlinkSync(S, R + '/d'); } catch {}
-  try { fs.unlinkSync(R + '/d'); } catch {}
-}`,
-          R,
-          S,
-        ],
-        { stdio: 'ignore' },
-      );
-      racers.push(racer);
-      const results: SandboxResult[] = [];
-      let next = 0;
-      const worker = async () => {
-        while (next < 300) {
-          next++;
-          // R/d is the root: checked as a real directory by the caller, swapped by the racer.
-          results.push(await runSandboxed('sh', ['-c', `cat ${R}/d/file`], opts({ view: { readOnly: [`${R}/d`] }, allowRoot: true })));
-        }
-      };
-      await Promise.all(Array.from({ length: 8 }, worker));
-      racer.kill('SIGKILL');
-      expect(results.length).toBe(300);
-      expect(results.filter((r) => /SECRET/.test(r.stdout + r.stderr)).length).toBe(0);
-      // The race was real: some launches were refused (the root was a symlink), some showed it.
-      expect(results.some((r) => r.stdout.includes('public'))).toBe(true);
-    } finally {
-      for (const r of racers) if (r.exitCode === null && r.signalCode === null) r.kill('SIGKILL');
-      rmSync(R, { recursive: true, force: true });
-      rmSync(S, { recursive: true, force: true });
-    }
+    // R/d is the root: checked as a real directory by the caller, swapped by the racer.
+    const results = await swapRace(300, (R) => `cat ${R}/d/file`, (R) => [`${R}/d`]);
+    expect(results.length).toBe(300);
+    expect(results.filter((r) => /SECRET/.test(r.stdout + r.stderr)).length).toBe(0);
+    // The race was real: some launches were refused (the root was a symlink), some showed it.
+    expect(results.some((r) => r.stdout.includes('public'))).toBe(true);
   }, 60_000);
 
   it("the namespace's init shows no launcher arguments (cgroup paths, hidden paths, captrap's pid) in /proc/1/cmdline", async () => {
