@@ -22,6 +22,8 @@ import { AdminClient, type AgentRow } from '../src/runner/admin-client.js';
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const EXAMPLES = join(ROOT, 'examples');
 const CLI = join(ROOT, 'src/runner/cli.ts');
+// A sub-agent's principal lives in its parent's namespace.
+const WORKER = 'planner/worker';
 const TSX = import.meta.resolve('tsx');
 const STEP_TIMEOUT_MS = 20_000;
 const t0 = Date.now();
@@ -103,7 +105,7 @@ class ServeOutput {
       while ((nl = this.partial.indexOf('\n')) >= 0) {
         const line = this.partial.slice(0, nl);
         this.partial = this.partial.slice(nl + 1);
-        const m = /^\[([A-Za-z][\w.-]*)\] (.*)$/.exec(line);
+        const m = /^\[([A-Za-z][\w./-]*)\] (.*)$/.exec(line);
         if (m) this.lines.push({ agent: m[1]!, text: m[2]! });
         else this.log = (this.log + line + '\n').slice(-8000);
       }
@@ -269,35 +271,35 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
     say('planner works through its capability; the sidecar forwards its output:');
     const printed = new Set<number>();
     const pw = await output.follow(
-      ['planner', 'worker'],
-      (ls) => has(ls, 'planner', /^spawned worker/) && has(ls, 'worker', /^idle/),
+      ['planner', WORKER],
+      (ls) => has(ls, 'planner', /^spawned worker/) && has(ls, WORKER, /^idle/),
       'the planner to launch its worker',
       printed,
     );
     check(has(pw, 'planner', /^read_file workspace\/notes\.txt -> allowed, exited\(0\): "ship the sidecar/), 'a tool allowed by the capability ran and read the file under its root');
     check(has(pw, 'planner', /^write_file .* -> denied E_TOOL_NOT_ALLOWED/), 'a tool outside allowedTools was denied (E_TOOL_NOT_ALLOWED)');
     check(has(pw, 'planner', /^read_file workspace\/\.\.\/secrets\.env -> denied E_PATH_OUTSIDE_ROOTS/), 'a path outside the root was denied, `..` and all (E_PATH_OUTSIDE_ROOTS)');
-    check(has(pw, 'worker', /^read_file workspace\/reports\/summary\.txt -> allowed/) && has(pw, 'worker', /^read_file workspace\/notes\.txt -> denied E_PATH_OUTSIDE_ROOTS/), 'the sub-agent got only the narrower share: reports/ yes, the rest of the workspace no');
+    check(has(pw, WORKER, /^read_file workspace\/reports\/summary\.txt -> allowed/) && has(pw, WORKER, /^read_file workspace\/notes\.txt -> denied E_PATH_OUTSIDE_ROOTS/), 'the sub-agent got only the narrower share: reports/ yes, the rest of the workspace no');
 
     say('The worker is SIGKILLed. Its capabilities were bound to its process, so they die with it.');
     const { agents } = await admin.agents();
-    const worker = agents.find((a: AgentRow) => a.id === 'worker');
+    const worker = agents.find((a: AgentRow) => a.id === WORKER);
     if (!worker || worker.state !== 'running') throw new DemoError(`the worker is not running: ${JSON.stringify(worker)}`);
     const ref: ProcessRef = { pid: worker.pid, startTime: worker.startTime };
     if (!isSameProcess(ref)) throw new DemoError(`the worker's pid ${worker.pid} no longer names it`);
-    const before = (await admin.capabilities('worker')).capabilities;
+    const before = (await admin.capabilities(WORKER)).capabilities;
     process.kill(ref.pid, 'SIGKILL');
     const killedAt = Date.now();
     note(`kill -KILL ${ref.pid}   (the worker held ${before.filter((c) => !c.revoked).length} live capability)`);
     const revokedAfter = await waitFor(async () => {
-      const { capabilities } = await admin.capabilities('worker');
+      const { capabilities } = await admin.capabilities(WORKER);
       return capabilities.length > 0 && capabilities.every((c) => c.revoked) ? Date.now() - killedAt : undefined;
     }, 5000);
-    await showCommand(dir, ['caps', '--principal', 'worker']);
+    await showCommand(dir, ['caps', '--principal', WORKER]);
     check(revokedAfter !== undefined, `every capability of the worker is revoked${revokedAfter !== undefined ? ` (seen ${revokedAfter} ms after the kill)` : ''}`);
     const plannerCaps = (await admin.capabilities('planner')).capabilities;
     check(plannerCaps.some((c) => !c.revoked), "the planner's own capability is untouched: only what was delegated to the dead process went");
-    await waitFor(async () => ((await admin.agents()).agents.find((a) => a.id === 'worker')?.state === 'exited' ? true : undefined), 5000);
+    await waitFor(async () => ((await admin.agents()).agents.find((a) => a.id === WORKER)?.state === 'exited' ? true : undefined), 5000);
     await showCommand(dir, ['ps']);
 
     say(`Meanwhile scribe, ${scribeLanguage} speaking JSON-RPC by hand, ran its tools:`);
@@ -334,7 +336,7 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
   note(`${records.length} records; tool sandboxes started: ${toolStarts.map((r) => String(r.details?.['tool'])).join(', ')}; calls denied: ${denials.length}`);
   check(toolStarts.length === 4 && !toolStarts.some((r) => r.details?.['tool'] === 'write_file'), 'only the 4 allowed tool calls started a sandbox; the denied ones spawned nothing');
   const cleanups = records.filter((r) => r.type === 'principal_cleanup').map((r) => r.principal);
-  check(cleanups.includes('worker'), `principal_cleanup recorded for the dead worker (cleanups: ${[...new Set(cleanups)].join(', ')})`);
+  check(cleanups.includes(WORKER), `principal_cleanup recorded for the dead worker (cleanups: ${[...new Set(cleanups)].join(', ')})`);
 
   say('Leftovers:');
   const procs = processesIn(cgroupBase);

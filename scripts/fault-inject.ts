@@ -6,7 +6,7 @@
 // is restarted on the same state). After every round and at the end the script asserts: no
 // capability valid for a dead process, no process or cgroup left behind, and at the end a
 // verifying audit log. Prints a summary; exits 1 on any violation, 2 on bad usage.
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isSameProcess, type ProcessRef } from '../src/isolation/proc.js';
@@ -136,7 +136,7 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
 
       const spawnSub = async (parent: ProxyAgent, parentCap: CapView, parentSpawnCap: CapView): Promise<Sub | undefined> => {
         const id = `r${round}.a${++seq}`;
-        const r = await parent.call<{ pid: number; capabilities: CapView[] }>('agents.spawn', {
+        const r = await parent.call<{ id: string; pid: number; capabilities: CapView[] }>('agents.spawn', {
           id,
           capability: parentSpawnCap.id,
           command: process.execPath,
@@ -151,7 +151,8 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
           return undefined;
         }
         summary.agentsSpawned++;
-        const agent = await h.agent(id, 10_000);
+        // A sub-agent's principal is '<parent>/<id>'.
+        const agent = await h.agent(r.result.id, 10_000);
         const sub: Sub = { agent, cap: r.result.capabilities[0]!, spawnCap: r.result.capabilities[1]!, parent: parent.id, hangs: [] };
         subs.push(sub);
         return sub;
@@ -284,15 +285,16 @@ export async function runRounds(opts: RoundsOptions): Promise<RoundsSummary> {
         await Promise.race([Promise.allSettled(calls), sleep(10_000)]);
       }
       // Only root's sandbox may be left: confined, its cgroups hold its launcher and namespace init besides root itself.
-      const rootDirs = new Set(cgroupDirsOf(root.pid, h.cgroupBase));
+      // Root's sandbox is a leaf of root's agent group: the group's directories may stay too, nothing else at any depth.
+      const rootDirs = new Set(cgroupDirsOf(root.pid, h.cgroupBase).flatMap((d) => withAncestors(d, h.cgroupBase)));
       const ofRoot = (r: ProcessRef) => r.pid === root.pid || cgroupDirsOf(r.pid, h.cgroupBase).every((d) => rootDirs.has(d));
       const clean = await waitFor(
-        () => processesInBase(h.cgroupBase).every(ofRoot) && cgroupsUnder(h.cgroupBase).every((d) => rootDirs.has(d)),
+        () => processesInBase(h.cgroupBase).every(ofRoot) && allCgroupsUnder(h.cgroupBase).every((d) => rootDirs.has(d)),
         5000,
         20,
       );
       if (!clean) {
-        violation(round, `left after the round: processes ${JSON.stringify(processesInBase(h.cgroupBase).filter((r) => !ofRoot(r)))}, cgroups ${cgroupsUnder(h.cgroupBase).filter((d) => !rootDirs.has(d)).join(', ')}`);
+        violation(round, `left after the round: processes ${JSON.stringify(processesInBase(h.cgroupBase).filter((r) => !ofRoot(r)))}, cgroups ${allCgroupsUnder(h.cgroupBase).filter((d) => !rootDirs.has(d)).join(', ')}`);
       }
       if (round % 10 === 0 || round === opts.rounds) log(`round ${round}/${opts.rounds}: ${summary.agentsSpawned} agents, ${summary.calls} calls, ${summary.violations.length} violation(s)`);
     }
@@ -369,4 +371,35 @@ if (isEntryPoint(import.meta.url)) {
       process.exit(1);
     },
   );
+}
+
+/** `dir` and each directory above it below `<hierarchy>/<base>` (an agent's leaf, its group, its parent's groups). */
+function withAncestors(dir: string, base: string): string[] {
+  const out: string[] = [];
+  for (let p = dir; p.includes(`/${base}/`); p = p.slice(0, p.lastIndexOf('/'))) out.push(p);
+  return out;
+}
+
+/** Every cgroup directory below the base, at any depth (groups nest). */
+function allCgroupsUnder(base: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    let names: string[];
+    try {
+      names = readdirSync(d, { withFileTypes: true })
+        .filter((e) => e.isDirectory())
+        .map((e) => e.name);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      out.push(`${d}/${n}`);
+      walk(`${d}/${n}`);
+    }
+  };
+  for (const top of cgroupsUnder(base)) {
+    out.push(top);
+    walk(top);
+  }
+  return out;
 }

@@ -208,8 +208,16 @@ export class AgentClient {
   }
 
   /** Capabilities held by this agent, live ones and revoked ones the sidecar still knows (`revoked: true`). */
+  /** Every capability of this agent: follows `nextCursor` page by page (the sidecar answers at most 1000 at a time). */
   async listCapabilities(): Promise<CapView[]> {
-    return (await this.call<{ capabilities: CapView[] }>('capabilities.list')).capabilities;
+    const out: CapView[] = [];
+    let cursor: string | null | undefined;
+    do {
+      const page = await this.call<{ capabilities: CapView[]; nextCursor?: string | null }>('capabilities.list', cursor ? { cursor, limit: 1000 } : {});
+      out.push(...page.capabilities);
+      cursor = page.nextCursor;
+    } while (cursor);
+    return out;
   }
 
   /** Asks for a new capability; granted only within what this agent holds or its config lets it request. */

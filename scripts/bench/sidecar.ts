@@ -61,14 +61,14 @@ async function revokeOnDeath(h: ServeHandle, root: ProxyAgent, iterations: numbe
   let checked = 0;
   for (let i = 0; i < iterations; i++) {
     const id = `holder${i}`;
-    const r = await root.ok<{ pid: number; capabilities: CapView[] }>('agents.spawn', {
+    const r = await root.ok<{ id: string; pid: number; capabilities: CapView[] }>('agents.spawn', {
       id,
       capability: rootSpawnCap.id,
       command: process.execPath,
       args: [PROXY_AGENT, h.control.path],
       capabilities: [{ capability: rootCap.id, operations: ['invoke'] }],
     });
-    const holder = await h.agent(id);
+    const holder = await h.agent(r.id); // a sub-agent's principal is '<parent>/<id>'
     const held = r.capabilities[0]!;
     // 499 more of its own (narrower requests covered by the one it holds) and 500 delegations.
     const requests = Array.from({ length: 499 }, () => ({
@@ -80,7 +80,8 @@ async function revokeOnDeath(h: ServeHandle, root: ProxyAgent, iterations: numbe
     if (own.length !== 499) throw new Error(`capabilities.request: ${JSON.stringify(got.find((g) => g.error))}`);
     const delegations = [held, ...own].slice(0, 500).map((c) => ({
       method: 'capabilities.delegate',
-      params: { capability: c.id, to: `sink${i}`, operations: ['invoke'], constraints: { allowedTools: ['true'] } },
+      // To a sub-agent of the holder's own not spawned yet: a delegation to a principal nobody runs is refused.
+      params: { capability: c.id, to: `${r.id}/sink`, operations: ['invoke'], constraints: { allowedTools: ['true'] } },
     }));
     const del = await holder.order<{ result?: CapView; error?: unknown }[]>('many', { calls: delegations });
     const delegated = del.filter((d) => d.result).map((d) => d.result!);

@@ -10,6 +10,9 @@ export const AUDIT_EVENT_TYPES = [
   'capability_revoked',
   'capability_validated',
   'access_denied',
+  // The end of a rate-limiting episode on an agent channel, with the number of requests refused
+  // (its start is one access_denied with code E_RATE_LIMITED): one pair per episode, not one per request.
+  'rate_limited',
   'principal_cleanup',
   'sandbox_started',
   'sandbox_exited',

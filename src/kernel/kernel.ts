@@ -157,6 +157,9 @@ export class SecurityKernel {
   /** Frozen objects whose signature verified; never skips expiry, revocation or holder checks. */
   private readonly verified = new WeakSet<Capability>();
   private readonly tokenCache = new Map<string, Capability>();
+  /** Issue order of stored capabilities (a re-binding keeps its place): a position that survives pruning. */
+  private readonly issueSeqs = new Map<string, number>();
+  private lastIssueSeq = 0;
 
   private readonly counters = { issued: 0, delegated: 0, validations: 0, denials: 0, verifyCacheHits: 0, auditFailures: 0 };
 
@@ -188,6 +191,7 @@ export class SecurityKernel {
 
   private remember(c: Capability): Capability {
     this.store.set(c.id, c);
+    if (!this.issueSeqs.has(c.id)) this.issueSeqs.set(c.id, ++this.lastIssueSeq);
     let mine = this.byPrincipal.get(c.principal);
     if (!mine) this.byPrincipal.set(c.principal, (mine = new Set()));
     mine.add(c.id);
@@ -494,6 +498,16 @@ export class SecurityKernel {
   // -------------------------------------------------------------------------------------------
   // Revocation and process lifecycle
 
+  /** The direct children of `id` this kernel issued and still stores. */
+  childrenOf(id: string): string[] {
+    return [...(this.children.get(id) ?? [])];
+  }
+
+  /** How many capabilities this kernel stores (live, revoked or expired but not yet pruned). */
+  get size(): number {
+    return this.store.size;
+  }
+
   /** Every known descendant of `id` (not including it), depth-first. */
   descendants(id: string): string[] {
     const out: string[] = [];
@@ -646,22 +660,74 @@ export class SecurityKernel {
    * kernel is the one writer of its state dir.
    */
   pruneExpired(): number {
+    return this.pruneExpiredIds().length;
+  }
+
+  /** pruneExpired, returning the ids forgotten; every `onPruned` listener hears them. */
+  pruneExpiredIds(): string[] {
     const now = this.clock();
     // Compact first: the expiries of old lines come from records about to be forgotten.
     this.revocations.compact(now, (id) => this.expiryOf(id));
-    let forgotten = 0;
+    const forgotten: string[] = [];
     for (const c of [...this.store.values()]) {
       if (now < c.expiresAt) continue;
       this.forget(c);
-      forgotten++;
+      forgotten.push(c.id);
     }
     for (const [id, exp] of this.foreign) if (exp <= now) this.foreign.delete(id);
     for (const [token, c] of this.tokenCache) if (c.expiresAt <= now) this.tokenCache.delete(token);
+    if (forgotten.length > 0) {
+      for (const fn of this.pruneListeners) {
+        try {
+          fn(forgotten);
+        } catch {
+          // a listener's failure must not stop the others or the pruning
+        }
+      }
+    }
     return forgotten;
+  }
+
+  private readonly pruneListeners = new Set<(ids: readonly string[]) => void>();
+  private pruneTimer: NodeJS.Timeout | undefined;
+
+  /** Calls `fn` with the ids of capabilities each prune forgot (whoever keeps its own index of them drops them too). Returns an unsubscribe. */
+  onPruned(fn: (ids: readonly string[]) => void): () => void {
+    this.pruneListeners.add(fn);
+    return () => this.pruneListeners.delete(fn);
+  }
+
+  /**
+   * Runs pruneExpired every `intervalMs` (an unref'd timer, stopped by close() or stopPruning()).
+   * A failed prune (the state dir refusing the compacted file) is reported to `onError` and
+   * retried at the next tick; nothing is forgotten by a compaction that failed. Idempotent:
+   * a second call replaces the interval.
+   */
+  startPruning(intervalMs: number, onError?: (err: unknown) => void): void {
+    if (!Number.isFinite(intervalMs) || intervalMs <= 0) throw new RangeError('startPruning: intervalMs must be a positive number');
+    this.stopPruning();
+    this.pruneTimer = setInterval(() => {
+      try {
+        this.pruneExpiredIds();
+      } catch (err) {
+        onError?.(err);
+      }
+    }, intervalMs);
+    this.pruneTimer.unref();
+  }
+
+  stopPruning(): void {
+    if (this.pruneTimer) clearInterval(this.pruneTimer);
+    this.pruneTimer = undefined;
+  }
+
+  get pruning(): boolean {
+    return this.pruneTimer !== undefined;
   }
 
   private forget(c: Capability): void {
     this.store.delete(c.id);
+    this.issueSeqs.delete(c.id);
     const mine = this.byPrincipal.get(c.principal);
     mine?.delete(c.id);
     if (mine?.size === 0) this.byPrincipal.delete(c.principal);
@@ -682,12 +748,31 @@ export class SecurityKernel {
   // -------------------------------------------------------------------------------------------
   // Inspection
 
+  /** The place of a stored capability in this kernel's issue order (1, 2, ...; a parent's is below its children's). */
+  issueSeq(id: string): number | undefined {
+    return this.issueSeqs.get(id);
+  }
+
   getCapability(id: string): Capability | undefined {
     return this.store.get(id);
   }
 
   isRevoked(id: string): boolean {
     return this.revocations.has(id);
+  }
+
+  /**
+   * Whether `ref` is a well-formed capability signed with a key this kernel holds (nothing
+   * else: not expiry, revocation or holder). Audits nothing; for callers that must tell a
+   * forgery (which validation will refuse and audit) from a genuine capability.
+   */
+  isAuthentic(ref: CapabilityRef): boolean {
+    try {
+      this.resolve(ref);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** The token for a stored capability (carries any binding). */
@@ -713,8 +798,9 @@ export class SecurityKernel {
     return s;
   }
 
-  /** Closes the revocation file. */
+  /** Stops the prune timer and closes the revocation file. */
   close(): void {
+    this.stopPruning();
     this.revocations.close();
   }
 }

@@ -16,10 +16,20 @@ export class AdminSocketError extends CaptrapError {
   }
 }
 
+/** The audit log's own figures plus what the sidecar's gate did with them (audit.onFailure). */
+export type SidecarAuditStats = AuditStats & {
+  /** deny: requests are refused while `available` is false; continue: they run unaudited. */
+  onFailure?: 'deny' | 'continue';
+  /** Requests refused with E_AUDIT_UNAVAILABLE since start. */
+  refusedCalls?: number;
+  /** Requests run while the log could not write (onFailure: continue) since start. */
+  unauditedCalls?: number;
+};
+
 export interface AdminContext extends SidecarContext {
   counters: SandboxCounters;
   startedAt: number;
-  auditStats(): AuditStats | null;
+  auditStats(): SidecarAuditStats | null;
   metricsText(): Promise<string>;
 }
 
@@ -32,13 +42,15 @@ export interface AgentRow {
   exitReason: string | null;
   limits: Record<string, number>;
   usage: { memoryBytes: number | null; memoryPeakBytes: number | null; cpuUsageUs: number | null };
+  /** The agent's group (its limits bound the agent, its tools and its sub-agents): path and usage of the whole subtree. */
+  group: { path: string; usage: { memoryBytes: number | null; cpuUsageUs: number | null; processes: number } } | null;
   capabilities: number;
   toolsRunning: number;
 }
 
 export interface SidecarStats {
   kernel: KernelStats;
-  audit: AuditStats | null;
+  audit: SidecarAuditStats | null;
   sandboxes: { running: number; started: number; exited: number; byReason: Record<string, number> };
   agents: { running: number; exited: number };
   uptimeMs: number;
@@ -76,6 +88,15 @@ export function adminHandlers(ctx: AdminContext): Record<string, RpcHandler> {
               // exited while being read
             }
           }
+          let group: AgentRow['group'] = null;
+          if (!a.group.removed) {
+            try {
+              const u = a.group.usage();
+              group = { path: a.group.path, usage: { memoryBytes: u.memoryCurrentBytes ?? null, cpuUsageUs: u.cpuUsageUs ?? null, processes: a.group.pids().length } };
+            } catch {
+              // removed while being read
+            }
+          }
           const now = Date.now();
           return {
             id: a.id,
@@ -86,6 +107,7 @@ export function adminHandlers(ctx: AdminContext): Record<string, RpcHandler> {
             exitReason: a.exitReason,
             limits: { ...a.spec.limits },
             usage,
+            group,
             capabilities: book.ofPrincipal(a.id).filter((c) => book.isLive(c, now)).length,
             toolsRunning: runner.runningFor(a.id),
           };

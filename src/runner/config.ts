@@ -140,6 +140,8 @@ const ConfigInput = z
         keyFile: z.string().min(1).optional(),
         signingKeyFile: z.string().min(1).optional(),
         flushIntervalMs: PositiveInt.optional(),
+        /** While the log cannot write: refuse tool calls and capability changes (deny), or run them unaudited and say so (continue). */
+        onFailure: z.enum(['deny', 'continue']).optional(),
       })
       .strict()
       .default({}),
@@ -153,6 +155,14 @@ const ConfigInput = z
     maxToolCallsPerAgent: PositiveInt.default(256),
     /** Live capabilities one principal may hold; requests and delegations beyond it are refused (E_TOO_MANY_CAPABILITIES). */
     maxCapabilitiesPerAgent: PositiveInt.default(4096),
+    /** What the sidecar forwards of each agent's own stdout and stderr (the rest is dropped, counted and marked). */
+    agentOutput: z.object({ bytesPerSecond: Bytes.default(256 * 1024), burst: Bytes.default(1024 * 1024), maxBytes: Bytes.default(64 * 1024 * 1024) }).strict().optional(),
+    /** Sub-agents running at once under one configured agent (its whole tree): no agent can use up another's spawns. */
+    maxSubAgentsPerAgent: PositiveInt.default(16),
+    /** Requests per second (sustained) and at once (burst) on each agent channel; beyond it E_RATE_LIMITED. */
+    rateLimit: z.object({ perSecond: z.number().positive(), burst: PositiveInt }).strict().default({ perSecond: 500, burst: 1000 }),
+    /** How often expired capabilities are forgotten and the revocation file compacted (ms). */
+    pruneIntervalMs: PositiveInt.default(60_000),
     tools: z.array(z.unknown()).default([]),
     agents: z.array(AgentInput).default([]),
   })
@@ -223,12 +233,16 @@ export interface SidecarConfig {
   adminSocket: string;
   cgroupBase: string;
   capabilityKeyFile: string;
-  audit: { dir: string; keyFile: string; signingKeyFile: string; flushIntervalMs?: number };
+  audit: { dir: string; keyFile: string; signingKeyFile: string; flushIntervalMs?: number; /** Default 'deny'. */ onFailure?: 'deny' | 'continue' };
   sandbox: SandboxDefaults;
   onAgentExit: 'kill' | 'finish';
   maxAgents: number;
   maxToolCallsPerAgent: number;
   maxCapabilitiesPerAgent: number;
+  agentOutput?: { bytesPerSecond: number; burstBytes: number; maxBytes: number };
+  maxSubAgentsPerAgent: number;
+  rateLimit: { perSecond: number; burst: number };
+  pruneIntervalMs: number;
   identity: { firstUid: number; count: number };
   catalogue: Catalogue;
   agents: AgentConfig[];
@@ -287,6 +301,7 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
     signingKeyFile: c.audit.signingKeyFile !== undefined ? abs(c.audit.signingKeyFile) : resolve(stateDir, 'audit-signing.pem'),
   };
   if (c.audit.flushIntervalMs !== undefined) audit.flushIntervalMs = c.audit.flushIntervalMs;
+  if (c.audit.onFailure !== undefined) audit.onFailure = c.audit.onFailure;
   return {
     source,
     baseDir,
@@ -300,6 +315,10 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
     maxAgents: c.maxAgents,
     maxToolCallsPerAgent: c.maxToolCallsPerAgent,
     maxCapabilitiesPerAgent: c.maxCapabilitiesPerAgent,
+    ...(c.agentOutput ? { agentOutput: { bytesPerSecond: c.agentOutput.bytesPerSecond, burstBytes: c.agentOutput.burst, maxBytes: c.agentOutput.maxBytes } } : {}),
+    maxSubAgentsPerAgent: c.maxSubAgentsPerAgent,
+    rateLimit: c.rateLimit,
+    pruneIntervalMs: c.pruneIntervalMs,
     identity: c.identity,
     catalogue,
     agents: c.agents.map((a) => ({

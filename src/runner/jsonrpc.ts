@@ -201,6 +201,13 @@ export interface RpcConnectionOptions {
    * about this plus `maxInFlight` answers.
    */
   maxPendingWriteBytes?: number;
+  /**
+   * Lines handled in one turn of the event loop before this connection yields (default 32).
+   * Handlers that answer at once settle in microtasks, so without a turn budget one peer's
+   * pipelined backlog would be worked off in a single macrotask while every other connection
+   * waits; with it, connections take turns (round-robin through the event loop).
+   */
+  maxPerTurn?: number;
 }
 
 export interface RpcConnectionEvents {
@@ -225,6 +232,9 @@ export class RpcConnection extends EventEmitter<RpcConnectionEvents> {
   private nextId = 1;
   private closed = false;
   private paused = false;
+  private readonly maxPerTurn: number;
+  /** Lines handled in the current turn; reset by the setImmediate scheduled when the turn began. */
+  private turnCount = 0;
 
   constructor(
     private readonly input: Readable,
@@ -236,6 +246,8 @@ export class RpcConnection extends EventEmitter<RpcConnectionEvents> {
     this.handlers = options.handlers ?? {};
     this.maxInFlight = options.maxInFlight ?? 64;
     this.maxPendingWriteBytes = options.maxPendingWriteBytes ?? 1024 * 1024;
+    this.maxPerTurn = options.maxPerTurn ?? 32;
+    if (!Number.isInteger(this.maxPerTurn) || this.maxPerTurn < 1) throw new RangeError('maxPerTurn must be a positive integer');
     input.on('data', (chunk: Buffer | string) => this.onData(typeof chunk === 'string' ? Buffer.from(chunk) : chunk));
     input.on('end', () => this.close());
     input.on('close', () => this.close());
@@ -289,7 +301,8 @@ export class RpcConnection extends EventEmitter<RpcConnectionEvents> {
 
   /** Handles queued lines while in-flight and output limits allow; pauses the input otherwise. */
   private pump(): void {
-    while (!this.closed && this.queue.length > 0 && this.inFlight < this.maxInFlight && !this.outputFull()) {
+    while (!this.closed && this.queue.length > 0 && this.inFlight < this.maxInFlight && !this.outputFull() && this.turnCount < this.maxPerTurn) {
+      if (this.turnCount++ === 0) setImmediate(this.endTurn);
       this.handle(this.queue.shift()!);
     }
     // Lines queued while paused are bounded: at most what one read delivered after the pause.
@@ -302,6 +315,15 @@ export class RpcConnection extends EventEmitter<RpcConnectionEvents> {
       this.input.resume();
     }
   }
+
+  /**
+   * The turn ends once the event loop has gone round (poll, where other peers' input is read,
+   * comes before check): the rest of this peer's backlog waits behind everyone else's.
+   */
+  private readonly endTurn = (): void => {
+    this.turnCount = 0;
+    if (!this.closed && this.queue.length > 0) this.pump();
+  };
 
   private outputFull(): boolean {
     return this.output.writableLength > this.maxPendingWriteBytes;

@@ -6,7 +6,7 @@ export interface MetricsSource {
   agentsRunning(): number;
   sandboxesRunning(): number;
   kernel(): { live: number; bound: number; revoked: number; validations: number; denials: number };
-  audit(): { eventsLogged: number; bufferDepth: number } | null;
+  audit(): { eventsLogged: number; bufferDepth: number; available?: boolean; droppedRecords?: number; failedWrites?: number } | null;
 }
 
 export class SidecarMetrics {
@@ -16,6 +16,8 @@ export class SidecarMetrics {
   readonly toolDuration: Histogram<'tool'>;
   readonly agentExits: Counter<'reason'>;
   readonly rpcErrors: Counter<'channel' | 'code'>;
+  readonly auditRefused: Counter<'method'>;
+  readonly auditUnaudited: Counter<'method'>;
 
   constructor(source: MetricsSource) {
     const registers = [this.registry];
@@ -30,6 +32,13 @@ export class SidecarMetrics {
     });
     this.agentExits = new Counter({ name: 'captrap_agent_exits_total', help: 'Agents that exited, by exit reason', labelNames: ['reason'], registers });
     this.rpcErrors = new Counter({ name: 'captrap_rpc_errors_total', help: 'JSON-RPC error answers, by channel (agent|admin) and code', labelNames: ['channel', 'code'], registers });
+    this.auditRefused = new Counter({ name: 'captrap_audit_refused_calls_total', help: 'Requests refused because the audit log could not write (audit.onFailure: deny), by method', labelNames: ['method'], registers });
+    this.auditUnaudited = new Counter({
+      name: 'captrap_audit_unaudited_calls_total',
+      help: 'Requests run while the audit log could not write (audit.onFailure: continue), by method',
+      labelNames: ['method'],
+      registers,
+    });
     // One scrape reads several gauges from kernel.stats(), which walks every capability: read it once per scrape.
     let kernelAt = 0;
     let kernelStats: ReturnType<MetricsSource['kernel']> | undefined;
@@ -59,6 +68,9 @@ export class SidecarMetrics {
     gauge('captrap_denials', 'Capability denials since start', () => kernel().denials);
     gauge('captrap_audit_events', 'Audit events logged since start', () => source.audit()?.eventsLogged ?? 0);
     gauge('captrap_audit_buffer_depth', 'Audit events recorded but not yet written', () => source.audit()?.bufferDepth ?? 0);
+    gauge('captrap_audit_available', '1 while the audit log writes, 0 while it cannot (an outage, a permanent failure, or closed)', () => (source.audit()?.available === false ? 0 : 1));
+    gauge('captrap_audit_dropped_records', 'Audit records dropped because the buffer was full during an outage', () => source.audit()?.droppedRecords ?? 0);
+    gauge('captrap_audit_failed_writes', 'Audit log write attempts that failed since start', () => source.audit()?.failedWrites ?? 0);
   }
 
   text(): Promise<string> {

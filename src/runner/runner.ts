@@ -17,7 +17,9 @@ import { log } from '../log.js';
 import type { Limits } from '../kernel/constraints.js';
 import { runSandboxed, type KillReason, type Sandbox, type SandboxResult } from '../isolation/sandbox.js';
 import type { SandboxOptions } from '../isolation/limits.js';
+import type { SandboxGroup } from '../isolation/group.js';
 import type { SandboxDefaults } from './config.js';
+import { RPC_ERROR, RpcError } from './jsonrpc.js';
 import type { SidecarMetrics } from './metrics.js';
 
 export type ToolExitReason = 'exited' | 'signaled' | 'oom' | 'timeout' | 'pids-limit' | 'killed' | 'revoked' | 'owner-exited';
@@ -47,12 +49,105 @@ export interface ToolCaller {
   budget?: Limits;
   /** The calling agent's identity: its tools run as its uid (or as root only where it may). */
   identity?: Identity;
+  /** The calling agent's group: the call's sandbox is created inside it (else found with `groupFor`). */
+  group?: SandboxGroup;
 }
 
 export interface InvokeRequest {
   tool: string;
   args: unknown;
   capability: string;
+}
+
+/** What the gate needs of the audit log (AuditLog has all of it). */
+export interface GateableAudit {
+  readonly available: boolean;
+  /** Writes everything recorded so far; rejects while the log cannot write. */
+  flush(): Promise<void>;
+  /** Why the log is unavailable now. */
+  unavailableError(cause?: unknown): Error & { details?: Record<string, unknown> | undefined };
+}
+
+export interface AuditGateOptions {
+  audit: GateableAudit;
+  /** deny (default): refuse while the log cannot write; continue: run unaudited and count it. */
+  onFailure?: 'deny' | 'continue';
+  metrics?: SidecarMetrics;
+  /** How long a write-ahead flush may take before the call is refused (default 5000 ms). */
+  flushTimeoutMs?: number;
+}
+
+/** The typed refusal: UNAVAILABLE with data.code E_AUDIT_UNAVAILABLE. */
+export const AUDIT_UNAVAILABLE = 'E_AUDIT_UNAVAILABLE';
+
+/**
+ * Fail closed on a log that cannot write (issue: "Audit disk full"). check() is the cheap,
+ * synchronous guard every state-changing request passes first; writeAhead() is what a tool call
+ * passes before its process exists: the records of its authorisation are on disk (flushed and,
+ * per the log's policy, fsynced), so the first call after the disk fills is refused too, not only
+ * the ones after the log noticed. With onFailure 'continue' neither refuses: the call runs, is
+ * counted as unaudited, and stats, metrics and stderr still say the log is down.
+ */
+export class AuditGate {
+  readonly onFailure: 'deny' | 'continue';
+  /** Requests refused because the log could not write. */
+  refused = 0;
+  /** Requests run while the log could not write (onFailure: continue). */
+  unaudited = 0;
+  private readonly flushTimeoutMs: number;
+
+  constructor(private readonly o: AuditGateOptions) {
+    this.onFailure = o.onFailure ?? 'deny';
+    this.flushTimeoutMs = o.flushTimeoutMs ?? 5000;
+  }
+
+  get available(): boolean {
+    return this.o.audit.available;
+  }
+
+  /** Throws (deny) or counts (continue) unless the log is writing. `method`: the RPC method, for the metrics. */
+  check(method: string): void {
+    if (this.o.audit.available) return;
+    if (this.onFailure === 'continue') {
+      this.unaudited++;
+      this.o.metrics?.auditUnaudited.inc({ method });
+      return;
+    }
+    throw this.refuse(method);
+  }
+
+  /** Deny mode: resolves once everything recorded so far is on disk; throws the refusal if it cannot be written. */
+  async writeAhead(method: string): Promise<void> {
+    if (this.onFailure === 'continue') return this.check(method);
+    this.check(method);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.o.audit.flush(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the audit log did not write within ${this.flushTimeoutMs} ms`)), this.flushTimeoutMs);
+        }),
+      ]);
+    } catch (err) {
+      throw this.refuse(method, err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private refuse(method: string, cause?: unknown): RpcError {
+    this.refused++;
+    this.o.metrics?.auditRefused.inc({ method });
+    const why = this.o.audit.available && cause instanceof Error ? cause : this.o.audit.unavailableError(cause);
+    const d = (why as { details?: Record<string, unknown> }).details ?? {};
+    const message = `${AUDIT_UNAVAILABLE}: ${method} refused: ${why.message}`;
+    return new RpcError(RPC_ERROR.UNAVAILABLE, message, {
+      code: AUDIT_UNAVAILABLE,
+      reason: message,
+      since: d['since'] ?? null,
+      retrying: d['permanent'] !== true,
+    });
+  }
 }
 
 /** Counters every sandbox the sidecar starts (agents and tools) adds to. */
@@ -81,6 +176,13 @@ export interface ToolRunnerOptions {
   metrics?: SidecarMetrics;
   /** The sidecar's own files (state dir, keys, sockets): hidden in every tool's view. */
   secrets?: string[];
+  /** Fail closed while the audit log cannot write (tool calls, and whatever else calls auditGate()). */
+  gate?: AuditGate;
+  /**
+   * The group a caller's tool calls run in (the supervisor's agent group). When set, a caller it
+   * finds no live group for is refused: a call never runs outside its agent's limits.
+   */
+  groupFor?: (caller: ToolCaller) => SandboxGroup | undefined;
 }
 
 interface InFlight {
@@ -88,6 +190,7 @@ interface InFlight {
   agentId: string;
   capability: Capability;
   tool: string;
+  group: SandboxGroup | undefined;
 }
 
 /** Tighter of two limit sets, field by field. */
@@ -107,10 +210,21 @@ export function sandboxLimits(l: Limits): Pick<SandboxOptions, 'memory' | 'pids'
 export class ToolRunner {
   private readonly inFlight = new Set<InFlight>();
   private readonly idleWaiters: (() => void)[] = [];
+  private readonly groupWaiters = new Map<SandboxGroup, (() => void)[]>();
   private egressDir: string | undefined;
   private egressSeq = 0;
 
   constructor(private readonly o: ToolRunnerOptions) {}
+
+  /**
+   * The guard of every request that acts or changes a capability: throws RpcError UNAVAILABLE
+   * with data.code E_AUDIT_UNAVAILABLE while the audit log cannot write (audit.onFailure: deny),
+   * or lets it through and counts it as unaudited (continue). `method` names the request in the
+   * metrics. A no-op without a gate.
+   */
+  auditGate(method: string): void {
+    this.o.gate?.check(method);
+  }
 
   /** The filesystem a tool sees: the capability's roots (writable if the tool writes), or just the files it was given. */
   private viewFor(auth: ToolAuthorization): SandboxOptions['view'] {
@@ -179,7 +293,11 @@ export class ToolRunner {
    * spawned), or an isolation error when the sandbox cannot start. Resolves with the result.
    */
   async invoke(caller: ToolCaller, req: InvokeRequest): Promise<ToolResult> {
-    const { kernel, audit, sandbox: defaults, metrics } = this.o;
+    const { kernel, audit, sandbox: defaults, metrics, gate } = this.o;
+    // Before the kernel is asked: a refused call leaves no record it could not write anyway.
+    gate?.check('tools.invoke');
+    const group = caller.group ?? this.o.groupFor?.(caller);
+    if (this.o.groupFor && !group) throw new RpcError(RPC_ERROR.UNAVAILABLE, `agent ${caller.agentId} has exited`);
     let auth;
     try {
       auth = kernel.authorizeToolCall(req.capability, req.tool, req.args, { principal: caller.principal, process: caller.process });
@@ -187,11 +305,29 @@ export class ToolRunner {
       metrics?.toolDenials.inc({ code: (err as { code?: string }).code ?? 'E_INTERNAL' });
       throw err;
     }
+    if (gate) {
+      try {
+        // The authorisation is on disk before the process exists (deny mode).
+        await gate.writeAhead('tools.invoke');
+      } catch (err) {
+        metrics?.toolDenials.inc({ code: AUDIT_UNAVAILABLE });
+        // Buffered: written with the rest once the log writes again.
+        audit.record({
+          type: 'access_denied',
+          principal: caller.principal,
+          capabilityId: auth.capability.id,
+          process: caller.process,
+          details: { code: AUDIT_UNAVAILABLE, message: (err as Error).message, operation: 'invoke', tool: auth.tool.name },
+        });
+        throw err;
+      }
+    }
     const budget: Limits = { ...caller.budget };
     delete budget.timeoutMs;
     const limits = tightest(defaults.limits, auth.limits, budget);
-    const opts: SandboxOptions = {
+    const opts: SandboxOptions & { group?: SandboxGroup } = {
       ...sandboxLimits(limits),
+      ...(group ? { group } : {}),
       cgroupBase: this.o.cgroupBase,
       allowDegraded: defaults.allowDegraded,
       backend: defaults.backend,
@@ -220,8 +356,11 @@ export class ToolRunner {
       throw err;
     }
     this.o.counters.start();
-    const entry: InFlight = { sandbox: sb, agentId: caller.agentId, capability: auth.capability, tool: auth.tool.name };
+    const entry: InFlight = { sandbox: sb, agentId: caller.agentId, capability: auth.capability, tool: auth.tool.name, group };
     this.inFlight.add(entry);
+    // Revoked (its agent exited, an administrator revoked it) while the write-ahead or the egress
+    // proxy was awaited: the revocation's kill has already run, so stop this one here.
+    if (kernel.isRevoked(auth.capability.id) || auth.capability.ancestors.some((a) => kernel.isRevoked(a))) sb.kill('revoked');
     audit.record({
       type: 'sandbox_started',
       principal: caller.principal,
@@ -234,6 +373,11 @@ export class ToolRunner {
     const settle = () => {
       this.inFlight.delete(entry);
       if (this.inFlight.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+      if (group && this.runningIn(group) === 0) {
+        const ws = this.groupWaiters.get(group);
+        this.groupWaiters.delete(group);
+        for (const w of ws ?? []) w();
+      }
     };
     let r: SandboxResult;
     try {
@@ -284,6 +428,23 @@ export class ToolRunner {
     let n = 0;
     for (const f of this.inFlight) if (f.agentId === agentId) n++;
     return n;
+  }
+
+  /** Calls running in `group` (an agent's). */
+  runningIn(group: SandboxGroup): number {
+    let n = 0;
+    for (const f of this.inFlight) if (f.group === group) n++;
+    return n;
+  }
+
+  /** Resolves once no call runs in `group` (the agent's group may then be destroyed). */
+  whenIdleIn(group: SandboxGroup): Promise<void> {
+    if (this.runningIn(group) === 0) return Promise.resolve();
+    return new Promise((r) => {
+      const ws = this.groupWaiters.get(group) ?? [];
+      ws.push(r);
+      this.groupWaiters.set(group, ws);
+    });
   }
 
   /** Stops every call the agent started (its exit, with onAgentExit: kill). */

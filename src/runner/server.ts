@@ -14,6 +14,7 @@ import { log } from '../log.js';
 import { LimitsInput, toLimits, type CapabilityTemplate, type SidecarConfig } from './config.js';
 import { RPC_ERROR, RpcError, type RpcHandler } from './jsonrpc.js';
 import type { SidecarMetrics } from './metrics.js';
+import { AgentRateLimiter, DEFAULT_RATE_LIMIT } from './ratelimit.js';
 import type { ToolRunner } from './runner.js';
 import { SandboxSpawnError } from '../isolation/errors.js';
 import { resolveAgentCommand, type AgentHandle, type CapabilityBook, type CapView, type Supervisor } from './supervisor.js';
@@ -67,11 +68,23 @@ export function parseParams<T>(schema: z.ZodType<T>, params: unknown): T {
 // Param schemas. Strings are bounded: an agent is untrusted.
 
 const Id = z.string().min(1).max(64 * 1024);
-const AgentId = z.string().regex(/^[A-Za-z][A-Za-z0-9_.-]{0,63}$/, 'an agent id of letters, digits, _ . - starting with a letter');
+const AGENT_ID = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
+const AgentId = z.string().regex(AGENT_ID, 'an agent id of letters, digits, _ . - starting with a letter');
+/** A principal: a configured agent's id, or a sub-agent's `<parent principal>/<id>`. */
+export const MAX_PRINCIPAL_LENGTH = 512;
+const PRINCIPAL = /^[A-Za-z][A-Za-z0-9_.-]{0,63}(\/[A-Za-z][A-Za-z0-9_.-]{0,63})*$/;
+const Principal = z.string().max(MAX_PRINCIPAL_LENGTH).regex(PRINCIPAL, "a principal: an agent id, or '<parent>/<id>' for a sub-agent");
 const Ops = z.array(z.string().min(1).max(256)).min(1).max(64);
 const Ttl = z.number().int().positive().max(10 * 365 * 24 * 3_600_000);
 
 const Empty = z.object({}).strict().or(z.null()).or(z.undefined());
+export const DEFAULT_PAGE = 100;
+export const MAX_PAGE = 1000;
+const ListParams = z
+  .object({ limit: z.number().int().min(1).max(MAX_PAGE).optional(), cursor: z.string().min(1).max(1024).optional() })
+  .strict()
+  .or(z.null())
+  .or(z.undefined());
 const RequestParams = z
   .object({
     resource: z.object({ type: z.enum(RESOURCE_TYPES), pattern: z.string().min(1).max(4096) }).strict(),
@@ -81,7 +94,7 @@ const RequestParams = z
   })
   .strict();
 const DelegateParams = z
-  .object({ capability: Id, to: AgentId, operations: Ops.optional(), constraints: ConstraintsSchema.optional(), ttlMs: Ttl.optional() })
+  .object({ capability: Id, to: Principal, operations: Ops.optional(), constraints: ConstraintsSchema.optional(), ttlMs: Ttl.optional() })
   .strict();
 const RevokeParams = z.object({ capability: Id }).strict();
 const InvokeParams = z.object({ tool: z.string().min(1).max(256), args: z.record(z.string(), z.unknown()).default({}), capability: Id }).strict();
@@ -141,10 +154,75 @@ export function narrowLimits(parent: Limits, requested: Limits): Limits {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pagination of capability lists
+
+function encodeCursor(seq: number): string {
+  return Buffer.from(JSON.stringify({ s: seq })).toString('base64url');
+}
+
+function decodeCursor(text: string): number {
+  try {
+    const v = JSON.parse(Buffer.from(text, 'base64url').toString('utf8')) as { s?: unknown };
+    if (typeof v.s === 'number' && Number.isSafeInteger(v.s) && v.s >= 0) return v.s;
+  } catch {
+    // fall through
+  }
+  throw new RpcError(RPC_ERROR.INVALID_PARAMS, 'invalid params at cursor: not a cursor this sidecar returned', { path: ['cursor'], expected: 'a nextCursor from an earlier answer' });
+}
+
+/**
+ * One page of `all` in issue order (`seq`: SecurityKernel.issueSeq, so parents come before
+ * children): at most `limit` entries (default 100, max 1000) after `cursor`, and the cursor of
+ * the next page (null on the last). The cursor is a place in issue order, not an index, so
+ * entries pruned or issued between pages neither repeat nor hide the others; for a list that does
+ * not change, every entry comes exactly once.
+ */
+export function paginate<T>(all: readonly T[], params: { limit?: number | undefined; cursor?: string | undefined } | null | undefined, seq: (x: T) => number): { page: T[]; nextCursor: string | null } {
+  const limit = Math.min(params?.limit ?? DEFAULT_PAGE, MAX_PAGE);
+  const after = params?.cursor !== undefined ? decodeCursor(params.cursor) : 0;
+  const sorted = all.map((x) => [seq(x), x] as const).filter(([n]) => n > after);
+  sorted.sort((a, b) => a[0] - b[0]);
+  const page = sorted.slice(0, limit);
+  return { page: page.map(([, x]) => x), nextCursor: page.length < sorted.length ? encodeCursor(page[page.length - 1]![0]) : null };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upkeep that belongs to the kernel and the book: forgetting expired capabilities
+
+const maintained = new WeakSet<SecurityKernel>();
+
+/**
+ * Prunes expired capabilities every `config.pruneIntervalMs` (default 60 s): the kernel forgets
+ * them and compacts its revocation file, the book drops them. Idempotent per kernel; the timer
+ * is unref'd and stops with kernel.close(). agentHandlers calls it, so serve prunes as soon as
+ * an agent runs; the sidecar may call it at start.
+ */
+export function startMaintenance(ctx: Pick<SidecarContext, 'kernel' | 'book' | 'config'>): void {
+  if (maintained.has(ctx.kernel)) return;
+  maintained.add(ctx.kernel);
+  ctx.kernel.onPruned((ids) => ctx.book.forget(ids));
+  ctx.kernel.startPruning(ctx.config.pruneIntervalMs ?? 60_000, (err) => log.error({ err }, 'pruning expired capabilities failed'));
+}
+
+/** The configured agent at the root of a principal's tree (`planner/worker/x` -> `planner`). */
+export function rootOf(principal: string): string {
+  const i = principal.indexOf('/');
+  return i < 0 ? principal : principal.slice(0, i);
+}
+
 export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<string, RpcHandler> {
   const { kernel, book, runner, supervisor, policy, audit } = ctx;
   const caller: Caller = { principal: agent.id, process: agent.ref };
   const now = () => Date.now();
+  startMaintenance(ctx);
+  const limiter = new AgentRateLimiter({
+    limit: ctx.config.rateLimit ?? DEFAULT_RATE_LIMIT,
+    audit,
+    principal: agent.id,
+    process: agent.ref,
+    alive: () => agent.state === 'running' && !ctx.isStopping(),
+  });
 
   /** Capabilities the caller can use right now: its principal's, live, unbound or bound to this very process. */
   const usable = (): Capability[] =>
@@ -183,6 +261,11 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
       try {
         if (ctx.isStopping()) throw new RpcError(RPC_ERROR.UNAVAILABLE, 'the sidecar is shutting down');
         if (agent.state !== 'running') throw new RpcError(RPC_ERROR.UNAVAILABLE, 'this agent has exited');
+        if (!limiter.admit(method)) {
+          // Refused before the kernel or the audit log sees it: a flood costs little. Audited once per episode (ratelimit.ts).
+          const reason = `rate limited: more than ${limiter.limitPerSecond} requests/s on this channel; retry later`;
+          throw new RpcError(RPC_ERROR.ACCESS_DENIED, reason, { code: 'E_RATE_LIMITED', reason, retryAfterMs: limiter.retryAfterMs() });
+        }
         return await fn(parseParams(schema, params));
       } catch (err) {
         const e = toAnswerError(err);
@@ -192,13 +275,55 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
       }
     };
 
-  /** Keeps what one principal can make the kernel hold bounded. */
-  const checkQuota = (principal: string, adding = 1): void => {
-    const max = ctx.config.maxCapabilitiesPerAgent;
-    const live = book.ofPrincipal(principal).filter((c) => book.isLive(c, now())).length;
-    if (live + adding > max) {
-      denyRequest('E_TOO_MANY_CAPABILITIES', `'${principal}' holds ${live} live capabilities; the limit is ${max} (maxCapabilitiesPerAgent)`, { principal, live, max });
+  /**
+   * Keeps what one agent can make the kernel hold bounded, charged to the one who asks: its own
+   * live capabilities (configured, requested, or narrowed from what it holds) for a request, the
+   * live capabilities it has given to others for a delegation. What others give an agent never
+   * counts against its own requests, so nobody can fill another agent's quota.
+   */
+  const ownLive = (principal: string): number => {
+    const t = now();
+    return book.ofPrincipal(principal).filter((c) => book.isLive(c, t) && (c.parentId === null || book.get(c.parentId)?.principal === principal)).length;
+  };
+  const givenLive = (giver: string): number => {
+    const t = now();
+    let n = 0;
+    for (const c of book.ofPrincipal(giver)) {
+      for (const k of kernel.childrenOf(c.id)) {
+        const child = book.get(k);
+        if (child && child.principal !== giver && book.isLive(child, t)) n++;
+      }
     }
+    return n;
+  };
+  const checkQuota = (kind: 'own' | 'given', adding = 1): void => {
+    const max = ctx.config.maxCapabilitiesPerAgent;
+    const live = kind === 'own' ? ownLive(agent.id) : givenLive(agent.id);
+    if (live + adding > max) {
+      const what = kind === 'own' ? 'holds' : 'has delegated to others';
+      denyRequest('E_TOO_MANY_CAPABILITIES', `'${agent.id}' ${what} ${live} live capabilities; the limit is ${max} (maxCapabilitiesPerAgent)`, { principal: agent.id, kind, live, adding, max });
+    }
+  };
+
+  /**
+   * A capability reference must name one this sidecar run issued: a token from an earlier run
+   * (before a restart on the same state dir) is refused, so a capability that was never bound,
+   * or bound to a principal's earlier process, cannot be picked up by a new process that got the
+   * same principal. Tokens that do not parse or verify are left to the kernel (it says why).
+   */
+  const checkIssuedHere = (ref: string, operation: string): void => {
+    if (!isToken(ref)) return;
+    let id: string;
+    try {
+      id = parseToken(ref).id;
+    } catch {
+      return;
+    }
+    // A forgery is left to the kernel too: it refuses it with the precise code (bad signature, unknown key).
+    if (book.has(id) || !kernel.isAuthentic(ref)) return;
+    const message = `capability ${id} was not issued by this sidecar run (or has expired and been forgotten)`;
+    audit.record({ type: 'access_denied', principal: agent.id, capabilityId: id, process: agent.ref, details: { code: 'E_NOT_ISSUED_HERE', message, operation } });
+    throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code: 'E_NOT_ISSUED_HERE', reason: message });
   };
 
   const denyRequest = (code: string, message: string, details: Record<string, unknown>): never => {
@@ -207,10 +332,14 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
   };
 
   return {
-    'capabilities.list': wrap(Empty, () => ({ capabilities: book.tree(agent.id).map((c) => book.view(c)) })),
+    'capabilities.list': wrap(ListParams, (p) => {
+      const { page, nextCursor } = paginate(book.ofPrincipal(agent.id), p, (c) => kernel.issueSeq(c.id) ?? Number.MAX_SAFE_INTEGER);
+      return { capabilities: page.map((c) => book.view(c)), nextCursor };
+    }),
 
     'capabilities.request': wrap(RequestParams, (p) => {
-      checkQuota(agent.id);
+      runner.auditGate('capabilities.request');
+      checkQuota('own');
       const requested = normalizeConstraints(p.constraints ?? {});
       // A configured template first: the result is a root capability bound to this process.
       for (const t of agent.spec.requestable) {
@@ -248,9 +377,23 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     }),
 
     'capabilities.delegate': wrap(DelegateParams, (p) => {
+      runner.auditGate('capabilities.delegate');
+      checkIssuedHere(p.capability, 'delegate');
       // Delegating to a running agent binds the child to that agent's process: it dies with it.
+      // Otherwise only to a sub-agent of the caller's own that is not running yet (`<caller>/<id>`):
+      // it is bound to that sub-agent's process when the caller spawns it, and nobody else can
+      // spawn a principal in the caller's namespace. Anything else could be squatted.
       const target = supervisor.runningAgent(p.to);
-      checkQuota(p.to);
+      if (!target) {
+        const own = p.to.startsWith(`${agent.id}/`) && AGENT_ID.test(p.to.slice(agent.id.length + 1));
+        if (!own) {
+          denyRequest('E_UNKNOWN_AGENT', `'${p.to}' is not a running agent; a delegation goes to a running agent, or to a sub-agent of yours not yet spawned ('${agent.id}/<id>')`, {
+            to: p.to,
+            operation: 'delegate',
+          });
+        }
+      }
+      checkQuota('given');
       const c = kernel.delegate(
         p.capability,
         p.to,
@@ -266,6 +409,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     }),
 
     'capabilities.revoke': wrap(RevokeParams, (p) => {
+      runner.auditGate('capabilities.revoke');
       const id = capabilityId(p.capability);
       const c = book.get(id);
       if (!c) throw new RpcError(RPC_ERROR.NOT_FOUND, `no capability ${id} is known to this sidecar`, { code: 'E_UNKNOWN_CAPABILITY', reason: 'unknown capability' });
@@ -293,6 +437,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     }),
 
     'tools.invoke': wrap(InvokeParams, async (p) => {
+      checkIssuedHere(p.capability, 'invoke');
       if (runner.runningFor(agent.id) >= ctx.config.maxToolCallsPerAgent) {
         throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many tool calls in flight for ${agent.id} (maxToolCallsPerAgent ${ctx.config.maxToolCallsPerAgent})`);
       }
@@ -300,14 +445,28 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     }),
 
     'agents.spawn': wrap(SpawnParams, (p) => {
+      runner.auditGate('agents.spawn');
       // Starting a process is gated like a tool call, before anything is spawned: fail closed.
+      if (p.capability !== undefined) checkIssuedHere(p.capability, 'spawn');
+      for (const d of p.capabilities) checkIssuedHere(d.capability, 'delegate');
       const command = authorizeSpawn(p.capability, p.command, p.env);
-      checkQuota(p.id, p.capabilities.length);
+      // The sub-agent's principal lives in the caller's namespace: nobody else can spawn it.
+      const principal = `${agent.id}/${p.id}`;
+      if (principal.length > MAX_PRINCIPAL_LENGTH) throw new RpcError(RPC_ERROR.INVALID_PARAMS, `sub-agent principal '${principal.slice(0, 80)}…' is longer than ${MAX_PRINCIPAL_LENGTH} characters`, { path: ['id'], expected: 'a shorter id (or fewer levels of sub-agents)' });
+      // Each configured agent's tree has its own sub-agent quota: no agent can use up another's.
+      const root = rootOf(agent.id);
+      const subs = supervisor.running().filter((a) => a.id.startsWith(`${root}/`)).length;
+      const maxSubs = ctx.config.maxSubAgentsPerAgent ?? 16;
+      if (subs >= maxSubs) {
+        const message = `'${root}' and its sub-agents already run ${subs} sub-agents; the limit is ${maxSubs} (maxSubAgentsPerAgent)`;
+        throw new RpcError(RPC_ERROR.UNAVAILABLE, message, { code: 'E_TOO_MANY_SUBAGENTS', reason: message });
+      }
+      checkQuota('given', p.capabilities.length);
       const limits = narrowLimits(agent.spec.limits, toLimits(p.limits));
       const granted: Capability[] = [];
       const sub = supervisor.launch(
         {
-          id: p.id,
+          id: principal,
           command,
           args: p.args,
           cwd: agent.spec.cwd,
@@ -337,6 +496,16 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
             );
             book.add(c);
             granted.push(c);
+          }
+          // What the caller delegated to this principal before spawning it: bound to this process now.
+          for (const c of book.ofPrincipal(child.id)) {
+            if (c.holder !== null || !book.isLive(c, now())) continue;
+            try {
+              const bound = kernel.bindToProcess(c.id, child.ref);
+              granted.push(bound);
+            } catch (err) {
+              log.debug({ err, capability: c.id, agent: child.id }, 'binding a capability to a new sub-agent failed');
+            }
           }
         },
       );

@@ -3,7 +3,7 @@
 // (stop accepting, stop every process, revoke everything, close the log, remove the socket).
 // `captrap serve` is a thin shell around it; tests and embedders use it directly.
 import { extname } from 'node:path';
-import { AuditLog } from '../kernel/audit.js';
+import { AuditLog, type AuditOutageReport, type AuditUnavailableError } from '../kernel/audit.js';
 import type { Capability } from '../kernel/capability.js';
 import type { AuditStats } from '../kernel/events.js';
 import { SecurityKernel } from '../kernel/kernel.js';
@@ -11,20 +11,37 @@ import { Keyring } from '../kernel/keyring.js';
 import { loadOrCreateSecretFile } from '../kernel/keys.js';
 import { ToolPolicy } from '../kernel/policy.js';
 import { cleanupStaleCgroups, removeCgroupBase, type StaleCleanupResult } from '../isolation/cgroup.js';
+import { prioritiseSelf, type PrioritiseResult } from '../isolation/group.js';
 import { probeHost } from '../isolation/host.js';
 import { log } from '../log.js';
 import { AdminServer, adminHandlers, type AdminContext } from './admin.js';
 import type { SidecarConfig } from './config.js';
 import { sidecarSecrets } from './identity.js';
 import { SidecarMetrics } from './metrics.js';
-import { SandboxCounters, ToolRunner } from './runner.js';
-import { agentHandlers, type SidecarContext } from './server.js';
+import { AuditGate, SandboxCounters, ToolRunner } from './runner.js';
+import { agentHandlers, startMaintenance, type SidecarContext } from './server.js';
 import { checkCapabilityKeyFile, prepareStateDir } from './statedir.js';
 import { CapabilityBook, Supervisor, type AgentHandle } from './supervisor.js';
 
 export interface SidecarOptions {
   /** Where agents' output lines go (default: stderr, prefixed `[agent-id] `). */
   output?: (agentId: string, stream: 'stdout' | 'stderr', line: string) => void;
+  /**
+   * One line for the operator (default: stderr, prefixed `captrap: `): what start-up did to keep
+   * the sidecar responsive, and the audit log going unavailable and writing again.
+   */
+  notice?: (line: string) => void;
+}
+
+const defaultNotice = (line: string) => {
+  process.stderr.write(`captrap: ${line}\n`);
+};
+
+/** The startup line about the sidecar's CPU priority over its sandboxes. */
+export function describePriority(p: PrioritiseResult | { error: string }): string {
+  if ('error' in p) return `cpu priority: not set (${p.error}); sandboxes compete with the sidecar on equal terms`;
+  if (p.applied.length === 0) return `cpu priority: not set (${p.skipped ?? 'nothing to do'})`;
+  return `cpu priority: ${p.applied.map((a) => `${a.file} = ${a.value}`).join(', ')} (the sidecar wins 4:1 over all sandboxes together under contention)`;
 }
 
 /** The public key next to the signing key: `audit-signing.pem` -> `audit-signing.pub`. */
@@ -43,7 +60,13 @@ export class Sidecar {
   readonly supervisor: Supervisor;
   readonly metrics: SidecarMetrics;
   readonly counters = new SandboxCounters();
+  readonly gate: AuditGate;
   readonly startedAt = Date.now();
+  /** What start-up did to give the sidecar CPU priority over the sandboxes (prioritiseSelf). */
+  priority: PrioritiseResult | { error: string } | undefined;
+  private readonly notice: (line: string) => void;
+  private readonly onAuditUnavailable: (err: AuditUnavailableError) => void;
+  private readonly onAuditAvailable: (info: AuditOutageReport) => void;
   /** What start-up cleaned from an earlier run that did not stop cleanly. */
   staleCleanup: StaleCleanupResult | undefined;
   private admin: AdminServer | undefined;
@@ -64,7 +87,30 @@ export class Sidecar {
       kernel: () => this.kernel.stats(),
       audit: () => this.audit.stats(),
     });
-    this.runner = new ToolRunner({ kernel: this.kernel, audit, sandbox: config.sandbox, cgroupBase: config.cgroupBase, counters: this.counters, metrics: this.metrics, secrets: sidecarSecrets(config) });
+    this.gate = new AuditGate({ audit, onFailure: config.audit.onFailure ?? 'deny', metrics: this.metrics });
+    this.runner = new ToolRunner({
+      kernel: this.kernel,
+      audit,
+      sandbox: config.sandbox,
+      cgroupBase: config.cgroupBase,
+      counters: this.counters,
+      metrics: this.metrics,
+      secrets: sidecarSecrets(config),
+      gate: this.gate,
+      // Every tool call runs in its agent's group (the supervisor is built below).
+      groupFor: (caller) => this.supervisor.groupFor(caller.agentId, caller.process),
+    });
+    this.notice = opts.notice ?? defaultNotice;
+    const policy = config.audit.onFailure === 'continue' ? 'tool calls and capability changes run UNAUDITED (audit.onFailure: continue)' : 'refusing tool calls and capability changes (E_AUDIT_UNAVAILABLE)';
+    this.onAuditUnavailable = (err) => {
+      const permanent = err.details?.['permanent'] === true;
+      this.notice(`audit log unavailable: ${err.lastError}; ${policy} ${permanent ? 'for good: the log has stopped' : 'until it writes again'}`);
+    };
+    this.onAuditAvailable = (info) => {
+      this.notice(`audit log writes again after ${info.downMs} ms (${info.failedWrites} failed writes, ${info.droppedRecords} records dropped); refused ${this.gate.refused}, unaudited ${this.gate.unaudited} so far`);
+    };
+    audit.on('unavailable', this.onAuditUnavailable);
+    audit.on('available', this.onAuditAvailable);
     const ctx = this.context();
     this.supervisor = new Supervisor({
       kernel: this.kernel,
@@ -77,6 +123,8 @@ export class Sidecar {
       ...(opts.output ? { output: opts.output } : {}),
       handlers: (agent) => agentHandlers(ctx, agent),
     });
+    // Expired capabilities are forgotten on a timer from the start, agents or not.
+    startMaintenance(ctx);
   }
 
   private context(): SidecarContext {
@@ -110,6 +158,9 @@ export class Sidecar {
       signingKeyFile: config.audit.signingKeyFile,
       publicKeyFile: publicKeyFileFor(config.audit.signingKeyFile),
       ...(config.audit.flushIntervalMs !== undefined ? { flushIntervalMs: config.audit.flushIntervalMs } : {}),
+      // While the log cannot write, requests are refused (audit.onFailure: deny): retry often enough
+      // that the sidecar serves again within about a second of the disk taking writes.
+      retryMaxMs: 1000,
     });
     let s: Sidecar;
     try {
@@ -120,12 +171,21 @@ export class Sidecar {
     }
     s.staleCleanup = stale;
     try {
+      // The sidecar runs outside <base>: under contention it must win over every sandbox together.
+      if (config.sandbox.backend !== 'none') {
+        try {
+          s.priority = prioritiseSelf(config.cgroupBase, host);
+        } catch (err) {
+          s.priority = { error: (err as Error).message };
+        }
+        s.notice(describePriority(s.priority));
+      }
       const adminCtx: AdminContext = {
         ...s.context(),
         supervisor: s.supervisor,
         counters: s.counters,
         startedAt: s.startedAt,
-        auditStats: () => s.audit.stats(),
+        auditStats: () => ({ ...s.audit.stats(), onFailure: s.gate.onFailure, refusedCalls: s.gate.refused, unauditedCalls: s.gate.unaudited }),
         metricsText: () => s.metrics.text(),
       };
       s.admin = await AdminServer.listen(config.adminSocket, adminHandlers(adminCtx));
@@ -187,7 +247,17 @@ export class Sidecar {
     }
     this.kernel.close();
     this.runner.close();
-    await this.audit.close();
+    this.audit.off('unavailable', this.onAuditUnavailable as (arg: never) => void);
+    this.audit.off('available', this.onAuditAvailable as (arg: never) => void);
+    let lost: unknown;
+    try {
+      await this.audit.close();
+    } catch (err) {
+      // The log could not write its last records (still unavailable): say so, but leave nothing behind.
+      lost = err;
+      this.notice(`audit log closed while unavailable: ${(err as Error).message}`);
+    }
     removeCgroupBase(probeHost(), this.config.cgroupBase);
+    if (lost !== undefined) throw lost;
   }
 }

@@ -6,6 +6,11 @@
 // the agent is revoked (and, by cascade, everything delegated from them), its in-flight tool
 // calls are stopped (onAgentExit: kill), its sub-agents are stopped, its channel is closed.
 // The sandbox is only "gone" once its cgroup is empty and removed (the sandbox promise).
+//
+// Groups: the cgroup tree mirrors the agent tree. Each agent gets a SandboxGroup holding its
+// limits (memory, pids, cpu); its own sandbox, every tool call it makes and every sub-agent's
+// group are created inside it, so the agent's limits bound the sum of all of them. The group is
+// destroyed once the agent's sandbox, its tool calls and its sub-agents are all gone ("released").
 import { existsSync, realpathSync, statSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { Socket } from 'node:net';
@@ -18,13 +23,14 @@ import type { SecurityKernel } from '../kernel/kernel.js';
 import { which } from '../isolation/host.js';
 import { DEFAULT_PATH } from '../isolation/limits.js';
 import { SandboxSpawnError } from '../isolation/errors.js';
-import { runSandboxed, type KillReason, type Sandbox, type SandboxResult } from '../isolation/sandbox.js';
+import { createSandboxGroup, runSandboxed, type GroupLimitOptions, type KillReason, type Sandbox, type SandboxGroup, type SandboxResult } from '../isolation/sandbox.js';
 import { log } from '../log.js';
 import type { AgentConfig, SidecarConfig } from './config.js';
+import { DEFAULT_OUTPUT_BUDGET, OutputBudget } from './output-budget.js';
 import { agentIdentity, sidecarSecrets, UidPool, type Identity } from './identity.js';
 import { RPC_ERROR, RpcConnection, RpcError, type RpcHandler } from './jsonrpc.js';
 import type { SidecarMetrics } from './metrics.js';
-import { sandboxLimits, type SandboxCounters, type ToolRunner } from './runner.js';
+import type { SandboxCounters, ToolRunner } from './runner.js';
 
 // ---------------------------------------------------------------------------------------------
 // Capability book: the kernel keeps capabilities by id only; the sidecar remembers which it
@@ -61,6 +67,22 @@ export class CapabilityBook {
 
   has(id: string): boolean {
     return this.ids.has(id);
+  }
+
+  /** Drops ids the kernel has forgotten (SecurityKernel.onPruned), so the book does not grow with them. */
+  forget(ids: Iterable<string>): void {
+    for (const id of ids) {
+      if (!this.ids.delete(id)) continue;
+      for (const [p, s] of this.byPrincipal) {
+        if (!s.delete(id)) continue;
+        if (s.size === 0) this.byPrincipal.delete(p);
+        break;
+      }
+    }
+  }
+
+  get size(): number {
+    return this.ids.size;
   }
 
   /** The stored record (it carries any later binding). */
@@ -163,6 +185,13 @@ export interface AgentHandle {
   conn: RpcConnection | undefined;
   /** Resolves once the sandbox is gone (cgroup empty and removed). */
   readonly done: Promise<void>;
+  /**
+   * The agent's cgroup group: its limits bound the agent, its tool calls and its sub-agents
+   * together. Its own sandbox is a leaf inside; a sub-agent's group nests inside.
+   */
+  readonly group: SandboxGroup;
+  /** Resolves once the agent's sandbox, its tool calls and its sub-agents are gone and its group is destroyed. */
+  readonly released: Promise<void>;
 }
 
 export interface SupervisorOptions {
@@ -186,7 +215,7 @@ const AGENT_OUTPUT_CAP = 64 * 1024;
 const MAX_FORWARDED_LINE = 16 * 1024;
 const MAX_EXITED_RECORDS = 256;
 
-function forwardLines(stream: Readable | null, emit: (line: string) => void): void {
+function forwardLines(stream: Readable | null, emit: (line: string) => void, ended?: () => void): void {
   if (!stream) return;
   let partial = '';
   // Decode here rather than setEncoding: the sandbox's own output capture reads Buffers from the same stream.
@@ -206,6 +235,7 @@ function forwardLines(stream: Readable | null, emit: (line: string) => void): vo
   stream.on('end', () => {
     if (partial) emit(partial);
     partial = '';
+    ended?.();
   });
 }
 
@@ -225,7 +255,13 @@ export class Supervisor {
   private readonly agents = new Map<string, AgentHandle>();
   /** Agents whose sandbox is not gone yet (listed or not): shutdown waits for every one. */
   private readonly notGone = new Set<AgentHandle>();
+  /** Group teardowns still under way (an agent's group outlives its sandbox while its tools or sub-agents run). */
+  private readonly teardowns = new Set<Promise<void>>();
+  /** Sub-agent handles by parent handle (ids can be reused; handles cannot). */
+  private readonly kids = new Map<AgentHandle, Set<AgentHandle>>();
   private stopping = false;
+  private stopSignal!: () => void;
+  private readonly stopped = new Promise<void>((r) => (this.stopSignal = r));
   readonly uids: UidPool;
 
   constructor(private readonly o: SupervisorOptions) {
@@ -244,6 +280,16 @@ export class Supervisor {
     return this.list().filter((a) => a.state === 'running');
   }
 
+  /**
+   * The group a caller's tool calls run in: the group of the agent launched as exactly this
+   * process (id and process ref), unless it was already destroyed.
+   */
+  groupFor(agentId: string, ref: ProcessRef): SandboxGroup | undefined {
+    const a = this.agents.get(agentId);
+    if (!a || a.ref.pid !== ref.pid || a.ref.startTime !== ref.startTime || a.group.removed) return undefined;
+    return a.group;
+  }
+
   /** The running agent whose principal is `principal`, if any. */
   runningAgent(principal: string): AgentHandle | undefined {
     const a = this.agents.get(principal);
@@ -257,6 +303,11 @@ export class Supervisor {
   launch(spec: LaunchSpec, parent: AgentHandle | null, grant: (agent: AgentHandle) => void): AgentHandle {
     const { config, counters } = this.o;
     if (this.stopping) throw new RpcError(RPC_ERROR.UNAVAILABLE, 'the sidecar is shutting down');
+    if (parent) {
+      // A sub-agent is a new principal holding delegated capabilities: not while the log cannot record it.
+      this.o.runner.auditGate('agents.spawn');
+      if (parent.state !== 'running') throw new RpcError(RPC_ERROR.UNAVAILABLE, `agent ${parent.id} has exited`);
+    }
     const existing = this.agents.get(spec.id);
     if (existing && existing.state === 'running') throw new RpcError(RPC_ERROR.INVALID_PARAMS, `agent id '${spec.id}' is in use`, { path: ['id'], expected: 'an agent id not in use' });
     // A sub-agent never takes the principal of a configured agent: that would let it receive what is delegated to that agent.
@@ -276,10 +327,28 @@ export class Supervisor {
     const release = () => {
       if (id.pooled && id.uid !== undefined) this.uids.release(id.uid);
     };
+    // The agent's limits go on its group: they bound the agent, its tools and its sub-agents together.
+    const limits: GroupLimitOptions = {};
+    if (spec.limits.memoryBytes !== undefined) limits.memory = spec.limits.memoryBytes;
+    if (spec.limits.pids !== undefined) limits.pids = spec.limits.pids;
+    if (spec.limits.cpu !== undefined) limits.cpu = spec.limits.cpu;
+    let group: SandboxGroup;
+    try {
+      group = createSandboxGroup({
+        limits,
+        ...(parent ? { parent: parent.group } : { cgroupBase: config.cgroupBase, backend: config.sandbox.backend }),
+        allowDegraded: config.sandbox.allowDegraded,
+      });
+    } catch (err) {
+      release();
+      throw err;
+    }
     let sb: Sandbox;
     try {
+      // The agent's own leaf gets no limit of its own (the group's bind it), only its wall clock.
       sb = runSandboxed('/bin/sh', ['-c', CHANNEL_WRAPPER, 'captrap-agent', resolved, ...spec.args], {
-        ...sandboxLimits(spec.limits),
+        ...(spec.limits.timeoutMs !== undefined ? { timeout: spec.limits.timeoutMs } : {}),
+        group,
         env,
         cwd: spec.cwd,
         stdin: 'pipe',
@@ -297,9 +366,12 @@ export class Supervisor {
       });
     } catch (err) {
       release();
+      group.destroy().catch((e: unknown) => log.error({ err: e, group: group.path }, 'removing an agent group failed'));
       throw err;
     }
-    void sb.then(release, release);
+    const mine = new Set<AgentHandle>();
+    // The uid returns to the pool only with the group: the agent's tools (onAgentExit: finish) run as it too.
+    const released = this.teardown(group, sb, mine).finally(release);
     counters.start();
     const socket = duplexOfStdin(sb);
     if (!sb.ref || !socket) {
@@ -326,22 +398,29 @@ export class Supervisor {
       exitReason: null,
       conn: undefined,
       done: new Promise<void>((r) => (markDone = r)),
+      group,
+      released,
     };
+    this.kids.set(agent, mine);
+    void released.then(() => this.kids.delete(agent));
     this.agents.delete(spec.id); // a re-used id is listed once, in launch order
     this.agents.set(spec.id, agent);
     parent?.children.add(spec.id);
+    if (parent) this.kids.get(parent)?.add(agent);
     this.prune();
     socket.on('error', () => {
       /* the RpcConnection closes on it; a dead peer is not our error */
     });
     const out = this.o.output ?? defaultOutput;
-    forwardLines(sb.stdout, (l) => out(spec.id, 'stdout', l));
-    forwardLines(sb.stderr, (l) => out(spec.id, 'stderr', l));
+    // One budget for both streams: an agent cannot flood serve's stderr (or its log file).
+    const budget = new OutputBudget(config.agentOutput ?? DEFAULT_OUTPUT_BUDGET, (l) => out(spec.id, 'stderr', l));
+    forwardLines(sb.stdout, (l) => budget.offer(l, (x) => out(spec.id, 'stdout', x)), () => budget.endEpisode());
+    forwardLines(sb.stderr, (l) => budget.offer(l, (x) => out(spec.id, 'stderr', x)), () => budget.endEpisode());
     this.o.audit.record({
       type: 'sandbox_started',
       principal: spec.id,
       process: ref,
-      details: { kind: 'agent', agent: spec.id, parent: agent.parent, cgroup: sb.cgroupName, limits: spec.limits },
+      details: { kind: 'agent', agent: spec.id, parent: agent.parent, cgroup: sb.cgroupName, group: group.path, limits: spec.limits },
     });
     // Ahead of the sandbox's own exit handling (its tree kill, its cgroup wait): revocation comes first.
     sb.child.prependOnceListener('exit', (code, signal) => this.onLeaderExit(agent, socket, code, signal));
@@ -363,6 +442,34 @@ export class Supervisor {
     agent.conn = new RpcConnection(socket, socket, { handlers: this.o.handlers(agent), maxLineBytes: 1024 * 1024, maxInFlight: 64, maxPendingWriteBytes: 1024 * 1024 });
     agent.conn.on('protocolError', (e) => this.o.metrics?.rpcErrors.inc({ channel: 'agent', code: String(e.code) }));
     return agent;
+  }
+
+  /**
+   * Destroys an agent's group once everything inside is gone: its own sandbox, its tool calls (the
+   * runner's, in this group) and its sub-agents (each released in turn, nested groups first). At
+   * shutdown it does not wait for tool calls: destroy() kills whatever is left.
+   */
+  private teardown(group: SandboxGroup, sb: Sandbox, kids: Set<AgentHandle>): Promise<void> {
+    const { runner } = this.o;
+    const p = (async () => {
+      await sb.then(
+        () => undefined,
+        () => undefined,
+      );
+      for (;;) {
+        await Promise.race([runner.whenIdleIn(group), this.stopped]);
+        await Promise.all([...kids].map((k) => k.released));
+        if ((this.stopping || runner.runningIn(group) === 0) && [...kids].every((k) => !this.kids.has(k))) break;
+      }
+      try {
+        await group.destroy('owner-exited');
+      } catch (err) {
+        log.error({ err, group: group.path }, 'removing an agent group failed');
+      }
+    })();
+    this.teardowns.add(p);
+    void p.finally(() => this.teardowns.delete(p));
+    return p;
   }
 
   /** The first exit signal: revoke before anything else, then stop what depended on the agent. */
@@ -411,7 +518,7 @@ export class Supervisor {
     for (const a of this.agents.values()) if (a.state === 'exited') exited++;
     for (const [id, a] of this.agents) {
       if (exited <= MAX_EXITED_RECORDS) break;
-      if (a.state !== 'exited' || this.notGone.has(a)) continue;
+      if (a.state !== 'exited' || this.notGone.has(a) || this.kids.has(a)) continue;
       this.agents.delete(id);
       exited--;
     }
@@ -425,11 +532,16 @@ export class Supervisor {
     return true;
   }
 
-  /** Refuses new launches, stops every agent and waits until every agent sandbox is gone. */
+  /**
+   * Refuses new launches, stops every agent and waits until every agent sandbox is gone and every
+   * agent group is destroyed (tool calls still inside are killed with it).
+   */
   async stopAll(): Promise<void> {
     this.stopping = true;
+    this.stopSignal();
     for (const a of this.notGone) a.sandbox.kill('killed');
     await Promise.all([...this.notGone].map((a) => a.done));
+    while (this.teardowns.size > 0) await Promise.all([...this.teardowns]);
   }
 }
 

@@ -118,7 +118,8 @@ describe.skipIf(!cgroupsAvailable)('kill an agent', () => {
       });
       expect(r.capabilities).toHaveLength(1);
       expect(r.capabilities[0]!.holder).toEqual({ pid: r.pid, startTime: r.startTime });
-      const sub = await h.agent(id);
+      expect(r.id).toBe(`boss/${id}`); // a sub-agent's principal is namespaced under its parent
+      const sub = await h.agent(r.id);
       expect(sub.leader).toEqual({ pid: r.pid, startTime: r.startTime });
       return { sub, subCap: r.capabilities[0]! };
     };

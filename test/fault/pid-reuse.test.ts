@@ -96,7 +96,7 @@ describe.skipIf(host.layout === 'none')('PID reuse', () => {
         // Learn how many pids the launcher uses before the agent's own (exec chain), if it did not race.
         const d = r.pid - deadPid;
         if (d > 0 && d < 8 && attempt === 0) offset = d;
-        await h.adminCall('agents.kill', { id });
+        await h.adminCall('agents.kill', { id: r.id });
       }
     }
     if (reused) {

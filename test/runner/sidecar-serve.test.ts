@@ -30,15 +30,18 @@ afterAll(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-/** Host pids of every process in the cgroups under `base` (v1 pids hierarchy). */
+/** Host pids of every process in the cgroups under `base` (v1 pids hierarchy), at any depth (agents run in a leaf of their group). */
 function pidsUnder(base: string): number[] {
-  const d = join('/sys/fs/cgroup/pids', base);
-  if (!existsSync(d)) return [];
   const out: number[] = [];
-  for (const n of readdirSync(d, { withFileTypes: true })) {
-    if (!n.isDirectory()) continue;
-    for (const l of readFileSync(join(d, n.name, 'cgroup.procs'), 'utf8').split('\n')) if (l.trim()) out.push(Number(l));
-  }
+  const walk = (d: string) => {
+    for (const n of readdirSync(d, { withFileTypes: true })) {
+      if (!n.isDirectory()) continue;
+      for (const l of readFileSync(join(d, n.name, 'cgroup.procs'), 'utf8').split('\n')) if (l.trim()) out.push(Number(l));
+      walk(join(d, n.name));
+    }
+  };
+  const d = join('/sys/fs/cgroup/pids', base);
+  if (existsSync(d)) walk(d);
   return out;
 }
 

@@ -320,7 +320,8 @@ describe('sidecar', () => {
       p.conn.call('agents.spawn', { id: 'child', capability: spawnCap, command: 'node', args: [RELAY, subCtl.path], limits: { memory: '1G' }, capabilities: [{ capability: cap }] }),
     );
     expect((wide.data as { code: string; dimension: string })).toMatchObject({ code: 'E_WIDENS', dimension: 'limits.memoryBytes' });
-    const impersonate = await rpcError(p.conn.call('agents.spawn', { id: 'parent', capability: spawnCap, command: 'node', args: [RELAY, subCtl.path], capabilities: [] }));
+    // A sub-agent's principal is '<parent>/<id>': an id naming another principal is not an id.
+    const impersonate = await rpcError(p.conn.call('agents.spawn', { id: 'other/parent', capability: spawnCap, command: 'node', args: [RELAY, subCtl.path], capabilities: [] }));
     expect(impersonate.rpcCode).toBe(RPC_ERROR.INVALID_PARAMS);
     const started = s.counters.started;
     const spawned = (await p.conn.call('agents.spawn', {
@@ -346,7 +347,7 @@ describe('sidecar', () => {
     const parentCall = p.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '30' }, capability: cap }).catch((e: unknown) => e);
     await until(() => s.runner.running === 2);
     const parentAgent = s.supervisor.get('parent')!;
-    const childAgent = s.supervisor.get('child')!;
+    const childAgent = s.supervisor.get('parent/child')!;
     process.kill(parentAgent.ref.pid, 'SIGKILL');
     await until(() => parentAgent.state === 'exited');
     // Revoked at the first exit signal: the parent's and, by cascade, the child's.
@@ -361,7 +362,7 @@ describe('sidecar', () => {
 
     const admin = await adminClient(s.adminSocket);
     const list = (await admin.call('agents.list', {})) as { agents: { id: string; state: string; parent: string | null }[] };
-    expect(list.agents).toEqual(expect.arrayContaining([expect.objectContaining({ id: 'parent', state: 'exited' }), expect.objectContaining({ id: 'child', state: 'exited', parent: 'parent' })]));
+    expect(list.agents).toEqual(expect.arrayContaining([expect.objectContaining({ id: 'parent', state: 'exited' }), expect.objectContaining({ id: 'parent/child', state: 'exited', parent: 'parent' })]));
     admin.close();
 
     await s.stop();
@@ -371,7 +372,7 @@ describe('sidecar', () => {
     // The parent's own tool call was stopped for its owner's exit; the child's for the revocation (or its owner's exit).
     const toolExits = readAuditRecords(s.config.audit.dir, (r) => r.type === 'sandbox_exited' && r.details?.['kind'] === 'tool');
     expect(toolExits.find((r) => r.principal === 'parent')?.details?.['reason']).toBe('owner-exited');
-    expect(['revoked', 'owner-exited']).toContain(toolExits.find((r) => r.principal === 'child')?.details?.['reason']);
+    expect(['revoked', 'owner-exited']).toContain(toolExits.find((r) => r.principal === 'parent/child')?.details?.['reason']);
   });
 
   it('reports a tool over its memory limit as oom', async () => {
@@ -387,7 +388,8 @@ describe('sidecar', () => {
     const ctl = new Control('l');
     const s = await start(
       config(
-        [{ id: 'limited', control: ctl, limits: { memory: '512M', pids: 12 }, capabilities: [{ ...toolCap(['limits', 'sleep']), constraints: { allowedTools: ['limits', 'sleep'], limits: { memoryBytes: 64 * 1024 * 1024, timeoutMs: 300 } } }] }],
+        // The agent's pids bound the agent (node: ~11 tasks) and its tools together (its group): room for both.
+        [{ id: 'limited', control: ctl, limits: { memory: '512M', pids: 40 }, capabilities: [{ ...toolCap(['limits', 'sleep']), constraints: { allowedTools: ['limits', 'sleep'], limits: { memoryBytes: 64 * 1024 * 1024, pids: 12, timeoutMs: 300 } } }] }],
         // The 'limits' tool reads its own cgroup files from /sys/fs/cgroup, which confinement hides.
         { sandbox: { confine: false, allowRoot: true } },
       ),
@@ -395,7 +397,7 @@ describe('sidecar', () => {
     const a = await ctl.next();
     const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
     const r = (await a.conn.call('tools.invoke', { tool: 'limits', args: {}, capability: cap })) as { stdout: string };
-    // memory: capability 64M < tool 128M < default 256M < agent 512M; pids: agent 12 < tool 16 < default 64.
+    // memory: capability 64M < tool 128M < default 256M < agent 512M; pids: capability 12 < tool 16 < agent 40 < default 64.
     expect(r.stdout.trim().split('\n')).toEqual([String(64 * 1024 * 1024), '12']);
     const slow = (await a.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '5' }, capability: cap })) as { reason: string; durationMs: number };
     expect(slow.reason).toBe('timeout');
@@ -449,7 +451,7 @@ describe('sidecar', () => {
       a.conn.call('agents.spawn', { id: 'kid', capability: processCapId(held), command: 'node', args: [RELAY, sub.path], capabilities: [{ capability: cap, operations: ['invoke', 'admin'] }] }),
     );
     expect((failed.data as { code: string }).code).toBe('E_WIDENS');
-    const kid = s.supervisor.get('kid');
+    const kid = s.supervisor.get('late/kid');
     await kid?.done;
     expect(kid === undefined || kid.state === 'exited').toBe(true);
     expect(s.supervisor.running().map((r) => r.id)).toEqual(['late']);
@@ -691,7 +693,7 @@ describe('agents.spawn is gated by a process capability', () => {
     expect((forged.data as { code: string }).code).toBe('E_UNKNOWN_CAPABILITY');
 
     expect(s.counters.started).toBe(started);
-    expect(s.supervisor.get('kid')).toBeUndefined();
+    expect(s.supervisor.get('gated/kid')).toBeUndefined();
     expect(cgroupsUnderBase()).toEqual(cgroupsBefore);
     await s.stop();
     const denials = readAuditRecords(s.config.audit.dir, (r) => r.type === 'access_denied' && r.details?.['operation'] === 'spawn');
@@ -724,14 +726,14 @@ describe('agents.spawn is gated by a process capability', () => {
     const sh = await rpcError(k.conn.call('agents.spawn', { id: 'grand', capability: narrow, command: 'sh', args: ['-c', 'sleep 30'], capabilities: [] }));
     expect((sh.data as { code: string }).code).toBe('E_COMMAND_NOT_ALLOWED');
     expect(s.counters.started).toBe(started);
-    expect(s.supervisor.get('grand')).toBeUndefined();
+    expect(s.supervisor.get('boss/kid/grand')).toBeUndefined();
 
     const grand = (await k.conn.call('agents.spawn', { id: 'grand', capability: narrow, command: 'node', args: [RELAY, grandCtl.path], limits: { memory: '128M' }, capabilities: [] })) as { pid: number };
     expect((await grandCtl.next()).pid).toBe(grand.pid);
-    expect(s.supervisor.get('grand')!.state).toBe('running');
+    expect(s.supervisor.get('boss/kid/grand')!.state).toBe('running');
 
     // Revoked with its holder: once the kid is dead, its process capability spawns nothing.
-    const kidAgent = s.supervisor.get('kid')!;
+    const kidAgent = s.supervisor.get('boss/kid')!;
     process.kill(kid.pid, 'SIGKILL');
     await kidAgent.done;
     expect(s.book.isRevoked(s.book.get(narrow)!)).toBe(true);

@@ -63,8 +63,16 @@ export async function main(argv: string[]): Promise<number> {
   process.stdout.write(`captrap: ready ${sidecar.adminSocket}\n`);
   if (!signalled) await new Promise<void>((r) => (wake = r));
   process.stderr.write(`captrap serve: ${signalled}: shutting down\n`);
-  await sidecar.stop();
+  let code = 0;
+  try {
+    await sidecar.stop();
+  } catch (err) {
+    // Everything is stopped and removed; only the audit log's last records could not be written.
+    const c = (err as { code?: unknown }).code;
+    process.stderr.write(`captrap serve: stopped, but: ${(err as Error).message}${typeof c === 'string' ? ` [${c}]` : ''}\n`);
+    code = 1;
+  }
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
-  return 0;
+  return code;
 }

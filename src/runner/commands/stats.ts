@@ -15,9 +15,19 @@ function section(title: string, entries: Array<[string, unknown]>): string {
   return `${title}\n${shown.map(([k, v]) => `  ${k.padEnd(width)}  ${v === null ? '-' : String(v)}`).join('\n')}\n`;
 }
 
+/** A warning first when the audit log cannot write: what the sidecar does about it (audit.onFailure). */
+function auditWarning(a: Record<string, unknown> | null): string {
+  if (!a || a['available'] !== false) return '';
+  const since = typeof a['unavailableSince'] === 'string' ? ` since ${a['unavailableSince']}` : '';
+  const policy = a['onFailure'] === 'continue' ? 'tool calls and capability changes run UNAUDITED' : 'tool calls and capability changes are refused (E_AUDIT_UNAVAILABLE)';
+  const err = typeof a['lastError'] === 'string' ? `: ${a['lastError']}` : '';
+  return `AUDIT LOG UNAVAILABLE${since}${err}\n  ${policy}; ${Number(a['droppedRecords'] ?? 0)} record(s) dropped\n`;
+}
+
 /** The human-readable summary (exported for tests). */
 export function renderStats(s: SidecarStats): string {
   const parts = [
+    auditWarning(s.audit),
     section('sidecar', [
       ['uptime', formatDuration(s.uptimeMs)],
       ['rss', formatBytes(s.rssBytes)],
