@@ -8,7 +8,7 @@ import type { AuditStats } from '../kernel/events.js';
 import type { KernelStats } from '../kernel/kernel.js';
 import { RPC_ERROR, RpcConnection, RpcError, type RpcHandler } from './jsonrpc.js';
 import type { SandboxCounters } from './runner.js';
-import { parseParams, toAnswerError, type SidecarContext } from './server.js';
+import { paginate, parseParams, toAnswerError, type SidecarContext } from './server.js';
 
 export class AdminSocketError extends CaptrapError {
   constructor(message: string, details?: Record<string, unknown>) {
@@ -58,7 +58,11 @@ export interface SidecarStats {
 }
 
 const Empty = z.object({}).strict().or(z.null()).or(z.undefined());
-const CapsParams = z.object({ principal: z.string().min(1).max(256).optional() }).strict().or(z.null()).or(z.undefined());
+const CapsParams = z
+  .object({ principal: z.string().min(1).max(256).optional(), limit: z.number().int().min(1).max(1000).optional(), cursor: z.string().min(1).max(64).optional() })
+  .strict()
+  .or(z.null())
+  .or(z.undefined());
 const RevokeParams = z.union([z.object({ id: z.string().min(1).max(64 * 1024) }).strict(), z.object({ principal: z.string().min(1).max(256) }).strict()]);
 const KillParams = z.object({ id: z.string().min(1).max(256) }).strict();
 
@@ -115,7 +119,13 @@ export function adminHandlers(ctx: AdminContext): Record<string, RpcHandler> {
       );
       return { agents };
     }),
-    'capabilities.list': wrap(CapsParams, (p) => ({ capabilities: book.tree(p?.principal).map((c) => book.view(c)) })),
+    'capabilities.list': wrap(CapsParams, (p) => {
+      // Without limit/cursor: the whole tree, parents first (what `captrap caps` draws). With
+      // them: pages in issue order (parents still first), each entry once across pages.
+      if (p?.limit === undefined && p?.cursor === undefined) return { capabilities: book.tree(p?.principal).map((c) => book.view(c)) };
+      const { page, nextCursor } = paginate(book.tree(p?.principal), p, (c) => kernel.issueSeq(c.id) ?? Number.MAX_SAFE_INTEGER);
+      return { capabilities: page.map((c) => book.view(c)), nextCursor };
+    }),
     'capabilities.revoke': wrap(RevokeParams, (p) => {
       let revoked: string[];
       if ('id' in p) {

@@ -5,6 +5,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { REVOCATIONS_FILE } from '../../src/kernel/revocations.js';
+import { AdminClient } from '../../src/runner/admin-client.js';
 import { RPC_ERROR } from '../../src/runner/jsonrpc.js';
 import { connectAll, Harness, host, rpcError, toolCap, until } from './inproc.js';
 
@@ -39,6 +40,23 @@ describe.skipIf(host.layout === 'none')('capabilities.list pages and serve prune
       expect(n).toBe(pages);
       expect(seen).toHaveLength(250);
       expect(new Set(seen)).toEqual(ids);
+    }
+    // The admin socket pages the same way when asked to (without limit/cursor: the whole tree).
+    const admin = await AdminClient.connect(s.config.adminSocket);
+    try {
+      const seen: string[] = [];
+      let cursor: string | null = null;
+      do {
+        const r: { capabilities: { id: string }[]; nextCursor: string | null } = await admin.call('capabilities.list', { principal: 'p', limit: 40, ...(cursor ? { cursor } : {}) });
+        expect(r.capabilities.length).toBeLessThanOrEqual(40);
+        seen.push(...r.capabilities.map((x) => x.id));
+        cursor = r.nextCursor;
+      } while (cursor);
+      expect(seen).toHaveLength(250);
+      expect(new Set(seen)).toEqual(ids);
+      expect((await admin.capabilities('p')).capabilities).toHaveLength(250);
+    } finally {
+      admin.close();
     }
     expect((await rpcError(a.call('capabilities.list', { limit: 1001 }))).rpcCode).toBe(RPC_ERROR.INVALID_PARAMS);
     expect((await rpcError(a.call('capabilities.list', { cursor: 'forged' }))).rpcCode).toBe(RPC_ERROR.INVALID_PARAMS);
