@@ -700,29 +700,41 @@ static void install_forwarding(void)
 		sigaction(forwarded[i], &sa, NULL);
 }
 
-static void send_fd(int sock, int fd)
-{
-	char dummy = 'L';
-	struct iovec iov = { &dummy, 1 };
+/* One byte plus room for one descriptor: the message that carries the egress port from P1 to P0. */
+struct fd_msg {
+	char byte;
+	struct iovec iov;
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
 	} u;
 	struct msghdr msg;
+};
+
+static void fd_msg_init(struct fd_msg *m)
+{
+	memset(m, 0, sizeof *m);
+	m->byte = 'L';
+	m->iov.iov_base = &m->byte;
+	m->iov.iov_len = 1;
+	m->msg.msg_iov = &m->iov;
+	m->msg.msg_iovlen = 1;
+	m->msg.msg_control = m->u.buf;
+	m->msg.msg_controllen = sizeof m->u.buf;
+}
+
+static void send_fd(int sock, int fd)
+{
+	struct fd_msg m;
 	struct cmsghdr *c;
 
-	memset(&msg, 0, sizeof msg);
-	memset(&u, 0, sizeof u);
-	msg.msg_iov = &iov;
-	msg.msg_iovlen = 1;
-	msg.msg_control = u.buf;
-	msg.msg_controllen = sizeof u.buf;
-	c = CMSG_FIRSTHDR(&msg);
+	fd_msg_init(&m);
+	c = CMSG_FIRSTHDR(&m.msg);
 	c->cmsg_level = SOL_SOCKET;
 	c->cmsg_type = SCM_RIGHTS;
 	c->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(c), &fd, sizeof(int));
-	if (sendmsg(sock, &msg, 0) != 1)
+	if (sendmsg(sock, &m.msg, 0) != 1)
 		fail("cannot hand the egress port to the relay", NULL, errno);
 }
 
@@ -917,24 +929,14 @@ static int relay_step(struct pair *p, const struct pollfd *pf)
 
 static int recv_fd(int sock)
 {
-	char dummy;
-	struct iovec iov = { &dummy, 1 };
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct msghdr msg;
+	struct fd_msg m;
 	struct cmsghdr *c;
 	int fd = -1;
 
-	memset(&msg, 0, sizeof msg);
-	msg.msg_iov = &iov;
-	msg.msg_iovlen = 1;
-	msg.msg_control = u.buf;
-	msg.msg_controllen = sizeof u.buf;
-	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1)
+	fd_msg_init(&m);
+	if (recvmsg(sock, &m.msg, MSG_CMSG_CLOEXEC) != 1)
 		return -1;
-	c = CMSG_FIRSTHDR(&msg);
+	c = CMSG_FIRSTHDR(&m.msg);
 	if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
 		memcpy(&fd, CMSG_DATA(c), sizeof(int));
 	return fd;
