@@ -3,81 +3,20 @@
 // groups are created inside, so an agent's cpu, pids and memory bound the sum of all of them.
 // Real sidecar (in-process), default confined config, agents under uids of their own talking
 // through the relay fixture, real cgroups of this host.
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js';
-import { probeHost } from '../../src/isolation/host.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { hierarchyRoots } from '../../src/isolation/cgroup.js';
 import type { SandboxGroup } from '../../src/isolation/group.js';
-import { parseConfig, type SidecarConfig } from '../../src/runner/config.js';
-import { RpcConnection } from '../../src/runner/jsonrpc.js';
-import { Sidecar } from '../../src/runner/sidecar.js';
+import type { SidecarConfig } from '../../src/runner/config.js';
+import { type AgentSpec, type Connected, Harness, host, procCap as processCap, RELAY, toolCap as toolCapFor, until } from './inproc.js';
 
-const RELAY = join(import.meta.dirname, '../fixtures/agents/core-relay.mjs');
-const NODE = realpathSync(process.execPath);
-const BASE = `captrap-t-grp-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
-const host = probeHost();
+const h = new Harness('grp');
+afterAll(() => h.cleanup(), 60_000);
+const BASE = h.base;
 const hasCpu = host.v1.cpu !== undefined || host.unifiedControllers.includes('cpu');
 const hasPids = host.v1.pids !== undefined || host.unifiedControllers.includes('pids');
 const cgroups = host.layout !== 'none';
-
-let root: string;
-let ctlDir: string;
-const servers: Server[] = [];
-
-beforeAll(() => {
-  root = mkdtempSync(join(tmpdir(), 'captrap-groups-'));
-  chmodSync(root, 0o755);
-  ctlDir = join(root, 'ctl');
-  mkdirSync(ctlDir, { mode: 0o755 });
-});
-
-afterAll(() => {
-  for (const s of servers.splice(0)) s.close();
-  removeCgroupBase(host, BASE);
-  rmSync(root, { recursive: true, force: true });
-});
-
-type Connected = { conn: RpcConnection; id: string; sock: Socket };
-
-/** A control socket the relay agent connects to (world-traversable dir in the agent's view): each connection is one agent. */
-class Control {
-  readonly path: string;
-  private readonly waiting: ((a: Connected) => void)[] = [];
-  private readonly ready: Connected[] = [];
-
-  constructor(name: string) {
-    this.path = join(ctlDir, `${name}-${Math.random().toString(36).slice(2, 8)}.sock`);
-    const server = createServer((sock) => {
-      let buf = Buffer.alloc(0);
-      const onData = (c: Buffer) => {
-        buf = Buffer.concat([buf, c]);
-        const nl = buf.indexOf(10);
-        if (nl < 0) return;
-        sock.off('data', onData);
-        const hello = JSON.parse(buf.subarray(0, nl).toString()) as { hello: string };
-        const rest = buf.subarray(nl + 1);
-        if (rest.length > 0) sock.unshift(rest);
-        const a = { conn: new RpcConnection(sock, sock), id: hello.hello, sock };
-        const w = this.waiting.shift();
-        if (w) w(a);
-        else this.ready.push(a);
-      };
-      sock.on('data', onData);
-      sock.on('error', () => {});
-    });
-    server.listen(this.path);
-    chmodSync(this.path, 0o666);
-    servers.push(server);
-  }
-
-  next(): Promise<Connected> {
-    const r = this.ready.shift();
-    return r ? Promise.resolve(r) : new Promise((res) => this.waiting.push(res));
-  }
-}
 
 const BOMB = 'sh -c "$0" "$0" & sh -c "$0" "$0" & wait';
 const TOOLS = [
@@ -87,38 +26,15 @@ const TOOLS = [
   { name: 'bomb', command: ['sh', '-c', BOMB, BOMB], args: {}, limits: { timeoutMs: 1500 } },
 ];
 
-const toolCap = { resource: { type: 'tool', pattern: '*' }, operations: ['invoke'], constraints: { allowedTools: ['echo', 'spin', 'bomb'] } };
-const procCap = { resource: { type: 'process', pattern: NODE }, operations: ['spawn', 'delegate'] };
+const toolCap = toolCapFor(['echo', 'spin', 'bomb'], { operations: ['invoke'] });
+const procCap = processCap();
 
-function config(agents: { id: string; control: Control; limits?: Record<string, unknown>; capabilities?: unknown[] }[]): SidecarConfig {
-  const stateDir = mkdtempSync(join(root, 'state-'));
-  return parseConfig(
-    {
-      stateDir,
-      cgroupBase: BASE,
-      audit: { flushIntervalMs: 20 },
-      tools: TOOLS,
-      sandbox: { timeout: '20s', killGrace: '200ms' },
-      agents: agents.map((a) => ({
-        id: a.id,
-        command: 'node',
-        args: [RELAY, a.control.path],
-        view: { readOnly: [ctlDir] },
-        ...(a.limits ? { limits: a.limits } : {}),
-        capabilities: a.capabilities ?? [toolCap],
-      })),
-    },
-    'agent-groups test config',
-    root,
+/** Agents without limits of their own unless given; sandboxes without default memory and pids limits. */
+function config(agents: (Omit<AgentSpec, 'limits'> & { limits?: Record<string, unknown> })[]): SidecarConfig {
+  return h.config(
+    agents.map((a) => ({ ...a, limits: a.limits ?? null, capabilities: a.capabilities ?? [toolCap] })),
+    { tools: TOOLS, sandbox: { timeout: '20s', killGrace: '200ms' } },
   );
-}
-
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -133,7 +49,7 @@ function dirsUnderBase(): string[] {
       walk(join(d, e.name));
     }
   };
-  for (const h of hierarchyRoots(host)) if (existsSync(`${h.root}/${BASE}`)) walk(`${h.root}/${BASE}`);
+  for (const r of hierarchyRoots(host)) if (existsSync(`${r.root}/${BASE}`)) walk(`${r.root}/${BASE}`);
   return out;
 }
 
@@ -158,14 +74,13 @@ async function capOf(a: Connected, type = 'tool'): Promise<string> {
 
 describe.skipIf(!cgroups)('agent groups: an agent\'s limits bound the agent, its tools and its sub-agents together', () => {
   it.skipIf(!hasCpu)('cpu 0.25: six spinning tools share a quarter core; another agent\'s calls stay fast; stop leaves no cgroup', async () => {
-    const c1 = new Control('spinner');
-    const c2 = new Control('quick');
-    const s = await Sidecar.start(
+    const c1 = h.control('spinner');
+    const c2 = h.control('quick');
+    const s = await h.start(
       config([
         { id: 'spinner', control: c1, limits: { cpu: 0.25 } },
         { id: 'quick', control: c2 },
       ]),
-      { output: () => {}, notice: () => {} },
     );
     try {
       // The sidecar (outside the base) wins under contention.
@@ -215,8 +130,8 @@ describe.skipIf(!cgroups)('agent groups: an agent\'s limits bound the agent, its
   }, 30_000);
 
   it.skipIf(!hasPids)('pids 20: a fork bomb in the agent\'s tools ends pids-limit and the group never holds more than 20 tasks', async () => {
-    const c = new Control('bomber');
-    const s = await Sidecar.start(config([{ id: 'bomber', control: c, limits: { pids: 20 } }]), { output: () => {}, notice: () => {} });
+    const c = h.control('bomber');
+    const s = await h.start(config([{ id: 'bomber', control: c, limits: { pids: 20 } }]));
     try {
       const a = await c.next();
       const group = s.supervisor.get('bomber')!.group;
@@ -245,9 +160,9 @@ describe.skipIf(!cgroups)('agent groups: an agent\'s limits bound the agent, its
   }, 30_000);
 
   it.skipIf(!hasCpu)('a sub-agent\'s group nests in its parent\'s: its tools and the parent\'s share the parent\'s cpu 0.25; all groups go with their agents', async () => {
-    const c = new Control('boss');
-    const subCtl = new Control('worker');
-    const s = await Sidecar.start(config([{ id: 'boss', control: c, limits: { cpu: 0.25 }, capabilities: [toolCap, procCap] }]), { output: () => {}, notice: () => {} });
+    const c = h.control('boss');
+    const subCtl = h.control('worker');
+    const s = await h.start(config([{ id: 'boss', control: c, limits: { cpu: 0.25 }, capabilities: [toolCap, procCap] }]));
     try {
       const boss = await c.next();
       const cap = await capOf(boss);
@@ -297,9 +212,9 @@ describe.skipIf(!cgroups)('agent groups: an agent\'s limits bound the agent, its
   }, 30_000);
 
   it('stop with agents, tools and sub-agents running leaves no group directory', async () => {
-    const c = new Control('stopper');
-    const subCtl = new Control('stopper-sub');
-    const s = await Sidecar.start(config([{ id: 'stopper', control: c, limits: { memory: '512M', pids: 64 }, capabilities: [toolCap, procCap] }]), { output: () => {}, notice: () => {} });
+    const c = h.control('stopper');
+    const subCtl = h.control('stopper-sub');
+    const s = await h.start(config([{ id: 'stopper', control: c, limits: { memory: '512M', pids: 64 }, capabilities: [toolCap, procCap] }]));
     let groups: SandboxGroup[] = [];
     try {
       const a = await c.next();

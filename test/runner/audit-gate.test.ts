@@ -4,85 +4,25 @@
 // so; once the filler is gone calls work again by themselves, and the chain verifies after stop.
 // With onFailure: continue the call runs, unaudited, and everything still says so.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, realpathSync, rmSync, unlinkSync, writeSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { closeSync, mkdtempSync, openSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { removeCgroupBase } from '../../src/isolation/cgroup.js';
-import { probeHost } from '../../src/isolation/host.js';
+import { afterAll, describe, expect, it } from 'vitest';
 import { renderStats } from '../../src/runner/commands/stats.js';
-import { parseConfig, type SidecarConfig } from '../../src/runner/config.js';
-import { RPC_ERROR, RpcConnection, RpcError } from '../../src/runner/jsonrpc.js';
-import { publicKeyFileFor, Sidecar } from '../../src/runner/sidecar.js';
-import { createConnection } from 'node:net';
+import type { SidecarConfig } from '../../src/runner/config.js';
+import { RPC_ERROR, RpcError } from '../../src/runner/jsonrpc.js';
+import { publicKeyFileFor, type Sidecar } from '../../src/runner/sidecar.js';
+import { adminClient as admin, type AgentSpec, Harness, procCap as processCap, RELAY, rpcError, toolCap, until } from './inproc.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const RELAY = join(import.meta.dirname, '../fixtures/agents/core-relay.mjs');
-const NODE = realpathSync(process.execPath);
-const BASE = `captrap-t-agate-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
-const host = probeHost();
+const h = new Harness('agate');
+afterAll(() => h.cleanup(), 60_000);
 
-let root: string;
-let ctlDir: string;
-const servers: Server[] = [];
-
-beforeAll(() => {
-  root = mkdtempSync(join(tmpdir(), 'captrap-agate-'));
-  chmodSync(root, 0o755);
-  ctlDir = join(root, 'ctl');
-  mkdirSync(ctlDir, { mode: 0o755 });
-});
-
-afterAll(() => {
-  for (const s of servers.splice(0)) s.close();
-  removeCgroupBase(host, BASE);
-  rmSync(root, { recursive: true, force: true });
-});
-
-type Connected = { conn: RpcConnection; id: string; sock: Socket };
-
-/** A control socket the relay agent connects to (world-traversable dir in the agent's view). */
-class Control {
-  readonly path: string;
-  private readonly waiting: ((a: Connected) => void)[] = [];
-  private readonly ready: Connected[] = [];
-
-  constructor(name: string) {
-    this.path = join(ctlDir, `${name}-${Math.random().toString(36).slice(2, 8)}.sock`);
-    const server = createServer((sock) => {
-      let buf = Buffer.alloc(0);
-      const onData = (c: Buffer) => {
-        buf = Buffer.concat([buf, c]);
-        const nl = buf.indexOf(10);
-        if (nl < 0) return;
-        sock.off('data', onData);
-        const hello = JSON.parse(buf.subarray(0, nl).toString()) as { hello: string };
-        const rest = buf.subarray(nl + 1);
-        if (rest.length > 0) sock.unshift(rest);
-        const a = { conn: new RpcConnection(sock, sock), id: hello.hello, sock };
-        const w = this.waiting.shift();
-        if (w) w(a);
-        else this.ready.push(a);
-      };
-      sock.on('data', onData);
-      sock.on('error', () => {});
-    });
-    server.listen(this.path);
-    chmodSync(this.path, 0o666);
-    servers.push(server);
-  }
-
-  next(): Promise<Connected> {
-    const r = this.ready.shift();
-    return r ? Promise.resolve(r) : new Promise((res) => this.waiting.push(res));
-  }
-}
+const ECHO = toolCap(['echo'], { operations: ['invoke'] });
 
 /** Mounts a 2 MiB tmpfs for the audit dir; undefined (with the reason printed) where this host does not allow it. */
 function mountSmallFs(): string | undefined {
-  const dir = mkdtempSync(join(root, 'auditfs-'));
+  const dir = mkdtempSync(join(h.root, 'auditfs-'));
   try {
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'tmpfs', dir], { stdio: 'pipe' });
     return dir;
@@ -117,63 +57,30 @@ function fill(dir: string): string {
   return file;
 }
 
-function config(auditDir: string, agents: { id: string; control: Control; capabilities?: unknown[] }[], onFailure?: 'deny' | 'continue'): SidecarConfig {
-  const stateDir = mkdtempSync(join(root, 'state-'));
-  return parseConfig(
-    {
-      stateDir,
-      cgroupBase: BASE,
-      audit: { dir: join(auditDir, 'log'), flushIntervalMs: 20, ...(onFailure ? { onFailure } : {}) },
-      tools: [{ name: 'echo', command: ['echo', '{text}'], args: { text: { type: 'string' } } }],
-      sandbox: { timeout: '20s', killGrace: '200ms' },
-      agents: agents.map((a) => ({
-        id: a.id,
-        command: 'node',
-        args: [RELAY, a.control.path],
-        view: { readOnly: [ctlDir] },
-        capabilities: a.capabilities ?? [{ resource: { type: 'tool', pattern: '*' }, operations: ['invoke'], constraints: { allowedTools: ['echo'] } }],
-      })),
-    },
-    'audit-gate test config',
-    root,
+/** Agents without limits of their own; the audit log in `auditDir`; sandboxes without default memory and pids limits. */
+function config(auditDir: string, agents: Omit<AgentSpec, 'limits'>[], onFailure?: 'deny' | 'continue'): SidecarConfig {
+  return h.config(
+    agents.map((a) => ({ ...a, limits: null, capabilities: a.capabilities ?? [ECHO] })),
+    { audit: { dir: join(auditDir, 'log'), flushIntervalMs: 20, ...(onFailure ? { onFailure } : {}) }, sandbox: { timeout: '20s', killGrace: '200ms' } },
   );
 }
 
-async function admin(path: string): Promise<RpcConnection> {
-  const sock = createConnection(path);
-  await new Promise<void>((r, j) => {
-    sock.once('connect', () => r());
-    sock.once('error', j);
-  });
-  return new RpcConnection(sock, sock);
-}
-
-async function rpcError(p: Promise<unknown>): Promise<RpcError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RpcError) return e;
-    throw e;
-  }
-  throw new Error('expected an RPC error');
-}
-
-async function until(cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
-  const t0 = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - t0 > ms) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** `captrap audit verify` on the sidecar's log, as an operator would run it. */
-function auditVerify(cfg: SidecarConfig): { status: number | null; out: string } {
+/** Stops the sidecar, then `captrap audit verify` on its log, as an operator would run it: the chain verifies. */
+async function stopAndVerify(s: Sidecar, cfg: SidecarConfig): Promise<void> {
+  await s.stop();
   const r = spawnSync(
     process.execPath,
     ['--import', 'tsx', join(ROOT, 'src/runner/cli.ts'), 'audit', 'verify', cfg.audit.dir, '--key', cfg.audit.keyFile, '--pubkey', publicKeyFileFor(cfg.audit.signingKeyFile)],
     { cwd: ROOT, encoding: 'utf8' },
   );
-  return { status: r.status, out: `${r.stdout}${r.stderr}` };
+  expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+}
+
+/** After a test, passed or not: the filler gone, the sidecar stopped, the tmpfs unmounted. */
+async function release(fs: string, filler: string | undefined, s: Sidecar | undefined): Promise<void> {
+  if (filler) rmSync(filler, { force: true });
+  await s?.stop().catch(() => undefined);
+  umount(fs);
 }
 
 type Stats = { audit: { available: boolean; unavailableSince: string | null; droppedRecords: number; onFailure: string; refusedCalls: number; unauditedCalls: number } };
@@ -192,19 +99,16 @@ describe('audit gate', () => {
     let cfg: SidecarConfig | undefined;
     let filler: string | undefined;
     try {
-      const ctl = new Control('gated');
-      const sub = new Control('gated-sub');
+      const ctl = h.control('gated');
+      const sub = h.control('gated-sub');
       cfg = config(fs, [
         {
           id: 'gated',
           control: ctl,
-          capabilities: [
-            { resource: { type: 'tool', pattern: '*' }, operations: ['invoke'], constraints: { allowedTools: ['echo'] } },
-            { resource: { type: 'process', pattern: NODE }, operations: ['spawn', 'delegate'] },
-          ],
+          capabilities: [ECHO, processCap()],
         },
       ]);
-      s = await Sidecar.start(cfg, { output: () => {}, notice: (l) => notices.push(l) });
+      s = await h.start(cfg, { output: () => {}, notice: (l) => notices.push(l) });
       const a = await ctl.next();
       const caps = (await a.conn.call('capabilities.list', {})) as { capabilities: { id: string; resource: { type: string } }[] };
       const cap = caps.capabilities.find((c) => c.resource.type === 'tool')!.id;
@@ -268,14 +172,9 @@ describe('audit gate', () => {
       expect(after.audit).toMatchObject({ available: true, unavailableSince: null });
       expect(metric(((await adm.call('metrics', {})) as { text: string }).text, 'captrap_audit_available')).toBe(1);
       adm.close();
-      await s.stop();
-      s = undefined;
-      const v = auditVerify(cfg);
-      expect(v.status, v.out).toBe(0);
+      await stopAndVerify(s, cfg);
     } finally {
-      if (filler) rmSync(filler, { force: true });
-      await s?.stop().catch(() => undefined);
-      umount(fs);
+      await release(fs, filler, s);
     }
   }, 60_000);
 
@@ -286,9 +185,9 @@ describe('audit gate', () => {
     let s: Sidecar | undefined;
     let filler: string | undefined;
     try {
-      const ctl = new Control('loose');
+      const ctl = h.control('loose');
       const cfg = config(fs, [{ id: 'loose', control: ctl }], 'continue');
-      s = await Sidecar.start(cfg, { output: () => {}, notice: (l) => notices.push(l) });
+      s = await h.start(cfg, { output: () => {}, notice: (l) => notices.push(l) });
       const a = await ctl.next();
       const caps = (await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] };
       const cap = caps.capabilities[0]!.id;
@@ -315,14 +214,9 @@ describe('audit gate', () => {
       unlinkSync(filler);
       filler = undefined;
       await until(() => s!.audit.available, 5000);
-      await s.stop();
-      s = undefined;
-      const v = auditVerify(cfg);
-      expect(v.status, v.out).toBe(0);
+      await stopAndVerify(s, cfg);
     } finally {
-      if (filler) rmSync(filler, { force: true });
-      await s?.stop().catch(() => undefined);
-      umount(fs);
+      await release(fs, filler, s);
     }
   }, 60_000);
 });

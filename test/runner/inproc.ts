@@ -2,14 +2,14 @@
 // (test/fixtures/agents/core-relay.mjs) join their fd-3 channel to a control socket the test
 // listens on, so the test speaks JSON-RPC as the agent on the agent's real channel.
 import { chmodSync, mkdirSync, mkdtempSync, realpathSync, rmSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { removeCgroupBase } from '../../src/isolation/cgroup.js';
 import { probeHost } from '../../src/isolation/host.js';
 import { parseConfig, type SidecarConfig } from '../../src/runner/config.js';
 import { RpcConnection, RpcError } from '../../src/runner/jsonrpc.js';
-import { Sidecar } from '../../src/runner/sidecar.js';
+import { Sidecar, type SidecarOptions } from '../../src/runner/sidecar.js';
 
 export const RELAY = join(import.meta.dirname, '../fixtures/agents/core-relay.mjs');
 export const NODE = realpathSync(process.execPath);
@@ -25,6 +25,17 @@ export interface Connected {
   conn: RpcConnection;
   id: string;
   sock: Socket;
+  /** The agent's hello line (its id, its pid and pid namespace as it sees them). */
+  hello: Hello;
+}
+
+export interface AgentSpec {
+  id: string;
+  control: Control;
+  capabilities?: unknown[];
+  requestable?: unknown[];
+  /** The agent's limits; default { memory: '512M', pids: 64 }; null: none of its own. */
+  limits?: Record<string, unknown> | null;
 }
 
 export function toolCap(tools: string[], extra: Record<string, unknown> = {}) {
@@ -36,6 +47,9 @@ export function procCap(pattern = NODE) {
 }
 
 export const TOOLS = [{ name: 'echo', command: ['echo', '{text}'], args: { text: { type: 'string' } } }];
+
+/** The sandbox section config() writes unless `extra` has one of its own. */
+export const SANDBOX = { memory: '256M', pids: 64, timeout: '20s', killGrace: '200ms' };
 
 export class Harness {
   readonly root: string;
@@ -58,32 +72,14 @@ export class Harness {
     return c;
   }
 
-  config(agents: { id: string; control: Control; capabilities?: unknown[]; requestable?: unknown[] }[], extra: Record<string, unknown> = {}, stateDir?: string): SidecarConfig {
-    return parseConfig(
-      {
-        stateDir: stateDir ?? mkdtempSync(join(this.root, 'state-')),
-        cgroupBase: this.base,
-        audit: { flushIntervalMs: 20 },
-        tools: TOOLS,
-        agents: agents.map((a) => ({
-          id: a.id,
-          command: 'node',
-          args: [RELAY, a.control.path],
-          view: { readOnly: [this.ctlDir] },
-          limits: { memory: '512M', pids: 64 },
-          capabilities: a.capabilities ?? [toolCap(['echo'])],
-          requestable: a.requestable ?? [],
-        })),
-        ...extra,
-        sandbox: { memory: '256M', pids: 64, timeout: '20s', killGrace: '200ms' },
-      },
-      'test config',
-      this.root,
-    );
+  /** A config for `agents` (relay agents on their controls): see relayConfig. */
+  config(agents: AgentSpec[], extra: Record<string, unknown> = {}, stateDir?: string): SidecarConfig {
+    return relayConfig(this, agents, extra, stateDir);
   }
 
-  async start(cfg: SidecarConfig): Promise<Sidecar> {
-    const s = await Sidecar.start(cfg, { output: () => {}, notice: () => {} } as Parameters<typeof Sidecar.start>[1]);
+  /** Starts a sidecar (stopped by cleanup() if the test does not); its output and notices go to `io`, by default nowhere. */
+  async start(cfg: SidecarConfig, io: SidecarOptions = { output: () => {}, notice: () => {} }): Promise<Sidecar> {
+    const s = await Sidecar.start(cfg, io);
     this.sidecars.push(s);
     return s;
   }
@@ -94,6 +90,35 @@ export class Harness {
     removeCgroupBase(host, this.base);
     rmSync(this.root, { recursive: true, force: true });
   }
+}
+
+/**
+ * A config for relay agents on their controls, under `at.root` (a fresh state dir there unless
+ * given), their control sockets' dir `at.ctlDir` in their view, cgroups under `at.base`. The
+ * top-level keys of `extra` (tools, audit, sandbox, quotas...) replace the defaults.
+ */
+export function relayConfig(at: { root: string; ctlDir: string; base: string }, agents: AgentSpec[], extra: Record<string, unknown> = {}, stateDir?: string): SidecarConfig {
+  return parseConfig(
+    {
+      stateDir: stateDir ?? mkdtempSync(join(at.root, 'state-')),
+      cgroupBase: at.base,
+      audit: { flushIntervalMs: 20 },
+      tools: TOOLS,
+      agents: agents.map((a) => ({
+        id: a.id,
+        command: 'node',
+        args: [RELAY, a.control.path],
+        view: { readOnly: [at.ctlDir] },
+        ...(a.limits === null ? {} : { limits: a.limits ?? { memory: '512M', pids: 64 } }),
+        capabilities: a.capabilities ?? [toolCap(['echo'])],
+        requestable: a.requestable ?? [],
+      })),
+      sandbox: SANDBOX,
+      ...extra,
+    },
+    'test config',
+    at.root,
+  );
 }
 
 /** A control socket the relay agent connects to; each connection is one agent. */
@@ -115,7 +140,7 @@ export class Control {
         const hello = JSON.parse(buf.subarray(0, nl).toString()) as Hello;
         const rest = buf.subarray(nl + 1);
         if (rest.length > 0) sock.unshift(rest);
-        const a: Connected = { conn: raw ? (undefined as unknown as RpcConnection) : new RpcConnection(sock, sock), id: hello.hello, sock };
+        const a: Connected = { conn: raw ? (undefined as unknown as RpcConnection) : new RpcConnection(sock, sock), id: hello.hello, sock, hello };
         const w = this.waiting.shift();
         if (w) w(a);
         else this.ready.push(a);
@@ -136,6 +161,16 @@ export class Control {
 export async function connectAll(ctls: Control[]): Promise<Map<string, Connected>> {
   const all = await Promise.all(ctls.map((c) => c.next()));
   return new Map(all.map((a) => [a.id, a]));
+}
+
+/** A JSON-RPC client on the sidecar's admin socket. */
+export async function adminClient(path: string): Promise<RpcConnection> {
+  const sock = createConnection(path);
+  await new Promise<void>((r, j) => {
+    sock.once('connect', () => r());
+    sock.once('error', j);
+  });
+  return new RpcConnection(sock, sock);
 }
 
 export async function rpcError(p: Promise<unknown>): Promise<RpcError> {

@@ -3,7 +3,6 @@
 // removes the stale cgroups and continues the audit chain).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +12,7 @@ import { probeHost } from '../../src/isolation/host.js';
 import { isSameProcess } from '../../src/isolation/proc.js';
 import { readAuditRecords, verifyAuditLog } from '../../src/kernel/audit.js';
 import { readEd25519PublicKey, readSecretFile } from '../../src/kernel/keys.js';
-import { RpcConnection } from '../../src/runner/jsonrpc.js';
+import { adminClient as admin } from './inproc.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BASE = `captrap-t-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
@@ -103,15 +102,6 @@ async function serve(file: string): Promise<Serve> {
   const m = /^captrap: ready (.+)\n$/.exec(out);
   if (!m) throw new Error(`unexpected stdout: ${out}`);
   return { child, stdout: () => out, stderr: () => err, exited, socket: m[1]! };
-}
-
-async function admin(path: string): Promise<RpcConnection> {
-  const sock = createConnection(path);
-  await new Promise<void>((r, j) => {
-    sock.once('connect', () => r());
-    sock.once('error', j);
-  });
-  return new RpcConnection(sock, sock);
 }
 
 type Row = { id: string; pid: number; startTime: number; state: string };

@@ -2,7 +2,7 @@
 // over their fd-3 channels through a relay the test controls, real tools, real cgroups, a real
 // audit log. Each test starts its own sidecar with a unique cgroup base and state directory.
 import { chmodSync, existsSync, mkdirSync, readFileSync, realpathSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -13,8 +13,9 @@ import { removeCgroupBase } from '../../src/isolation/cgroup.js';
 import { isSameProcess } from '../../src/isolation/proc.js';
 import { pidsInNamespace, sandboxPidNamespace } from '../../src/isolation/confine.js';
 import { parseConfig, type SidecarConfig } from '../../src/runner/config.js';
-import { RPC_ERROR, RpcConnection, RpcError } from '../../src/runner/jsonrpc.js';
+import { RPC_ERROR, RpcError } from '../../src/runner/jsonrpc.js';
 import { publicKeyFileFor, Sidecar } from '../../src/runner/sidecar.js';
+import { adminClient, type AgentSpec, type Connected as RelayConnected, Control as RelayControl, type Hello, relayConfig, rpcError, SANDBOX, until } from './inproc.js';
 
 const RELAY = join(import.meta.dirname, '../fixtures/agents/core-relay.mjs');
 const BASE = `captrap-t-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
@@ -48,8 +49,7 @@ afterAll(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-type Connected = { conn: RpcConnection; id: string; pid: number; sock: Socket };
-type Hello = { hello: string; pid: number; pidNs: string | null };
+type Connected = RelayConnected & { pid: number };
 
 /**
  * The host pid of the agent that said hello: the process ref the sidecar launched it as (its
@@ -79,42 +79,17 @@ function hostPidOfAgent(s: Sidecar, id: string): number {
   return inNs[0]!;
 }
 
-/** A control socket the relay agent connects to; each connection is one agent. */
-class Control {
-  readonly path: string;
-  private readonly server: Server;
-  private readonly waiting: ((a: { conn: RpcConnection; hello: Hello; sock: Socket }) => void)[] = [];
-  private readonly ready: { conn: RpcConnection; hello: Hello; sock: Socket }[] = [];
-
+/** A control socket the relay agent connects to (chmod 0666: agents run under uids of their own); each connection is one agent. */
+class Control extends RelayControl {
   constructor(name: string) {
-    this.path = join(ctlDir, `${name}-${Math.random().toString(36).slice(2, 8)}.sock`);
-    this.server = createServer((sock) => {
-      let buf = Buffer.alloc(0);
-      const onData = (c: Buffer) => {
-        buf = Buffer.concat([buf, c]);
-        const nl = buf.indexOf(10);
-        if (nl < 0) return;
-        sock.off('data', onData);
-        const hello = JSON.parse(buf.subarray(0, nl).toString()) as Hello;
-        const rest = buf.subarray(nl + 1);
-        if (rest.length > 0) sock.unshift(rest);
-        const a = { conn: new RpcConnection(sock, sock), hello, sock };
-        const w = this.waiting.shift();
-        if (w) w(a);
-        else this.ready.push(a);
-      };
-      sock.on('data', onData);
-      sock.on('error', () => {});
-    });
-    this.server.listen(this.path);
-    chmodSync(this.path, 0o666); // bound synchronously for a path; agents run under uids of their own
+    super(ctlDir, name);
     servers.push(this.server);
   }
 
   /** The next agent to connect, with its host pid (see agentPid). */
-  async next(): Promise<Connected> {
-    const r = this.ready.shift() ?? (await new Promise<{ conn: RpcConnection; hello: Hello; sock: Socket }>((res) => this.waiting.push(res)));
-    return { conn: r.conn, id: r.hello.hello, pid: agentPid(r.hello), sock: r.sock };
+  override async next(): Promise<Connected> {
+    const a = await super.next();
+    return { ...a, pid: agentPid(a.hello) };
   }
 }
 
@@ -147,28 +122,11 @@ function procCap(pattern = NODE, constraints?: Record<string, unknown>) {
 
 const AGENT_TOOLS = ['read_file', 'echo', 'sleep', 'hog', 'limits'];
 
-function config(agents: { id: string; control: Control; capabilities?: unknown[]; requestable?: unknown[]; limits?: unknown }[], extra: Record<string, unknown> = {}): SidecarConfig {
-  const stateDir = mkdtempSync(join(root, 'state-'));
-  return parseConfig(
-    {
-      stateDir,
-      cgroupBase: BASE,
-      audit: { flushIntervalMs: 20 },
-      tools: TOOLS,
-      agents: agents.map((a) => ({
-        id: a.id,
-        command: 'node',
-        args: [RELAY, a.control.path],
-        view: { readOnly: [ctlDir] },
-        limits: a.limits ?? { memory: '512M', pids: 64 },
-        capabilities: a.capabilities ?? [toolCap(['read_file', 'echo', 'sleep', 'hog', 'limits'], [dataDir])],
-        requestable: a.requestable ?? [],
-      })),
-      ...extra,
-      sandbox: { memory: '256M', pids: 64, timeout: '20s', killGrace: '200ms', ...(extra['sandbox'] as Record<string, unknown> | undefined) },
-    },
-    'test config',
-    root,
+function config(agents: AgentSpec[], extra: Record<string, unknown> = {}): SidecarConfig {
+  return relayConfig(
+    { root, ctlDir, base: BASE },
+    agents.map((a) => ({ ...a, capabilities: a.capabilities ?? [toolCap(AGENT_TOOLS, [dataDir])] })),
+    { tools: TOOLS, ...extra, sandbox: { ...SANDBOX, ...(extra['sandbox'] as Record<string, unknown> | undefined) } },
   );
 }
 
@@ -176,33 +134,6 @@ async function start(cfg: SidecarConfig): Promise<Sidecar> {
   const s = await Sidecar.start(cfg, { output: () => {} });
   sidecars.push(s);
   return s;
-}
-
-async function adminClient(path: string): Promise<RpcConnection> {
-  const sock = createConnection(path);
-  await new Promise<void>((r, j) => {
-    sock.once('connect', () => r());
-    sock.once('error', j);
-  });
-  return new RpcConnection(sock, sock);
-}
-
-async function rpcError(p: Promise<unknown>): Promise<RpcError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof RpcError) return e;
-    throw e;
-  }
-  throw new Error('expected an RPC error');
-}
-
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > ms) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 function capId(caps: { capabilities: { id: string }[] }): string {
