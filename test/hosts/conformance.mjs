@@ -1,0 +1,337 @@
+// captrap's isolation conformance for one host, run INSIDE a test guest by scripts/hosts (not by
+// vitest: the guest is ~100x slower than native, so this is one node process over the built
+// dist/, with as few extra node starts as possible). Prints one line per check and ends with
+//   host <name>: N passed, M failed, K skipped
+// Exit status 0 iff nothing failed. Usage: node test/hosts/conformance.mjs --host v2
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cleanupStaleCgroups, createSandboxGroup, hostReport, isSameProcess, prioritiseSelf, probeHost, processRef, removeCgroupBase, runSandboxed } from '../../dist/index.js';
+import { pidsInNamespace, sandboxPidNamespace } from '../../dist/isolation/confine.js';
+
+const project = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const hostName = process.argv[process.argv.indexOf('--host') + 1] ?? 'local';
+const base = `captrap-hosts-${process.pid}`;
+const host = probeHost();
+const root = host.unifiedRoot;
+const T0 = performance.now();
+
+const results = { passed: 0, failed: 0, skipped: 0 };
+const failures = [];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const read = (p) => { try { return readFileSync(p, 'utf8').trim(); } catch { return undefined; } };
+const keyed = (p, k) => { const m = new RegExp(`^${k} (\\d+)$`, 'm').exec(read(p) ?? ''); return m ? Number(m[1]) : undefined; };
+const alive = (ref) => ref !== undefined && isSameProcess(ref) && !/^State:\s+Z/m.test(read(`/proc/${ref.pid}/status`) ?? '');
+
+class Check extends Error {}
+function expect(cond, what) {
+  if (!cond) throw new Check(what);
+}
+
+/** Runs one named check; `skip` is a reason string to skip it. */
+async function check(name, fn, skip) {
+  if (skip) {
+    results.skipped++;
+    console.log(`SKIP ${name}: ${skip}`);
+    return;
+  }
+  const t = performance.now();
+  try {
+    const note = await fn();
+    results.passed++;
+    console.log(`ok   ${name} (${((performance.now() - t) / 1000).toFixed(1)} s)${note ? `: ${note}` : ''}`);
+  } catch (err) {
+    results.failed++;
+    failures.push(name);
+    const msg = err instanceof Check ? err.message : `${err?.code ?? ''} ${err?.stack ?? err}`;
+    console.log(`FAIL ${name}: ${msg.replace(/\n/g, '\n       ')}`);
+  }
+}
+
+/** Resolves with the first `n` lines a sandbox prints. */
+function lines(sb, n, ms = 60_000) {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const t = setTimeout(() => reject(new Check(`only got ${JSON.stringify(buf)} within ${ms} ms`)), ms);
+    sb.stdout.on('data', (c) => {
+      buf += c.toString();
+      const ls = buf.split('\n').filter(Boolean);
+      if (ls.length >= n) { clearTimeout(t); resolve(ls); }
+    });
+  });
+}
+
+/** Host pid of a pid printed inside a sandbox's pid namespace. */
+function hostPidOf(leader, nsPid) {
+  const ns = sandboxPidNamespace(leader);
+  for (const pid of ns ? pidsInNamespace(ns) : []) {
+    const m = /^NSpid:\s+(.*)$/m.exec(read(`/proc/${pid}/status`) ?? '');
+    if (m && Number(m[1].trim().split(/\s+/).at(-1)) === nsPid) return pid;
+  }
+  return undefined;
+}
+
+async function waitGone(refs, ms) {
+  const end = Date.now() + ms;
+  while (refs.some(alive) && Date.now() < end) await sleep(20);
+  return refs.filter(alive).map((r) => r.pid);
+}
+
+const cgDir = (name) => `${root}/${base}/${name}`;
+const children = (dir) => { try { return readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name); } catch { return []; } };
+
+// ------------------------------------------------------------------------------------------
+console.log(`# host ${hostName}: kernel ${read('/proc/sys/kernel/osrelease')}, layout ${host.layout}, cgroup2 at ${root}, controllers [${host.unifiedControllers.join(' ')}], cgroup.kill ${host.cgroupKill}, systemd manager ${host.systemdManager}, PID 1 ${read('/proc/1/comm')}`);
+const v2 = host.layout === 'v2' && root !== undefined;
+const notV2 = v2 ? undefined : `layout is ${host.layout}, not pure cgroup v2`;
+
+// The two extra node processes (doctor, and an owner to SIGKILL) start now and run alongside the
+// first checks: a node start costs seconds in the guest.
+function startDoctor() {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [`${project}/dist/runner/cli.js`, 'doctor', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let o = '', e = '';
+    p.stdout.on('data', (c) => (o += c));
+    p.stderr.on('data', (c) => (e += c));
+    p.on('exit', (code) => resolve({ code, o, e }));
+  });
+}
+function startOwner() {
+  const owner = spawn(process.execPath, [`${project}/test/hosts/owner.mjs`, base], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  owner.stderr.on('data', (c) => (err += c));
+  const info = new Promise((resolve, reject) => {
+    let buf = '';
+    const t = setTimeout(() => reject(new Check(`owner printed nothing in 60 s: ${buf} ${err}`)), 60_000);
+    owner.stdout.on('data', (c) => {
+      buf += c;
+      if (buf.includes('\n')) { clearTimeout(t); resolve(JSON.parse(buf.split('\n')[0])); }
+    });
+    owner.on('exit', (code) => reject(new Check(`owner exited ${code}: ${err}`)));
+  });
+  info.catch(() => undefined);
+  return { owner, info };
+}
+const doctorRun = v2 ? startDoctor() : undefined;
+const ownerRun = v2 ? startOwner() : undefined;
+
+await check('host: pure cgroup v2 with memory, pids, cpu and cgroup.kill; auto backend is cgroup-v2; no v1 hierarchy; no systemd', () => {
+  expect(host.layout === 'v2', `layout ${host.layout}`);
+  for (const c of ['memory', 'pids', 'cpu']) expect(host.unifiedControllers.includes(c), `controller ${c} missing from [${host.unifiedControllers}]`);
+  expect(host.cgroupKill, 'no cgroup.kill');
+  expect(Object.keys(host.v1).length === 0, `v1 hierarchies: ${JSON.stringify(host.v1)}`);
+  expect(!read('/proc/mounts').split('\n').some((l) => l.split(' ')[2] === 'cgroup'), 'a v1 cgroup is mounted');
+  expect(hostReport(host).backend === 'cgroup-v2', `auto backend ${hostReport(host).backend}`);
+  expect(!host.systemdManager, 'a systemd manager answers');
+}, hostName === 'v2' ? undefined : 'only for the v2 host');
+
+await check('memory: a hog over memory.max 32M ends oom (memory.events oom_kill), memory.oom.group=1, memory.swap.max=0', async () => {
+  const sb = runSandboxed('sh', ['-c', 'read x; s=a; while :; do s=$s$s; done'], { cgroupBase: base, backend: 'cgroup-v2', memory: '32M', timeout: 60_000, stdin: 'pipe' });
+  const dir = cgDir(sb.cgroupName);
+  const files = { max: read(`${dir}/memory.max`), oomGroup: read(`${dir}/memory.oom.group`), swap: read(`${dir}/memory.swap.max`) };
+  sb.stdin.end('go\n');
+  const r = await sb;
+  expect(files.max === String(32 * 1024 * 1024), `memory.max ${files.max}`);
+  expect(files.oomGroup === '1', `memory.oom.group ${files.oomGroup}`);
+  expect(files.swap === '0', `memory.swap.max ${files.swap}`);
+  expect(r.reason.kind === 'oom', `reason ${JSON.stringify(r.reason)} (counters ${JSON.stringify(r.counters)}, stderr ${r.stderr.slice(0, 200)})`);
+  expect(r.counters.oomKills > 0, `oomKills ${r.counters.oomKills}`);
+  expect(r.cleanedUp && !existsSync(dir), 'cgroup left behind');
+  return `oomKills ${r.counters.oomKills}, peak ${r.usage.memoryPeakBytes ?? '?'} B, ${Math.round(r.durationMs)} ms`;
+}, notV2);
+
+await check('memory.oom.group: an OOM takes the whole sandbox at once, bystanders included (not only the biggest process)', async () => {
+  // Two bystanders (a sleep and a waiting shell) and one hog. Without oom.group only the hog
+  // dies and the leader's `wait` keeps the sandbox alive until the timeout.
+  const sb = runSandboxed('sh', ['-c', 'sleep 300 & echo s $!; (s=a; read x; while :; do s=$s$s; done) & wait'], { cgroupBase: base, backend: 'cgroup-v2', memory: '32M', timeout: 60_000, stdin: 'pipe', confine: false, namespaces: [] });
+  const [l] = await lines(sb, 1);
+  const bystander = processRef(Number(l.split(' ')[1]));
+  expect(alive(bystander), 'bystander not running');
+  sb.stdin.end('go\n');
+  const r = await sb;
+  expect(r.reason.kind === 'oom', `reason ${JSON.stringify(r.reason)}`);
+  expect(r.counters.oomKills >= 3, `oom_kill delta ${r.counters.oomKills}: the group kill did not take every member`);
+  expect(r.durationMs < 50_000, `took ${Math.round(r.durationMs)} ms: the leader outlived the OOM`);
+  expect(!alive(bystander), 'bystander alive');
+  return `oom_kill delta ${r.counters.oomKills} (hog, sleep, shells), ${Math.round(r.durationMs)} ms`;
+}, notV2);
+
+await check('pids: a fork bomb under pids.max 20 ends pids-limit (pids.events max)', async () => {
+  const sb = runSandboxed('sh', ['-c', 'b() { b & b & wait; }; b'], { cgroupBase: base, backend: 'cgroup-v2', pids: 20, timeout: 4000 });
+  const max = read(`${cgDir(sb.cgroupName)}/pids.max`);
+  const r = await sb;
+  expect(max === '20', `pids.max ${max}`);
+  expect(r.reason.kind === 'pids-limit', `reason ${JSON.stringify(r.reason)} counters ${JSON.stringify(r.counters)}`);
+  expect(r.counters.pidsMax > 0, `pidsMax ${r.counters.pidsMax}`);
+  expect(r.cleanedUp, 'cgroup left behind');
+  return `pids.events max delta ${r.counters.pidsMax}`;
+}, notV2);
+
+await check('cgroup.kill: kill() takes a setsid grandchild and a double-forked daemon (unconfined: no pid namespace helps)', async () => {
+  const sb = runSandboxed('sh', ['-c', "setsid sh -c 'echo g $$; exec sleep 300' & (sh -c 'echo d $$; exec sleep 300' &); trap '' TERM; echo l $$; while :; do sleep 1; done"], { cgroupBase: base, backend: 'cgroup-v2', confine: false, namespaces: [], killGrace: 200 });
+  const ls = await lines(sb, 3);
+  const refs = ls.map((l) => processRef(Number(l.split(' ')[1])));
+  const dir = cgDir(sb.cgroupName);
+  const members = read(`${dir}/cgroup.procs`).split('\n').map(Number);
+  for (const r of refs) expect(r && members.includes(r.pid), `pid ${r?.pid} not in ${dir}/cgroup.procs (${members})`);
+  sb.kill();
+  const r = await sb;
+  expect(r.reason.kind === 'killed', `reason ${JSON.stringify(r.reason)}`);
+  expect(/cgroup\.kill/.test(r.killMechanism), `killMechanism ${r.killMechanism}`);
+  const left = await waitGone(refs, 2000);
+  expect(left.length === 0, `still alive: ${left}`);
+  expect(!existsSync(dir), 'cgroup left behind');
+  return r.killMechanism;
+}, notV2);
+
+await check('doctor --json: exit 0, cgroup-v2 backend, every default guarantee holds', async () => {
+  const out = await doctorRun;
+  let doc;
+  try { doc = JSON.parse(out.o); } catch { throw new Check(`not JSON (exit ${out.code}): ${out.o.slice(0, 300)} ${out.e.slice(0, 300)}`); }
+  const g = Object.fromEntries(doc.guarantees.map((x) => [x.name, x]));
+  console.log(`doctor: backend ${doc.backend}, layout ${doc.layout}, controllers [${doc.unifiedControllers.join(' ')}], cgroupKill ${doc.cgroupKill}, launcher ${doc.launcher?.kind}, systemd-run ${doc.systemdRun.available ? 'yes' : 'no'}`);
+  console.log(`doctor: ${doc.guarantees.map((x) => `${x.name}=${x.holds ? 'yes' : 'NO'} (${x.mechanism})`).join('; ')}`);
+  console.log(`doctor: namespaces ${Object.entries(doc.namespaces).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
+  expect(out.code === 0, `doctor exited ${out.code}: ${out.e.slice(0, 300)}`);
+  expect(doc.backend === 'cgroup-v2' && doc.layout === 'v2', `backend ${doc.backend} layout ${doc.layout}`);
+  const notHeld = doc.guarantees.filter((x) => !x.holds).map((x) => `${x.name}: ${x.note ?? x.mechanism}`);
+  expect(notHeld.length === 0, `guarantees not held: ${notHeld.join('; ')}`);
+  expect(/cgroup\.kill/.test(g['tree-kill'].mechanism), `tree-kill mechanism ${g['tree-kill'].mechanism}`);
+}, notV2);
+
+await check('owner watchdog: a SIGKILLed owner leaves no process and no cgroup (setsid + double fork, no pid namespace)', async () => {
+  const { owner, info: infoP } = ownerRun;
+  const info = await infoP;
+  const refs = [info.leader, ...info.pids].map((p) => processRef(p));
+  const dir = cgDir(info.name);
+  expect(existsSync(dir) && refs.every(alive), 'sandbox not running before the kill');
+  expect(info.watchdog, 'owner has no watchdog');
+  const t = performance.now();
+  owner.kill('SIGKILL');
+  const left = await waitGone(refs, 5000);
+  const ms = performance.now() - t;
+  expect(left.length === 0, `alive after owner SIGKILL: ${left}`);
+  for (let i = 0; i < 100 && existsSync(dir); i++) await sleep(20);
+  expect(!existsSync(dir), `cgroup left: ${dir}`);
+  return `tree gone ${Math.round(ms)} ms after the SIGKILL`;
+}, notV2);
+
+await check('confined default sandbox: joined before exec, cgroup/pid/mount/net namespaces, nobody, read-only view, private /tmp', async () => {
+  const script = [
+    'cat /proc/self/cgroup', 'echo pid $$', 'id -u', 'hostname',
+    'echo net: $(ls /sys/class/net)', 'touch /usr/x 2>/dev/null && echo usr-writable || echo usr-ro',
+    'ls -A /tmp | wc -l', `test -e ${project}/package.json && echo project-visible || echo project-hidden`, 'read x',
+  ].join('; ');
+  const sb = runSandboxed('sh', ['-c', script], { cgroupBase: base, memory: '64M', pids: 32, stdin: 'pipe' });
+  const ls = await lines(sb, 8);
+  const members = [sb.pid, ...(sandboxPidNamespace(sb.pid) ? pidsInNamespace(sandboxPidNamespace(sb.pid)) : [])];
+  const suffix = `/${base}/${sb.cgroupName}`;
+  for (const pid of members) {
+    const cg = read(`/proc/${pid}/cgroup`);
+    if (cg !== undefined) expect(cg === `0::${suffix}`, `pid ${pid} in ${cg}, not ${suffix}`);
+  }
+  sb.stdin.end('\n');
+  const r = await sb;
+  expect(r.reason.kind === 'exited' && r.reason.code === 0, `reason ${JSON.stringify(r.reason)} stderr ${r.stderr.slice(0, 300)}`);
+  const [cg, pid, uid, , nets, usr, tmpCount] = ls;
+  expect(cg === '0::/', `own /proc/self/cgroup ${cg} (want 0::/ in its cgroup namespace)`);
+  expect(pid === 'pid 2' || pid === 'pid 1', `${pid}: not in a pid namespace`);
+  expect(uid === '65534', `uid ${uid}`);
+  expect(nets === 'net:' || nets === 'net: lo', `network interfaces: ${nets}`);
+  expect(usr === 'usr-ro', usr);
+  expect(tmpCount === '0', `/tmp has ${tmpCount} entries`);
+  for (const ns of ['pid', 'mount', 'net', 'cgroup']) expect(r.confinement.namespaces.includes(ns), `namespace ${ns} missing: ${r.confinement.namespaces}`);
+  expect(r.degraded.length === 0, `degraded: ${JSON.stringify(r.degraded)}`);
+  expect(r.launcher === 'captrap-launch', `launcher ${r.launcher}`);
+  return `${r.confinement.namespaces.join(',')}; ${ls[7]}; launcher ${r.launcher}`;
+}, notV2);
+
+await check('cpu.max: a spinner under cpu 0.2 uses about 20% of a core (cpu.stat usage_usec)', async () => {
+  const sb = runSandboxed('sh', ['-c', 'while :; do :; done'], { cgroupBase: base, backend: 'cgroup-v2', cpu: 0.2, killGrace: 100 });
+  const max = read(`${cgDir(sb.cgroupName)}/cpu.max`);
+  await sleep(1000);
+  const u0 = (await sb.usage()).cgroup.cpuUsageUs;
+  const t0 = performance.now();
+  await sleep(4000);
+  const u1 = (await sb.usage()).cgroup.cpuUsageUs;
+  const share = (u1 - u0) / ((performance.now() - t0) * 1000);
+  sb.kill();
+  await sb;
+  expect(max === '20000 100000', `cpu.max ${max}`);
+  expect(share < 0.3 && share > 0.1, `measured ${(share * 100).toFixed(1)}%`);
+  return `measured ${(share * 100).toFixed(1)}% of a core`;
+}, notV2);
+
+await check('group: createSandboxGroup bounds two sandboxes (cpu 0.3 for both; memory 48M: the hog ends oom, its sibling lives), nested cgroups, destroy() removes all', async () => {
+  const g = createSandboxGroup({ cgroupBase: base, limits: { cpu: 0.3, memory: '48M', pids: 40 } });
+  const gdir = `${root}/${g.path}`;
+  expect(read(`${gdir}/cpu.max`) === '30000 100000', `group cpu.max ${read(`${gdir}/cpu.max`)}`);
+  expect(read(`${gdir}/memory.max`) === String(48 * 1024 * 1024), `group memory.max ${read(`${gdir}/memory.max`)}`);
+  const sc = (read(`${gdir}/cgroup.subtree_control`) ?? '').split(' ');
+  for (const c of ['memory', 'pids', 'cpu']) expect(sc.includes(c), `group subtree_control lacks ${c}: ${sc}`);
+  // Memory first: the group's 48M, not the sandbox's own 1G, is what a hog meets; a sleeping
+  // sibling in the same group survives (oom.group is set on each sandbox, not on the group).
+  const sib = runSandboxed('sleep', ['300'], { group: g, memory: '1G', killGrace: 100 });
+  const hog = runSandboxed('sh', ['-c', 's=a; while :; do s=$s$s; done'], { group: g, memory: '1G', timeout: 60_000 });
+  expect(existsSync(`${gdir}/${sib.cgroupName}`) && existsSync(`${gdir}/${hog.cgroupName}`), 'sandboxes not nested in the group');
+  expect(read(`${gdir}/${hog.cgroupName}/memory.oom.group`) === '1' && read(`${gdir}/memory.oom.group`) === '0', 'memory.oom.group: want 1 on the sandbox, 0 on the group');
+  const rh = await hog;
+  expect(rh.reason.kind === 'oom', `hog reason ${JSON.stringify(rh.reason)}`);
+  expect(sib.child.exitCode === null && sib.child.signalCode === null, 'the sibling died with the hog');
+  // CPU: two spinners allowed a whole core each share the group's 0.3.
+  const spin = () => runSandboxed('sh', ['-c', 'while :; do :; done'], { group: g, cpu: 1, memory: '1G', killGrace: 100 });
+  const a = spin();
+  const b = spin();
+  await sleep(1000);
+  const u0 = g.usage().cpuUsageUs;
+  const t0 = performance.now();
+  await sleep(4000);
+  const share = (g.usage().cpuUsageUs - u0) / ((performance.now() - t0) * 1000);
+  expect(share < 0.4 && share > 0.15, `two spinners with cpu 1 each used ${(share * 100).toFixed(1)}% together under a group cpu 0.3`);
+  const refs = [a.ref, b.ref, sib.ref];
+  await g.destroy('revoked');
+  const rs = await Promise.all([a, b, sib]);
+  expect(rs.every((r) => r.reason.kind === 'revoked'), `after destroy: ${JSON.stringify(rs.map((r) => r.reason))}`);
+  expect((await waitGone(refs, 2000)).length === 0, 'a sandbox survived destroy()');
+  expect(!existsSync(gdir), `group dir left: ${gdir}`);
+  return `group cpu share ${(share * 100).toFixed(1)}%, hog oom in the group, sibling lived`;
+}, notV2);
+
+await check('prioritiseSelf: <base> gets cpu.weight 25', () => {
+  const r = prioritiseSelf(base, host);
+  expect(read(`${root}/${base}/cpu.weight`) === '25', `cpu.weight ${read(`${root}/${base}/cpu.weight`)}; ${JSON.stringify(r)}`);
+}, notV2);
+
+await check('stale cleanup: a dead owner\'s populated cgroup is killed and removed, a live owner\'s is kept', async () => {
+  // A cgroup named for a pid that cannot exist, holding a sleep.
+  const stale = `${root}/${base}/4194303.1.1`;
+  mkdirSync(stale);
+  const sl = spawn('sleep', ['300'], { stdio: 'ignore' });
+  writeFileSync(`${stale}/cgroup.procs`, String(sl.pid));
+  const ref = processRef(sl.pid);
+  const live = runSandboxed('sleep', ['300'], { cgroupBase: base, killGrace: 100 });
+  const r = await cleanupStaleCgroups(host, base);
+  expect(!existsSync(stale), `stale cgroup left; ${JSON.stringify(r)}`);
+  expect((await waitGone([ref], 2000)).length === 0, 'stale member alive');
+  expect(existsSync(cgDir(live.cgroupName)), 'a live owner\'s cgroup was removed');
+  live.kill();
+  await live;
+  return `removed ${r.removed.length}, killed ${r.killed}`;
+}, notV2);
+
+await check(`nothing left: no cgroup under ${base}, base removed, no sleep/sh left from the sandboxes`, async () => {
+  const under = children(`${root}/${base}`);
+  expect(under.length === 0, `cgroups left under the base: ${under}`);
+  const left = removeCgroupBase(host, base);
+  expect(left.length === 0 && !existsSync(`${root}/${base}`), `base left: ${left}`);
+  const stray = readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+    const st = read(`/proc/${p}/stat`);
+    return st && /\) [^Z] /.test(st) && ['sleep'].includes(read(`/proc/${p}/comm`));
+  });
+  expect(stray.length === 0, `sleep processes still running: ${stray}`);
+}, notV2);
+
+console.log(`# ${((performance.now() - T0) / 1000).toFixed(1)} s in conformance${failures.length ? `; failed: ${failures.join(' | ')}` : ''}`);
+console.log(`host ${hostName}: ${results.passed} passed, ${results.failed} failed, ${results.skipped} skipped`);
+process.exit(results.failed === 0 ? 0 : 1);
