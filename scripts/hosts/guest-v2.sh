@@ -9,8 +9,10 @@ project=$(cd "$(dirname "$0")/../.." && pwd)
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-mount -t tmpfs -o mode=755 tmpfs /run
+# A fresh /tmp and /run, unless the project itself lives there (CI clones anywhere): the overlay
+# keeps them writable either way.
+case "$project/" in /tmp/*) ;; *) mount -t tmpfs -o mode=1777 tmpfs /tmp ;; esac
+case "$project/" in /run/*) ;; *) mount -t tmpfs -o mode=755 tmpfs /run ;; esac
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
