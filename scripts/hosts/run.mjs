@@ -5,7 +5,7 @@
 //   host <name>: N passed, M failed, K skipped
 // Exits non-zero if a host failed, printed no such line, or did not finish within its timeout.
 //
-//   node scripts/hosts/run.mjs [host...]      hosts: v2 (default: all)
+//   node scripts/hosts/run.mjs [host...]      hosts: v2, ctr (default: all)
 //   CAPTRAP_HOSTS_TIMEOUT=<seconds>           per-host wall-clock limit (default 600)
 //   CAPTRAP_HOSTS_CACHE=<dir>                 cache directory (default <project>/.cache/hosts)
 //   CAPTRAP_HOSTS_VERBOSE=1                   echo the whole console, kernel messages included
@@ -27,6 +27,11 @@ const HOSTS = {
     what: 'pure cgroup v2, no systemd (cgroup_no_v1=all, a shell as PID 1)',
     append: ['cgroup_no_v1=all'],
     stage2: `${project}/scripts/hosts/guest-v2.sh`,
+  },
+  ctr: {
+    what: 'container-style: a delegated cgroup v2 subtree as cgroup namespace root, captrap inside it (same kernel, cgroup_no_v1=all)',
+    append: ['cgroup_no_v1=all'],
+    stage2: `${project}/scripts/hosts/guest-ctr.sh`,
   },
 };
 

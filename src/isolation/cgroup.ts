@@ -96,6 +96,85 @@ export interface CgroupBackend {
   createGroup(base: string, name: string, limits: Limits, parent?: CgroupParent): GroupCgroup;
 }
 
+// ---------------------------------------------------------------- enabling controllers (v2)
+
+/**
+ * Pids of helper processes this captrap started that live in its own cgroup (the owner
+ * watchdog): they move with captrap into its leaf (see enableSubtreeControllers).
+ */
+const ownHelpers = new Set<number>();
+export function registerOwnHelper(pid: number): void {
+  ownHelpers.add(pid);
+}
+export function unregisterOwnHelper(pid: number): void {
+  ownHelpers.delete(pid);
+}
+
+/** The leaf captrap moves itself into when it must delegate controllers from its own cgroup. */
+export const SELF_LEAF = 'captrap-sidecar';
+
+/** This process's cgroup2 directory under `root` (from the `0::` line of /proc/self/cgroup). */
+function ownUnifiedDir(root: string): string | undefined {
+  const line = readText('/proc/self/cgroup')?.split('\n').find((l) => l.startsWith('0::'));
+  if (line === undefined) return undefined;
+  const rel = line.slice(3);
+  return rel === '/' ? root : `${root}${rel}`;
+}
+
+/**
+ * Writes `+c ...` for `ctrls` to `<dir>/cgroup.subtree_control` in the cgroup2 tree at `root`.
+ *
+ * cgroup v2's "no internal processes" rule: a non-root cgroup that enables controllers for its
+ * children may hold no process itself (EBUSY otherwise). The real root is exempt, but a
+ * container's cgroup namespace root is not: there captrap typically runs IN the cgroup it has to
+ * delegate from (Docker/Kubernetes put the container's processes in the namespace root). So when
+ * `dir` is captrap's own cgroup and not the real root (only non-root cgroups have cgroup.type),
+ * captrap first moves itself (all threads: a cgroup.procs write moves the whole thread group)
+ * and its own helpers (the owner watchdog) into the leaf `<dir>/captrap-sidecar`. Any other
+ * process in `dir` is not captrap's to move: then this fails closed, naming them and the fix.
+ */
+export function enableSubtreeControllers(root: string, dir: string, ctrls: readonly string[]): void {
+  const value = ctrls.map((c) => `+${c}`).join(' ');
+  const file = `${dir}/cgroup.subtree_control`;
+  const rule = `cgroup v2 allows no process in a non-root cgroup that enables controllers for its children ("no internal processes")`;
+  const own = ownUnifiedDir(root);
+  if (own === dir && existsSync(`${dir}/cgroup.type`)) {
+    const mine = new Set([process.pid, ...ownHelpers]);
+    const others = readPids(dir).filter((p) => !mine.has(p));
+    if (others.length > 0) {
+      throw new CgroupError(
+        `cannot write '${value}' to ${file}: captrap runs in ${dir} together with processes that are not captrap's (pids ${others.join(' ')}), and ${rule}; ` +
+          `fix: move those processes into a leaf cgroup (e.g. mkdir ${dir}/init; echo <pid> > ${dir}/init/cgroup.procs) or start captrap in a leaf cgroup of its own`,
+        { path: file, value, others },
+      );
+    }
+    const leaf = `${dir}/${SELF_LEAF}`;
+    try {
+      ensureDir(leaf);
+      // captrap first: if this is refused nothing has moved.
+      for (const pid of [process.pid, ...ownHelpers].filter((p) => readPids(dir).includes(p))) write(`${leaf}/cgroup.procs`, String(pid));
+    } catch (err) {
+      throw new CgroupError(
+        `cannot write '${value}' to ${file}: captrap runs in ${dir} and ${rule}, but captrap cannot move itself into the leaf ${leaf}: ${(err as Error).message}; ` +
+          `fix: start captrap in a leaf cgroup below the delegated one, or give it write access to ${dir}`,
+        { path: file, value, leaf },
+        err,
+      );
+    }
+  }
+  try {
+    write(file, value);
+  } catch (err) {
+    if ((err as { cause?: NodeJS.ErrnoException }).cause?.code !== 'EBUSY') throw err;
+    const pids = readPids(dir);
+    throw new CgroupError(
+      `cannot write '${value}' to ${file}: EBUSY: ${dir} holds processes (pids ${pids.join(' ') || 'none listed'}) and ${rule}; fix: move them into a leaf cgroup below ${dir}`,
+      { path: file, value, pids },
+      err,
+    );
+  }
+}
+
 const minCpu = (a: number | undefined, b: number | undefined) => (a === undefined ? b : b === undefined ? a : Math.min(a, b));
 
 /** cgroup2 CPU time of a cgroup and everything below it (rstat: present even without the cpu controller). */
@@ -121,10 +200,12 @@ export function cgroupV2Backend(host: HostInfo, root = host.unifiedRoot): Cgroup
       // A controller reaches <base> only if the root enables it for its children.
       const atBase = new Set(readText(`${baseDir}/cgroup.controllers`)?.trim().split(/\s+/) ?? []);
       const notDelegated = wanted.filter((c) => !atBase.has(c));
-      if (notDelegated.length > 0) write(`${root}/cgroup.subtree_control`, notDelegated.map((c) => `+${c}`).join(' '));
+      // In a container that root is the cgroup namespace's root, usually holding captrap itself:
+      // enableSubtreeControllers moves captrap into a leaf first (see there).
+      if (notDelegated.length > 0) enableSubtreeControllers(root, root, notDelegated);
       const enabled = new Set(readText(`${baseDir}/cgroup.subtree_control`)?.trim().split(/\s+/) ?? []);
       const missing = wanted.filter((c) => !enabled.has(c));
-      if (missing.length > 0) write(`${baseDir}/cgroup.subtree_control`, missing.map((c) => `+${c}`).join(' '));
+      if (missing.length > 0) enableSubtreeControllers(root, baseDir, missing);
     }
     return baseDir;
   };

@@ -10,7 +10,7 @@
 // Every directory is named <ownerPid>.<ownerStartTime>.<seq> like a flat sandbox's, so the owner
 // watchdog and stale cleanup recognise the top one and take its whole subtree. This module knows
 // nothing of agents or capabilities; the runner decides which group a sandbox goes in.
-import { autoBackend, cgroupBackend, newCgroupName, type CgroupParent, type CgroupUsage, type Degradation, type GroupCgroup } from './cgroup.js';
+import { autoBackend, cgroupBackend, enableSubtreeControllers, newCgroupName, type CgroupParent, type CgroupUsage, type Degradation, type GroupCgroup } from './cgroup.js';
 import { ensureDir, readText, sleep, write } from './cgroupfs.js';
 import { CgroupError, LimitUnenforceableError, SandboxOptionError } from './errors.js';
 import { probeHost, type HostInfo } from './host.js';
@@ -288,7 +288,8 @@ export function prioritiseSelf(cgroupBase = 'captrap', host: HostInfo = probeHos
     const dir = `${host.unifiedRoot}/${cgroupBase}`;
     ensureDir(dir);
     const atBase = readText(`${dir}/cgroup.controllers`)?.trim().split(/\s+/) ?? [];
-    if (!atBase.includes('cpu')) write(`${host.unifiedRoot}/cgroup.subtree_control`, '+cpu');
+    // The root may be a container's delegated cgroup holding captrap: see enableSubtreeControllers.
+    if (!atBase.includes('cpu')) enableSubtreeControllers(host.unifiedRoot, host.unifiedRoot, ['cpu']);
     write(`${dir}/cpu.weight`, String(WEIGHT));
     return { applied: [{ file: `${dir}/cpu.weight`, value: String(WEIGHT) }] };
   }

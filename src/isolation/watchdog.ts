@@ -15,7 +15,7 @@
 // SIGHUP/SIGINT/SIGQUIT/SIGPIPE.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { CaptrapError } from '../errors.js';
-import { ownerPrefix } from './cgroup.js';
+import { ownerPrefix, registerOwnHelper, unregisterOwnHelper } from './cgroup.js';
 import type { HostInfo } from './host.js';
 
 /** The owner watchdog could not be started, so descendants of a sandbox would not die with captrap. */
@@ -130,6 +130,11 @@ export function ensureOwnerWatchdog(host: HostInfo, base: string): WatchdogInfo 
   const stdin = child.stdin as (NodeJS.WritableStream & { unref?: () => void; on: (e: string, f: () => void) => void }) | null;
   stdin?.on('error', () => undefined);
   stdin?.unref?.();
+  // It shares captrap's cgroup: if captrap must leave it for a leaf (a container's delegated
+  // cgroup, see enableSubtreeControllers), the watchdog goes along.
+  const pid = child.pid;
+  registerOwnHelper(pid);
+  child.once('exit', () => unregisterOwnHelper(pid));
   const info: WatchdogInfo = { pid: child.pid, base, prefix };
   watchdogs.set(base, { child, info });
   return info;

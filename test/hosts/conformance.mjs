@@ -2,7 +2,7 @@
 // vitest: the guest is ~100x slower than native, so this is one node process over the built
 // dist/, with as few extra node starts as possible). Prints one line per check and ends with
 //   host <name>: N passed, M failed, K skipped
-// Exit status 0 iff nothing failed. Usage: node test/hosts/conformance.mjs --host v2
+// Exit status 0 iff nothing failed. Usage: node test/hosts/conformance.mjs --host v2|ctr
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -113,9 +113,6 @@ function startOwner() {
   info.catch(() => undefined);
   return { owner, info };
 }
-const doctorRun = v2 ? startDoctor() : undefined;
-const ownerRun = v2 ? startOwner() : undefined;
-
 await check('host: pure cgroup v2 with memory, pids, cpu and cgroup.kill; auto backend is cgroup-v2; no v1 hierarchy; no systemd', () => {
   expect(host.layout === 'v2', `layout ${host.layout}`);
   for (const c of ['memory', 'pids', 'cpu']) expect(host.unifiedControllers.includes(c), `controller ${c} missing from [${host.unifiedControllers}]`);
@@ -124,7 +121,43 @@ await check('host: pure cgroup v2 with memory, pids, cpu and cgroup.kill; auto b
   expect(!read('/proc/mounts').split('\n').some((l) => l.split(' ')[2] === 'cgroup'), 'a v1 cgroup is mounted');
   expect(hostReport(host).backend === 'cgroup-v2', `auto backend ${hostReport(host).backend}`);
   expect(!host.systemdManager, 'a systemd manager answers');
-}, hostName === 'v2' ? undefined : 'only for the v2 host');
+}, hostName === 'v2' || hostName === 'ctr' ? undefined : 'only for the v2 and ctr hosts');
+
+// ctr: captrap starts alone in the root of a cgroup namespace rooted at a delegated, non-root
+// cgroup. Runs before any other node process is started from here (they would be born in the
+// namespace root too, and captrap may move only itself and its own helpers out of it).
+await check('delegated subtree: with a foreign process in the namespace root captrap fails closed naming it; alone, it moves itself (and its watchdog) into captrap-sidecar and enables memory pids cpu there', async () => {
+  const self0 = read('/proc/self/cgroup');
+  expect(self0 === '0::/', `/proc/self/cgroup ${self0}: want 0::/ (the namespace root)`);
+  expect(existsSync(`${root}/cgroup.type`), `${root} has no cgroup.type: it is the real root, not a delegated cgroup`);
+  const before = (read(`${root}/cgroup.subtree_control`) ?? '').split(' ').filter(Boolean);
+  expect(before.length === 0, `controllers already enabled in the namespace root: ${before}`);
+  // A process that is not captrap's (a plain child, not a helper) shares the root: EBUSY, explained.
+  const foreign = spawn('sleep', ['300'], { stdio: 'ignore' });
+  let err;
+  try { await runSandboxed('true', [], { cgroupBase: base, backend: 'cgroup-v2', memory: '64M' }); } catch (e) { err = e; }
+  expect(err?.code === 'E_CGROUP', `with a foreign process: ${err ? `${err.code} ${err.message}` : 'no error'}`);
+  expect(err.message.includes(String(foreign.pid)) && /leaf/.test(err.message) && /no internal processes/.test(err.message), `error does not name the pid and the fix: ${err.message}`);
+  expect(read('/proc/self/cgroup') === '0::/', `captrap moved although the move could not help: ${read('/proc/self/cgroup')}`);
+  foreign.kill('SIGKILL');
+  await new Promise((r) => foreign.once('exit', r));
+  // Alone (with its watchdog, started by the refused attempt): moves, enables, runs.
+  const r = await runSandboxed('sh', ['-c', 'cat /proc/self/cgroup'], { cgroupBase: base, backend: 'cgroup-v2', memory: '64M', pids: 10, cpu: 0.5, confine: false, namespaces: [] });
+  expect(r.reason.kind === 'exited' && r.reason.code === 0, `reason ${JSON.stringify(r.reason)} stderr ${r.stderr.slice(0, 300)}`);
+  const self1 = read('/proc/self/cgroup');
+  expect(self1 === '0::/captrap-sidecar', `captrap is in ${self1}, want 0::/captrap-sidecar`);
+  const sc = (read(`${root}/cgroup.subtree_control`) ?? '').split(' ');
+  for (const c of ['memory', 'pids', 'cpu']) expect(sc.includes(c), `namespace root subtree_control lacks ${c}: ${sc}`);
+  const inRoot = read(`${root}/cgroup.procs`);
+  expect(inRoot === '', `processes left in the namespace root: ${inRoot}`);
+  const inLeaf = read(`${root}/captrap-sidecar/cgroup.procs`).split('\n');
+  expect(inLeaf.length >= 2 && inLeaf.includes(String(process.pid)), `captrap-sidecar holds ${inLeaf}: want captrap and its watchdog`);
+  expect(r.stdout.trim().startsWith(`0::/${base}/`), `sandbox in ${r.stdout.trim()}, want under /${base}`);
+  return `${err.message.slice(0, 90)}...; then moved to ${self1} with ${inLeaf.length - 1} helper(s); sandbox in ${r.stdout.trim()}`;
+}, hostName === 'ctr' ? undefined : 'only for the ctr host (a delegated namespace root)');
+
+const doctorRun = v2 ? startDoctor() : undefined;
+const ownerRun = v2 ? startOwner() : undefined;
 
 await check('memory: a hog over memory.max 32M ends oom (memory.events oom_kill), memory.oom.group=1, memory.swap.max=0', async () => {
   const sb = runSandboxed('sh', ['-c', 'read x; s=a; while :; do s=$s$s; done'], { cgroupBase: base, backend: 'cgroup-v2', memory: '32M', timeout: 60_000, stdin: 'pipe' });
