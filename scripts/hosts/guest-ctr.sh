@@ -9,19 +9,8 @@
 #     container's only process would), and must move itself into a leaf before it can enable
 #     controllers for its sandboxes ("no internal processes").
 # PID 1 stays in the real root and reaps orphans, then powers the guest off.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root LANG=C.UTF-8
-project=$(cd "$(dirname "$0")/../.." && pwd)
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-case "$project/" in /tmp/*) ;; *) mount -t tmpfs -o mode=1777 tmpfs /tmp ;; esac
-case "$project/" in /run/*) ;; *) mount -t tmpfs -o mode=755 tmpfs /run ;; esac
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+. "$(dirname "$0")/guest-base.sh"
 hostname captrap-ctr
-command -v ip >/dev/null && ip link set lo up
 mkdir /sys/fs/cgroup/ctr
 echo '+memory +pids +cpu' > /sys/fs/cgroup/cgroup.subtree_control
 echo "guest: $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers), delegated to /ctr: $(cat /sys/fs/cgroup/ctr/cgroup.controllers), nproc $(nproc), $(cut -d' ' -f1 /proc/uptime)s since boot"

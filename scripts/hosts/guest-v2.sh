@@ -3,21 +3,8 @@
 # v2 host without systemd (the kernel runs with cgroup_no_v1=all, so no v1 hierarchy can be
 # mounted at all). Mounts what a minimal init would, runs the conformance script once, then
 # powers the guest off. The root is the host's root, read-only over 9p, under a tmpfs overlay.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root LANG=C.UTF-8
-project=$(cd "$(dirname "$0")/../.." && pwd)
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-# A fresh /tmp and /run, unless the project itself lives there (CI clones anywhere): the overlay
-# keeps them writable either way.
-case "$project/" in /tmp/*) ;; *) mount -t tmpfs -o mode=1777 tmpfs /tmp ;; esac
-case "$project/" in /run/*) ;; *) mount -t tmpfs -o mode=755 tmpfs /run ;; esac
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+. "$(dirname "$0")/guest-base.sh"
 hostname captrap-v2
-command -v ip >/dev/null && ip link set lo up
 echo "guest: $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers), nproc $(nproc), $(cat /proc/uptime | cut -d' ' -f1)s since boot"
 cd "$project"
 # PID 1 reaps what is orphaned to it (a killed sandbox's setsid grandchildren): `wait` on the
