@@ -5,7 +5,7 @@
 //   host <name>: N passed, M failed, K skipped
 // Exits non-zero if a host failed, printed no such line, or did not finish within its timeout.
 //
-//   node scripts/hosts/run.mjs [host...]      hosts: v2, ctr (default: all)
+//   node scripts/hosts/run.mjs [host...]      hosts: v2, ctr, systemd (default: all)
 //   CAPTRAP_HOSTS_TIMEOUT=<seconds>           per-host wall-clock limit (default 600)
 //   CAPTRAP_HOSTS_CACHE=<dir>                 cache directory (default <project>/.cache/hosts)
 //   CAPTRAP_HOSTS_VERBOSE=1                   echo the whole console, kernel messages included
@@ -32,6 +32,11 @@ const HOSTS = {
     what: 'container-style: a delegated cgroup v2 subtree as cgroup namespace root, captrap inside it (same kernel, cgroup_no_v1=all)',
     append: ['cgroup_no_v1=all'],
     stage2: `${project}/scripts/hosts/guest-ctr.sh`,
+  },
+  systemd: {
+    what: 'systemd 252 as PID 1 (same kernel, pure v2), captrap in a Delegate=yes service\'s cgroup, seen through a cgroup namespace',
+    append: ['cgroup_no_v1=all', 'systemd.unit=captrap-hosts.service', 'systemd.show_status=0'],
+    stage2: `${project}/scripts/hosts/guest-systemd.sh`,
   },
 };
 

@@ -2,7 +2,7 @@
 // vitest: the guest is ~100x slower than native, so this is one node process over the built
 // dist/, with as few extra node starts as possible). Prints one line per check and ends with
 //   host <name>: N passed, M failed, K skipped
-// Exit status 0 iff nothing failed. Usage: node test/hosts/conformance.mjs --host v2|ctr
+// Exit status 0 iff nothing failed. Usage: node test/hosts/conformance.mjs --host v2|ctr|systemd
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -113,18 +113,25 @@ function startOwner() {
   info.catch(() => undefined);
   return { owner, info };
 }
-await check('host: pure cgroup v2 with memory, pids, cpu and cgroup.kill; auto backend is cgroup-v2; no v1 hierarchy; no systemd', () => {
+const systemdHost = hostName === 'systemd';
+await check(`host: pure cgroup v2 with memory, pids, cpu and cgroup.kill; auto backend is cgroup-v2; no v1 hierarchy; ${systemdHost ? 'systemd is PID 1 and probeHost sees its manager' : 'no systemd'}`, () => {
   expect(host.layout === 'v2', `layout ${host.layout}`);
   for (const c of ['memory', 'pids', 'cpu']) expect(host.unifiedControllers.includes(c), `controller ${c} missing from [${host.unifiedControllers}]`);
   expect(host.cgroupKill, 'no cgroup.kill');
   expect(Object.keys(host.v1).length === 0, `v1 hierarchies: ${JSON.stringify(host.v1)}`);
   expect(!read('/proc/mounts').split('\n').some((l) => l.split(' ')[2] === 'cgroup'), 'a v1 cgroup is mounted');
   expect(hostReport(host).backend === 'cgroup-v2', `auto backend ${hostReport(host).backend}`);
-  expect(!host.systemdManager, 'a systemd manager answers');
-}, hostName === 'v2' || hostName === 'ctr' ? undefined : 'only for the v2 and ctr hosts');
+  if (systemdHost) {
+    expect(host.systemdManager, 'probeHost: systemdManager false (/run/systemd/system or systemd-run missing)');
+    expect(read('/proc/1/comm') === 'systemd', `PID 1 is ${read('/proc/1/comm')}`);
+  } else {
+    expect(!host.systemdManager, 'a systemd manager answers');
+  }
+  return systemdHost ? `systemdManager ${host.systemdManager}, PID 1 ${read('/proc/1/comm')}` : undefined;
+}, ['v2', 'ctr', 'systemd'].includes(hostName) ? undefined : 'only for the v2, ctr and systemd hosts');
 
-// ctr: captrap starts alone in the root of a cgroup namespace rooted at a delegated, non-root
-// cgroup. Runs before any other node process is started from here (they would be born in the
+// ctr and systemd: captrap starts alone in the root of a cgroup namespace rooted at a delegated,
+// non-root cgroup (on systemd, the Delegate=yes service's). Runs before any other node process is started from here (they would be born in the
 // namespace root too, and captrap may move only itself and its own helpers out of it).
 await check('delegated subtree: with a foreign process in the namespace root captrap fails closed naming it; alone, it moves itself (and its watchdog) into captrap-sidecar and enables memory pids cpu there', async () => {
   const self0 = read('/proc/self/cgroup');
@@ -154,7 +161,7 @@ await check('delegated subtree: with a foreign process in the namespace root cap
   expect(inLeaf.length >= 2 && inLeaf.includes(String(process.pid)), `captrap-sidecar holds ${inLeaf}: want captrap and its watchdog`);
   expect(r.stdout.trim().startsWith(`0::/${base}/`), `sandbox in ${r.stdout.trim()}, want under /${base}`);
   return `${err.message.slice(0, 90)}...; then moved to ${self1} with ${inLeaf.length - 1} helper(s); sandbox in ${r.stdout.trim()}`;
-}, hostName === 'ctr' ? undefined : 'only for the ctr host (a delegated namespace root)');
+}, hostName === 'ctr' || systemdHost ? undefined : 'only for the ctr and systemd hosts (a delegated namespace root)');
 
 const doctorRun = v2 ? startDoctor() : undefined;
 const ownerRun = v2 ? startOwner() : undefined;
@@ -225,12 +232,14 @@ await check('doctor --json: exit 0, cgroup-v2 backend, every default guarantee h
   const g = Object.fromEntries(doc.guarantees.map((x) => [x.name, x]));
   console.log(`doctor: backend ${doc.backend}, layout ${doc.layout}, controllers [${doc.unifiedControllers.join(' ')}], cgroupKill ${doc.cgroupKill}, launcher ${doc.launcher?.kind}, systemd-run ${doc.systemdRun.available ? 'yes' : 'no'}`);
   console.log(`doctor: ${doc.guarantees.map((x) => `${x.name}=${x.holds ? 'yes' : 'NO'} (${x.mechanism})`).join('; ')}`);
+  console.log(`doctor: systemd-run available ${doc.systemdRun.available}: ${doc.systemdRun.reason}`);
   console.log(`doctor: namespaces ${Object.entries(doc.namespaces).filter(([, v]) => v).map(([k]) => k).join(' ')}`);
   expect(out.code === 0, `doctor exited ${out.code}: ${out.e.slice(0, 300)}`);
   expect(doc.backend === 'cgroup-v2' && doc.layout === 'v2', `backend ${doc.backend} layout ${doc.layout}`);
   const notHeld = doc.guarantees.filter((x) => !x.holds).map((x) => `${x.name}: ${x.note ?? x.mechanism}`);
   expect(notHeld.length === 0, `guarantees not held: ${notHeld.join('; ')}`);
   expect(/cgroup\.kill/.test(g['tree-kill'].mechanism), `tree-kill mechanism ${g['tree-kill'].mechanism}`);
+  expect(doc.systemdRun.available === systemdHost, `systemd-run available ${doc.systemdRun.available} on host ${hostName}: ${doc.systemdRun.reason}`);
 }, notV2);
 
 await check('owner watchdog: a SIGKILLed owner leaves no process and no cgroup (setsid + double fork, no pid namespace)', async () => {
