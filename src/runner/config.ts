@@ -340,6 +340,12 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
   };
 }
 
+/** The public key next to the audit signing key: `audit-signing.pem` -> `audit-signing.pub`. */
+export function publicKeyFileFor(signingKeyFile: string): string {
+  const ext = extname(signingKeyFile);
+  return (ext ? signingKeyFile.slice(0, -ext.length) : signingKeyFile) + '.pub';
+}
+
 /** Reads and validates a config file (.yaml, .yml or .json). */
 export function loadConfig(path: string, stateDirOverride?: string): SidecarConfig {
   const file = resolve(path);

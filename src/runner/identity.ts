@@ -3,7 +3,7 @@
 // run as its uid. A uid returns to the pool only when the agent's sandbox is gone, so a uid is
 // never shared by two live agents.
 import { isAbsolute } from 'node:path';
-import type { AgentConfig, SidecarConfig } from './config.js';
+import { publicKeyFileFor, type AgentConfig, type SidecarConfig } from './config.js';
 
 export interface Identity {
   uid?: number;
@@ -57,7 +57,6 @@ export function agentIdentity(spec: Pick<AgentConfig, 'uid' | 'gid' | 'allowRoot
 /** The sidecar's own files: no sandbox's view may show them, wherever they sit. */
 export function sidecarSecrets(config: SidecarConfig): string[] {
   const { audit } = config;
-  const pub = audit.signingKeyFile.replace(/\.[^./]*$/, '') + '.pub';
   // `source` is a label, not a file, for configs built in code: only a path can be hidden.
-  return [config.stateDir, config.adminSocket, config.capabilityKeyFile, audit.dir, audit.keyFile, audit.signingKeyFile, pub, config.source].filter((p) => isAbsolute(p));
+  return [config.stateDir, config.adminSocket, config.capabilityKeyFile, audit.dir, audit.keyFile, audit.signingKeyFile, publicKeyFileFor(audit.signingKeyFile), config.source].filter((p) => isAbsolute(p));
 }

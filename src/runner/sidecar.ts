@@ -2,7 +2,6 @@
 // the configured agents; stop() takes them down in the order that keeps every guarantee
 // (stop accepting, stop every process, revoke everything, close the log, remove the socket).
 // `captrap serve` is a thin shell around it; tests and embedders use it directly.
-import { extname } from 'node:path';
 import { AuditLog, type AuditOutageReport, type AuditUnavailableError } from '../kernel/audit.js';
 import type { Capability } from '../kernel/capability.js';
 import type { AuditStats } from '../kernel/events.js';
@@ -15,7 +14,10 @@ import { prioritiseSelf, type PrioritiseResult } from '../isolation/group.js';
 import { probeHost } from '../isolation/host.js';
 import { log } from '../log.js';
 import { AdminServer, adminHandlers, type AdminContext } from './admin.js';
-import type { SidecarConfig } from './config.js';
+import { publicKeyFileFor, type SidecarConfig } from './config.js';
+
+// Kept importable from here: the library API has exported it from the sidecar since issue 4.
+export { publicKeyFileFor };
 import { sidecarSecrets } from './identity.js';
 import { SidecarMetrics } from './metrics.js';
 import { AuditGate, SandboxCounters, ToolRunner } from './runner.js';
@@ -42,12 +44,6 @@ export function describePriority(p: PrioritiseResult | { error: string }): strin
   if ('error' in p) return `cpu priority: not set (${p.error}); sandboxes compete with the sidecar on equal terms`;
   if (p.applied.length === 0) return `cpu priority: not set (${p.skipped ?? 'nothing to do'})`;
   return `cpu priority: ${p.applied.map((a) => `${a.file} = ${a.value}`).join(', ')} (the sidecar wins 4:1 over all sandboxes together under contention)`;
-}
-
-/** The public key next to the signing key: `audit-signing.pem` -> `audit-signing.pub`. */
-export function publicKeyFileFor(signingKeyFile: string): string {
-  const ext = extname(signingKeyFile);
-  return (ext ? signingKeyFile.slice(0, -ext.length) : signingKeyFile) + '.pub';
 }
 
 export class Sidecar {

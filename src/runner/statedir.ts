@@ -8,8 +8,7 @@ import { userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { CaptrapError } from '../errors.js';
 import { REVOCATIONS_FILE } from '../kernel/revocations.js';
-import type { SidecarConfig } from './config.js';
-import { publicKeyFileFor } from './sidecar.js';
+import { publicKeyFileFor, type SidecarConfig } from './config.js';
 
 export class StateDirError extends CaptrapError {
   constructor(message: string, details: { path: string; role: string; problem: string }) {

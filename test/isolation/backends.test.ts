@@ -82,10 +82,13 @@ describe('no-cgroup backend (rlimits + process group)', () => {
     );
   });
 
+  // Prints RLIMIT_AS, then a child and a setsid'd escapee with their pids, and waits.
+  const ESCAPEE_TREE = `ulimit -v; sh -c 'echo child $$; exec sleep 300' & setsid sh -c 'echo escapee $$; exec sleep 300' & sleep 300`;
+
   it('with allowDegraded: kills the process group, applies rlimits, and honestly does not contain a setsid escapee', async () => {
     // Unconfined: this is the backend's own primitive (a process group), which a pid namespace
     // would otherwise cover (see the next test).
-    const sb = runSandboxed('sh', ['-c', `ulimit -v; sh -c 'echo child $$; exec sleep 300' & setsid sh -c 'echo escapee $$; exec sleep 300' & sleep 300`], {
+    const sb = runSandboxed('sh', ['-c', ESCAPEE_TREE], {
       confine: false,
       cgroupBase: base,
       backend: 'none',
@@ -108,7 +111,7 @@ describe('no-cgroup backend (rlimits + process group)', () => {
   });
 
   it.skipIf(!host.namespaces.pid)('confined, the same setsid escapee dies with the sandbox: the pid namespace holds it without a cgroup', async () => {
-    const sb = runSandboxed('sh', ['-c', `ulimit -v; sh -c 'echo child $$; exec sleep 300' & setsid sh -c 'echo escapee $$; exec sleep 300' & sleep 300`], {
+    const sb = runSandboxed('sh', ['-c', ESCAPEE_TREE], {
       cgroupBase: base,
       backend: 'none',
       allowDegraded: true,
