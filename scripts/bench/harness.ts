@@ -13,6 +13,8 @@ export interface BenchRow {
   /** Name of the baseline row in the same section and this row's ratio to it (this / baseline, by p50 or ops/s as stated). */
   baseline?: string;
   ratio?: number;
+  /** This row's p99 over the baseline's p99 (latency rows measured side by side). */
+  p99Ratio?: number;
   /** The target from the issue, as text, and whether this run met it (undefined: no target). */
   target?: string;
   pass?: boolean;
@@ -69,4 +71,41 @@ export function throughputSync(fn: () => unknown, ms = 1000, batch = 1000): numb
 
 export function latencyRow(name: string, sortedUs: readonly number[], extra: Partial<BenchRow> = {}): BenchRow {
   return { name, p50Us: percentile(sortedUs, 50), p99Us: percentile(sortedUs, 99), ...extra };
+}
+
+/** Fisher-Yates, in place. */
+export function shuffle<T>(a: T[]): T[] {
+  for (let i = a.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a;
+}
+
+export interface Variant {
+  name: string;
+  run: () => Promise<unknown>;
+}
+
+/**
+ * Latencies of several variants measured side by side: every round runs each variant once, in
+ * a fresh random order, so drift in the machine's load (other jobs, thermal, a cache warming)
+ * hits all of them alike. With `gapMs` each call waits that long (plus up to half as much
+ * again, at random) after the previous one, like sporadic requests; without it they run back
+ * to back. Returns per-variant latencies in µs, sorted.
+ */
+export async function sampleInterleaved(variants: readonly Variant[], rounds: number, opts: { gapMs?: number; warmupRounds?: number } = {}): Promise<Map<string, number[]>> {
+  const out = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+  const warmup = opts.warmupRounds ?? 3;
+  for (let r = 0; r < warmup + rounds; r++) {
+    for (const v of shuffle([...variants])) {
+      if (opts.gapMs) await new Promise((res) => setTimeout(res, opts.gapMs! * (1 + Math.random() / 2)));
+      const t0 = performance.now();
+      await v.run();
+      const us = (performance.now() - t0) * 1000;
+      if (r >= warmup) out.get(v.name)!.push(us);
+    }
+  }
+  for (const a of out.values()) a.sort((x, y) => x - y);
+  return out;
 }

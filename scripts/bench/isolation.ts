@@ -1,25 +1,39 @@
-// Isolation bench: spawn-to-exit latency of /bin/true for raw child_process.spawn (baseline),
-// execa, a captrap sandbox (memory+pids limits, parent-death signal, tree-kill armed) through
-// each launcher (the setpriv + sh fallback and the compiled captrap-launch), unconfined and
-// confined (the default: six namespaces, a view, uid 65534, no capabilities), and bubblewrap
-// alone (--unshare-pid, and with the same confinement as captrap's default); and the time a
-// sandbox holding a 100-process tree (half of it setsid'd) takes from kill() until its cgroup is
-// empty.
+// Isolation bench: spawn-to-exit latency of /bin/true, every variant measured side by side
+// (interleaved in a fresh random order each round, see sampleInterleaved) against the floor,
+// child_process.spawn of /bin/true, in two modes:
+//   back-to-back  each launch starts as soon as the previous one ended;
+//   sporadic      10-15 ms between launches, as agents' tool calls arrive. After an idle spell
+//                 the first cgroup.procs write blocks for milliseconds in the kernel (an RCU
+//                 wait during migration), a cost back-to-back blocks hide.
+// Variants: a captrap sandbox confined (the default: six namespaces, a view, uid 65534, no
+// capabilities) started cold and through a warm launcher (pool.ts), bwrap with the same
+// confinement, and for attribution (back-to-back only) execa, bwrap --unshare-pid, the fallback
+// chain, the compiled launcher alone and unconfined sandboxes. p50 and p99 are reported as
+// ratios to the floor's p50 and p99 of the same run. Then the CLI start (`captrap run --
+// /bin/true` against `node -e 0`) and the time a sandbox holding a 100-process tree (half of it
+// setsid'd) takes from kill() until its cgroup is empty.
 import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { execa } from 'execa';
 import { removeCgroupBase, waitUnifiedEmpty } from '../../src/isolation/cgroup.js';
 import { probeHost } from '../../src/isolation/host.js';
 import { builtLauncherPath } from '../../src/isolation/launcher/launcher.js';
-import { runSandboxed } from '../../src/isolation/sandbox.js';
-import { latencyRow, percentile, sampleAsync, type BenchRow, type BenchSection } from './harness.js';
+import { configureWarmPool, drainWarmPool, runSandboxed, warmPoolStats, type RunOptions } from '../../src/isolation/sandbox.js';
+import { latencyRow, percentile, sampleInterleaved, type BenchRow, type BenchSection, type Variant } from './harness.js';
 
-const RUNS = 300;
+const BACK_TO_BACK_ROUNDS = 200;
+const SPORADIC_ROUNDS = 120;
+const SPORADIC_GAP_MS = 10;
+const CLI_ROUNDS = 20;
 const TREE_RUNS = 40;
+const FLOOR = 'floor: child_process.spawn /bin/true';
+const CLI = fileURLToPath(new URL('../../dist/runner/cli.js', import.meta.url));
 
-function rawSpawn(cmd: string, args: string[]): Promise<void> {
+function rawSpawn(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<void> {
   return new Promise((resolve, reject) => {
-    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env } : {}) });
     c.stdout.resume();
     c.stderr.resume();
     c.once('error', reject);
@@ -27,85 +41,160 @@ function rawSpawn(cmd: string, args: string[]): Promise<void> {
   });
 }
 
+function sandboxVariant(name: string, options: RunOptions, launcherPref?: 'sh'): Variant {
+  return {
+    name,
+    run: async () => {
+      const saved = process.env.CAPTRAP_LAUNCHER;
+      // runSandboxed reads the preference synchronously, before its first await.
+      if (launcherPref) process.env.CAPTRAP_LAUNCHER = launcherPref;
+      let sb;
+      try {
+        sb = runSandboxed('/bin/true', [], options);
+      } finally {
+        if (saved === undefined) delete process.env.CAPTRAP_LAUNCHER;
+        else process.env.CAPTRAP_LAUNCHER = saved;
+      }
+      const r = await sb;
+      if (r.reason.kind !== 'exited' || r.reason.code !== 0 || !r.cleanedUp) throw new Error(`${name}: sandbox ended ${JSON.stringify(r.reason)}: ${r.stderr}`);
+    },
+  };
+}
+
+/** Rows for one mode: the floor, then each variant as ratios to it. */
+function modeRows(mode: string, samples: Map<string, number[]>, judged: Record<string, { target: string; pass: (p50: number, p99: number) => boolean }>, notes: Record<string, string>): BenchRow[] {
+  const floor = samples.get(FLOOR)!;
+  const f50 = percentile(floor, 50);
+  const f99 = percentile(floor, 99);
+  const rows: BenchRow[] = [latencyRow(`[${mode}] ${FLOOR}`, floor, { note: `baseline; stdout/stderr piped like the others; ${floor.length} samples` })];
+  for (const [name, s] of samples) {
+    if (name === FLOOR) continue;
+    const p50 = percentile(s, 50);
+    const p99 = percentile(s, 99);
+    const j = judged[name];
+    rows.push(
+      latencyRow(`[${mode}] ${name}`, s, {
+        baseline: 'floor',
+        ratio: p50 / f50,
+        p99Ratio: p99 / f99,
+        ...(j ? { target: j.target, pass: j.pass(p50, p99) } : {}),
+        note: `p99 ${(p99 / f99).toFixed(2)}x the floor's p99${notes[name] ? `; ${notes[name]}` : ''}`,
+      }),
+    );
+  }
+  return rows;
+}
+
 export async function bench(): Promise<BenchSection> {
   const host = probeHost();
   const base = `captrap-bench-${process.pid}`;
   const rows: BenchRow[] = [];
-  const raw = await sampleAsync(() => rawSpawn('/bin/true', []), RUNS);
-  const rawP50 = percentile(raw, 50);
-  rows.push(latencyRow('spawn /bin/true: child_process.spawn', raw, { note: 'baseline; stdout/stderr piped like the others' }));
-  const ex = await sampleAsync(() => execa('/bin/true'), RUNS);
-  rows.push(latencyRow('spawn /bin/true: execa', ex, { baseline: 'child_process.spawn', ratio: percentile(ex, 50) / rawP50 }));
-
-  let bwrapP50: number | undefined;
-  if (host.tools.bwrap) {
-    const bw = await sampleAsync(() => rawSpawn(host.tools.bwrap!, ['--unshare-pid', '--die-with-parent', '--ro-bind', '/', '/', '--dev', '/dev', '--proc', '/proc', '/bin/true']), RUNS);
-    bwrapP50 = percentile(bw, 50);
-    rows.push(latencyRow('spawn /bin/true: bwrap --unshare-pid --die-with-parent', bw, { baseline: 'child_process.spawn', ratio: bwrapP50 / rawP50 }));
-  }
-  let bwrapConfinedP50: number | undefined;
-  if (host.tools.bwrap) {
-    // What captrap's default confinement asks of bwrap: every namespace, the system read-only, a
-    // fresh /proc, a minimal /dev, a private /tmp, uid 65534, no capabilities.
-    const view = ['--ro-bind', '/usr', '/usr', '--ro-bind', '/etc', '/etc', '--symlink', 'usr/bin', '/bin', '--symlink', 'usr/sbin', '/sbin', '--symlink', 'usr/lib', '/lib', '--symlink', 'usr/lib64', '/lib64'];
-    const args = ['--unshare-all', '--unshare-user', '--uid', '65534', '--gid', '65534', '--die-with-parent', '--new-session', '--cap-drop', 'ALL', ...view, '--proc', '/proc', '--dev', '/dev', '--tmpfs', '/tmp', '/bin/true'];
-    const bw = await sampleAsync(() => rawSpawn(host.tools.bwrap!, args), RUNS);
-    bwrapConfinedP50 = percentile(bw, 50);
-    rows.push(latencyRow('spawn /bin/true: bwrap, same confinement as captrap (no cgroup)', bw, { baseline: 'child_process.spawn', ratio: bwrapConfinedP50 / rawP50, note: 'all namespaces (user ns for the uid), system read-only, /proc, /dev, /tmp, no capabilities' }));
-  }
-
-  if (host.tools.setpriv && host.tools.sh) {
-    // The launch chain without any cgroup work: what the parent-death signal + join trampoline cost.
-    const chain = await sampleAsync(() => rawSpawn(host.tools.setpriv!, ['--pdeathsig', 'KILL', '--no-new-privs', '--', host.tools.sh!, '-c', 'exec "$@"', 'x', '/bin/true']), RUNS);
-    rows.push(latencyRow('spawn /bin/true: setpriv -> sh -> true, no cgroup', chain, { baseline: 'child_process.spawn', ratio: percentile(chain, 50) / rawP50, note: "captrap's fallback exec chain alone (2 extra execs), for attribution" }));
-  }
   const launcher = builtLauncherPath();
-  if (launcher) {
-    const one = await sampleAsync(() => rawSpawn(launcher, ['--ppid', String(process.pid), '--no-new-privs', '--', '/bin/true']), RUNS);
-    rows.push(latencyRow('spawn /bin/true: captrap-launch -> true, no cgroup', one, { baseline: 'child_process.spawn', ratio: percentile(one, 50) / rawP50, note: 'the compiled launcher alone (1 extra exec), for attribution' }));
-  }
-  if (host.layout === 'none') {
-    rows.push({ name: 'spawn /bin/true: captrap sandbox', note: 'skipped: no cgroup on this host' });
-    return { section: 'isolation', rows };
-  }
-  const target = `p50 <= 1.5x spawn${bwrapP50 !== undefined ? ' and < bwrap' : ''}`;
-  const backendNote = `backend ${host.layout === 'hybrid' ? 'cgroup-v1 (hybrid: memory+pids v1 + cgroup2 tracking = 3 mkdir/rmdir)' : 'auto'}`;
-  // The target is judged on the launcher sandboxes actually use by default (the C one when
-  // built); the other row is there to show what the fallback costs.
-  const sandboxRow = async (name: string, launcherPref: 'c' | 'sh', chainNote: string, judged: boolean, confine = false): Promise<BenchRow> => {
-    const saved = process.env.CAPTRAP_LAUNCHER;
-    process.env.CAPTRAP_LAUNCHER = launcherPref;
-    try {
-      const sb = await sampleAsync(async () => {
-        const r = await runSandboxed('/bin/true', [], { memory: '64M', pids: 64, cgroupBase: base, ...(confine ? {} : { confine: false, allowRoot: true }) });
-        if (r.reason.kind !== 'exited' || !r.cleanedUp) throw new Error(`sandbox ended ${JSON.stringify(r.reason)}`);
-      }, RUNS);
-      const sbP50 = percentile(sb, 50);
-      return latencyRow(name, sb, {
-        baseline: 'child_process.spawn',
-        ratio: sbP50 / rawP50,
-        ...(judged ? { target, pass: sbP50 <= 1.5 * rawP50 && (bwrapP50 === undefined || sbP50 < bwrapP50) } : {}),
-        note: `${backendNote}; ${chainNote}; p50 vs bwrap ${bwrapP50 !== undefined ? (sbP50 / bwrapP50).toFixed(2) + 'x' : 'n/a'}`,
-      });
-    } finally {
-      if (saved === undefined) delete process.env.CAPTRAP_LAUNCHER;
-      else process.env.CAPTRAP_LAUNCHER = saved;
-    }
-  };
-  if (host.tools.setpriv) {
-    rows.push(await sandboxRow('spawn /bin/true: captrap sandbox (memory+pids, pdeathsig, tree-kill)', 'sh', `fallback chain setpriv -> sh trampoline -> command = 2 extra execs${launcher ? ' (CAPTRAP_LAUNCHER=sh; not judged: the C launcher is the default here)' : ' (the default here: no C launcher built)'}`, !launcher));
-  }
-  if (launcher) {
-    rows.push(await sandboxRow('spawn /bin/true: captrap sandbox (C launcher), unconfined', 'c', 'chain captrap-launch -> command = 1 extra exec; confine: false', true));
-    const confined = await sandboxRow('spawn /bin/true: captrap sandbox confined (the default)', 'c', 'launcher forks a pid-1 init and the command: 6 namespaces, view, uid 65534, no capabilities', false, true);
-    confined.target = `p50 <= 2x spawn${bwrapConfinedP50 !== undefined ? ' and < bwrap with the same confinement' : ''}`;
-    confined.pass = confined.p50Us! <= 2 * rawP50 && (bwrapConfinedP50 === undefined || confined.p50Us! < bwrapConfinedP50);
-    confined.note += `; p50 vs bwrap same confinement ${bwrapConfinedP50 !== undefined ? (confined.p50Us! / bwrapConfinedP50).toFixed(2) + 'x' : 'n/a'}`;
-    rows.push(confined);
+
+  // What captrap's default confinement asks of bwrap: every namespace, the system read-only, a
+  // fresh /proc, a minimal /dev, a private /tmp, uid 65534, no capabilities.
+  const bwrapView = ['--ro-bind', '/usr', '/usr', '--ro-bind', '/etc', '/etc', '--symlink', 'usr/bin', '/bin', '--symlink', 'usr/sbin', '/sbin', '--symlink', 'usr/lib', '/lib', '--symlink', 'usr/lib64', '/lib64'];
+  const bwrapConfined = ['--unshare-all', '--unshare-user', '--uid', '65534', '--gid', '65534', '--die-with-parent', '--new-session', '--cap-drop', 'ALL', ...bwrapView, '--proc', '/proc', '--dev', '/dev', '--tmpfs', '/tmp', '/bin/true'];
+  const BWRAP = 'bwrap, same confinement as captrap (no cgroup)';
+  const COLD = 'captrap sandbox confined, cold';
+  const WARM = 'captrap sandbox confined, warm launcher';
+  const limits = { memory: '64M', pids: 64, cgroupBase: base };
+
+  const floor: Variant = { name: FLOOR, run: () => rawSpawn('/bin/true', []) };
+  const main: Variant[] = [floor];
+  const skipped: string[] = [];
+  if (host.tools.bwrap) main.push({ name: BWRAP, run: () => rawSpawn(host.tools.bwrap!, bwrapConfined) });
+  else skipped.push(`${BWRAP}: skipped: bwrap is not installed`);
+  const sandboxes = host.layout !== 'none' && launcher !== undefined;
+  if (sandboxes) {
+    main.push(sandboxVariant(COLD, { ...limits, warm: false }), sandboxVariant(WARM, { ...limits, warm: true }));
   } else {
-    rows.push({ name: 'spawn /bin/true: captrap sandbox (C launcher)', note: "skipped: build/captrap-launch is not built (run 'npm run build' with a C compiler)" });
+    skipped.push(`captrap sandbox rows: skipped: ${host.layout === 'none' ? 'no cgroup on this host' : "build/captrap-launch is not built (run 'npm run build' with a C compiler)"}`);
+  }
+  const attribution: Variant[] = [{ name: 'execa /bin/true', run: () => execa('/bin/true') }];
+  if (host.tools.bwrap) {
+    attribution.push({ name: 'bwrap --unshare-pid --die-with-parent', run: () => rawSpawn(host.tools.bwrap!, ['--unshare-pid', '--die-with-parent', '--ro-bind', '/', '/', '--dev', '/dev', '--proc', '/proc', '/bin/true']) });
+  }
+  if (host.tools.setpriv && host.tools.sh) {
+    attribution.push({ name: 'setpriv -> sh -> true, no cgroup', run: () => rawSpawn(host.tools.setpriv!, ['--pdeathsig', 'KILL', '--no-new-privs', '--', host.tools.sh!, '-c', 'exec "$@"', 'x', '/bin/true']) });
+  }
+  if (launcher) attribution.push({ name: 'captrap-launch -> true, no cgroup', run: () => rawSpawn(launcher, ['--ppid', String(process.pid), '--no-new-privs', '--', '/bin/true']) });
+  if (sandboxes) {
+    const unconfined = { ...limits, confine: false, allowRoot: true };
+    attribution.push(sandboxVariant('captrap sandbox unconfined, cold', { ...unconfined, warm: false }), sandboxVariant('captrap sandbox unconfined, warm launcher', { ...unconfined, warm: true }));
+    if (host.tools.setpriv) attribution.push(sandboxVariant('captrap sandbox unconfined, setpriv+sh fallback chain', { ...unconfined, warm: false }, 'sh'));
   }
 
+  const backendNote = `backend ${host.layout === 'hybrid' ? 'cgroup-v1 (hybrid: memory+pids v1 + cgroup2 tracking = 3 cgroups)' : 'auto'}`;
+  const notes: Record<string, string> = {
+    [BWRAP]: 'all namespaces (user ns for the uid), system read-only, /proc, /dev, /tmp, no capabilities',
+    [COLD]: `${backendNote}; memory+pids limits, pdeathsig, tree-kill; 6 namespaces, view, uid 65534, no capabilities`,
+    [WARM]: 'the same sandbox through a launcher that already sits in its cgroup and namespaces (pool of up to 2)',
+  };
+  const judge = (bw: number[] | undefined) => ({
+    [WARM]: {
+      target: `p50 <= 1.0x, p99 <= 2x floor${bw ? ', p50 < bwrap' : ''}`,
+      pass: (p50: number, p99: number) => p50 <= 1.0 * percentile(floorOf(), 50) && p99 <= 2 * percentile(floorOf(), 99) && (!bw || p50 < percentile(bw, 50)),
+    },
+  });
+  let current: Map<string, number[]> = new Map();
+  const floorOf = () => current.get(FLOOR)!;
+
+  configureWarmPool({ maxSize: 2 });
+  try {
+    for (const [mode, variants, rounds, gapMs] of [
+      ['back-to-back', [...main, ...attribution], BACK_TO_BACK_ROUNDS, 0],
+      ['sporadic', main, SPORADIC_ROUNDS, SPORADIC_GAP_MS],
+    ] as const) {
+      current = await sampleInterleaved(variants, rounds, { gapMs });
+      rows.push(...modeRows(mode, current, judge(current.get(BWRAP)), notes));
+      const bw = current.get(BWRAP);
+      const warm = current.get(WARM);
+      const cold = current.get(COLD);
+      if (bw && warm && cold) {
+        const last = rows.find((r) => r.name === `[${mode}] ${WARM}`)!;
+        last.note += `; p50 vs bwrap ${(percentile(warm, 50) / percentile(bw, 50)).toFixed(2)}x, vs cold ${(percentile(warm, 50) / percentile(cold, 50)).toFixed(2)}x`;
+        const c = rows.find((r) => r.name === `[${mode}] ${COLD}`)!;
+        c.note += `; p50 vs bwrap ${(percentile(cold, 50) / percentile(bw, 50)).toFixed(2)}x`;
+      }
+    }
+    const stats = warmPoolStats();
+    rows.push({ name: 'warm pool hand-overs', note: `${stats.hits} warm, ${stats.misses} found none ready and started cold (over both modes, warm variants only)` });
+  } finally {
+    await drainWarmPool();
+    configureWarmPool({ maxSize: 0 });
+  }
+  for (const s of skipped) rows.push({ name: s.split(':')[0]!, note: s.slice(s.indexOf(':') + 2) });
+
+  // CLI start: a whole `captrap run` against a bare node start, side by side.
+  if (existsSync(CLI) && sandboxes) {
+    const env = { ...process.env, CAPTRAP_LOG_LEVEL: 'warn' };
+    const cli = await sampleInterleaved(
+      [
+        { name: 'node -e 0', run: () => rawSpawn(process.execPath, ['-e', '0'], env) },
+        { name: 'captrap run -- /bin/true', run: () => rawSpawn(process.execPath, [CLI, 'run', '--memory', '64M', '--pids', '32', '--cgroup-base', base, '--', '/bin/true'], env) },
+      ],
+      CLI_ROUNDS,
+      { warmupRounds: 2 },
+    );
+    const node = cli.get('node -e 0')!;
+    const run = cli.get('captrap run -- /bin/true')!;
+    rows.push(latencyRow('cli start: node -e 0', node, { note: `baseline; ${CLI_ROUNDS} runs` }));
+    rows.push(
+      latencyRow('cli start: captrap run -- /bin/true', run, {
+        baseline: 'node -e 0',
+        ratio: percentile(run, 50) / percentile(node, 50),
+        p99Ratio: percentile(run, 99) / percentile(node, 99),
+        target: 'p50 <= 1.3x node -e 0',
+        pass: percentile(run, 50) <= 1.3 * percentile(node, 50),
+        note: 'dist/runner/cli.js: stale cleanup, probe, one confined sandbox, exit',
+      }),
+    );
+  } else {
+    rows.push({ name: 'cli start', note: `skipped: ${existsSync(CLI) ? 'no sandbox on this host' : 'dist/runner/cli.js is not built (npm run build)'}` });
+  }
+
+  if (host.layout === 'none') return { section: 'isolation', rows };
   // Kill-tree latency: kill() (killGrace 0) until the cgroup reports populated 0.
   const killUs: number[] = [];
   const resolvedUs: number[] = [];
@@ -116,7 +205,7 @@ export async function bench(): Promise<BenchSection> {
     const s = runSandboxed('sh', ['-c', tree], { cgroupBase: base, killGrace: 0, pids: 512 });
     await new Promise<void>((r) => s.stdout!.on('data', (c: Buffer) => c.toString().includes('ready') && r()));
     const dir = host.unifiedRoot && host.cgroupKill ? `${host.unifiedRoot}/${base}/${s.cgroupName}` : undefined;
-    while (dir && (await import('node:fs')).readFileSync(`${dir}/cgroup.procs`, 'utf8').trim().split('\n').length < 100) await new Promise((r) => setTimeout(r, 2));
+    while (dir && readFileSync(`${dir}/cgroup.procs`, 'utf8').trim().split('\n').length < 100) await new Promise((r) => setTimeout(r, 2));
     const t0 = performance.now();
     s.kill();
     if (dir) {

@@ -7,15 +7,17 @@
 // systemd-run lives in systemd-run.ts. Every cgroup captrap creates is named
 // <base>/<ownerPid>.<ownerStartTime>.<seq> in each hierarchy, so a later captrap can tell its
 // own stale cgroups (owner no longer alive) from live ones and from anything else on the host.
+import { spawnSync } from 'node:child_process';
 import { readdirSync, rmdirSync, existsSync } from 'node:fs';
 import {
   ensureDir, freezerKill, killIfMember, killSubtreeMembers, mkdirOwned, pollUntil, readKeyed, readNumber, readPids, readText,
   rmdirTrees, subtreeDeepestFirst, subtreePids, unifiedFreezeKill, waitUnifiedEmpty, write,
 } from './cgroupfs.js';
-import { CgroupError, LimitUnenforceableError } from './errors.js';
-import type { HostInfo, V1Controller } from './host.js';
+import { CgroupError } from './errors.js';
+import { which, type HostInfo, type V1Controller } from './host.js';
 import type { BackendName, Limits } from './limits.js';
 import { isSameProcess, listPids, processRef, readStat } from './proc.js';
+import { sliceFor, systemdRunBackend } from './systemd-run.js';
 
 export { readKeyed, waitUnifiedEmpty } from './cgroupfs.js';
 
@@ -64,6 +66,11 @@ export interface SandboxCgroup {
   waitEmpty(timeoutMs: number): Promise<boolean>;
   /** rmdir every directory; throws CgroupError if one is still busy. */
   remove(): void;
+  /**
+   * Writes `limits` to a cgroup that was created without any (a warm launcher's, see pool.ts),
+   * exactly as create() would have; throws if one of them cannot be set here.
+   */
+  setLimits?(limits: Limits): void;
 }
 
 /** Where a cgroup is created when it is not directly under `<base>`: inside a group. */
@@ -113,12 +120,69 @@ export function unregisterOwnHelper(pid: number): void {
 /** The leaf captrap moves itself into when it must delegate controllers from its own cgroup. */
 export const SELF_LEAF = 'captrap-sidecar';
 
-/** This process's cgroup2 directory under `root` (from the `0::` line of /proc/self/cgroup). */
-function ownUnifiedDir(root: string): string | undefined {
+/** This process's cgroup2 path relative to the cgroup2 mount (the `0::` line of /proc/self/cgroup). */
+function ownUnifiedRel(): string | undefined {
   const line = readText('/proc/self/cgroup')?.split('\n').find((l) => l.startsWith('0::'));
-  if (line === undefined) return undefined;
-  const rel = line.slice(3);
-  return rel === '/' ? root : `${root}${rel}`;
+  return line === undefined ? undefined : line.slice(3);
+}
+
+/** This process's cgroup2 directory under the cgroup2 mount `mount`. */
+function ownUnifiedDir(mount: string): string | undefined {
+  const rel = ownUnifiedRel();
+  if (rel === undefined) return undefined;
+  return rel === '/' ? mount : `${mount}${rel}`;
+}
+
+let homeCache: { mount: string; home: string; why: string } | undefined;
+
+/**
+ * The cgroup2 directory captrap's bases (`<home>/<base>`) live in. Normally the root of the
+ * cgroup2 tree captrap sees: the real root, or a container's cgroup namespace root. Under
+ * systemd, a unit with Delegate=yes owns its cgroup and nothing above it: systemd manages the
+ * root's children, so a captrap started as such a service (without a cgroup namespace of its
+ * own) keeps everything below its unit's cgroup, and moves itself into a leaf there before it
+ * enables controllers (see enableSubtreeControllers). The answer is fixed for the life of the
+ * process (captrap's later move into its leaf does not change it). Anywhere else (a login
+ * session's scope, a service without Delegate=yes) captrap may not create cgroups below its own,
+ * so the root is used, as before.
+ */
+export function unifiedHome(host: HostInfo): string | undefined {
+  return unifiedHomeInfo(host)?.home;
+}
+
+/** unifiedHome, with why it is there (doctor prints it). */
+export function unifiedHomeInfo(host: HostInfo): { home: string; why: string } | undefined {
+  const mount = host.unifiedRoot;
+  if (mount === undefined) return undefined;
+  if (homeCache?.mount === mount) return homeCache;
+  let home = mount;
+  let why = 'the root of the cgroup2 tree captrap sees';
+  let rel = ownUnifiedRel();
+  if (rel !== undefined && rel.endsWith(`/${SELF_LEAF}`)) rel = rel.slice(0, -SELF_LEAF.length - 1) || '/';
+  if (host.layout === 'v2' && host.systemdManager && rel !== undefined && rel !== '/') {
+    const d = delegatedBySystemd(rel);
+    if (d.delegated) {
+      home = `${mount}${rel}`;
+      why = `systemd delegates ${d.unit} (Delegate=yes) to captrap`;
+    } else {
+      why = `captrap's cgroup ${rel} is not delegated to it (${d.why}): the root of the cgroup2 tree`;
+    }
+  }
+  homeCache = { mount, home, why };
+  return homeCache;
+}
+
+/** Whether the systemd unit owning cgroup `rel` (its innermost .service or .scope) has Delegate=yes. */
+function delegatedBySystemd(rel: string): { delegated: boolean; unit?: string; why: string } {
+  const unit = rel.split('/').reverse().find((c) => /^[A-Za-z0-9:_.\\@-]+\.(service|scope)$/.test(c));
+  if (unit === undefined) return { delegated: false, why: 'no .service or .scope unit owns it' };
+  const systemctl = which('systemctl', '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin');
+  if (systemctl === undefined) return { delegated: false, unit, why: 'systemctl is not installed' };
+  // Asked once per process; a busy manager may take a while to answer.
+  const r = spawnSync(systemctl, ['show', '--property=Delegate', '--value', '--', unit], { encoding: 'utf8', timeout: 30_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  if (r.status !== 0) return { delegated: false, unit, why: `systemctl show ${unit} failed: ${r.error?.message ?? r.stderr?.trim() ?? `exit ${r.status}`}` };
+  const v = r.stdout.trim();
+  return v === 'yes' ? { delegated: true, unit, why: 'Delegate=yes' } : { delegated: false, unit, why: `${unit} has Delegate=${v || 'no'}` };
 }
 
 /**
@@ -133,11 +197,11 @@ function ownUnifiedDir(root: string): string | undefined {
  * and its own helpers (the owner watchdog) into the leaf `<dir>/captrap-sidecar`. Any other
  * process in `dir` is not captrap's to move: then this fails closed, naming them and the fix.
  */
-export function enableSubtreeControllers(root: string, dir: string, ctrls: readonly string[]): void {
+export function enableSubtreeControllers(mount: string, dir: string, ctrls: readonly string[]): void {
   const value = ctrls.map((c) => `+${c}`).join(' ');
   const file = `${dir}/cgroup.subtree_control`;
   const rule = `cgroup v2 allows no process in a non-root cgroup that enables controllers for its children ("no internal processes")`;
-  const own = ownUnifiedDir(root);
+  const own = ownUnifiedDir(mount);
   if (own === dir && existsSync(`${dir}/cgroup.type`)) {
     const mine = new Set([process.pid, ...ownHelpers]);
     const others = readPids(dir).filter((p) => !mine.has(p));
@@ -182,7 +246,8 @@ const unifiedCpuUs = (dir: string) => readKeyed(`${dir}/cpu.stat`, 'usage_usec')
 
 // ---------------------------------------------------------------- cgroup v2
 
-export function cgroupV2Backend(host: HostInfo, root = host.unifiedRoot): CgroupBackend {
+export function cgroupV2Backend(host: HostInfo, root = unifiedHome(host)): CgroupBackend {
+  const mount = host.unifiedRoot;
   const controllers = new Set(root === host.unifiedRoot ? host.unifiedControllers : readText(`${root}/cgroup.controllers`)?.trim().split(/\s+/) ?? []);
   const fix = `use a host with cgroup v2 controllers delegated to captrap (e.g. echo '+memory +pids +cpu' > ${root ?? '/sys/fs/cgroup'}/cgroup.subtree_control), or run as root`;
   const wanted = ['memory', 'pids', 'cpu'].filter((c) => controllers.has(c));
@@ -202,27 +267,31 @@ export function cgroupV2Backend(host: HostInfo, root = host.unifiedRoot): Cgroup
       const notDelegated = wanted.filter((c) => !atBase.has(c));
       // In a container that root is the cgroup namespace's root, usually holding captrap itself:
       // enableSubtreeControllers moves captrap into a leaf first (see there).
-      if (notDelegated.length > 0) enableSubtreeControllers(root, root, notDelegated);
+      if (notDelegated.length > 0) enableSubtreeControllers(mount ?? root, root, notDelegated);
       const enabled = new Set(readText(`${baseDir}/cgroup.subtree_control`)?.trim().split(/\s+/) ?? []);
       const missing = wanted.filter((c) => !enabled.has(c));
-      if (missing.length > 0) enableSubtreeControllers(root, baseDir, missing);
+      if (missing.length > 0) enableSubtreeControllers(mount ?? root, baseDir, missing);
     }
     return baseDir;
+  };
+
+  const writeLimits = (dir: string, limits: Limits, kind: 'sandbox' | 'group'): void => {
+    if (limits.memoryBytes !== undefined && controllers.has('memory')) {
+      write(`${dir}/memory.max`, String(limits.memoryBytes));
+      if (existsSync(`${dir}/memory.swap.max`)) write(`${dir}/memory.swap.max`, String(limits.swapBytes));
+      // An OOM kill takes the whole sandbox, not one arbitrary member of it. Not on a group:
+      // there the kernel picks the highest oom.group cgroup up to the one over its limit, so a
+      // group's OOM takes one whole sandbox, not every sandbox of the agent.
+      if (kind === 'sandbox') write(`${dir}/memory.oom.group`, '1');
+    }
+    if (limits.pids !== undefined && controllers.has('pids')) write(`${dir}/pids.max`, String(limits.pids));
+    if (limits.cpu !== undefined && controllers.has('cpu')) write(`${dir}/cpu.max`, `${Math.round(limits.cpu * 100_000)} 100000`);
   };
 
   const makeDir = (dir: string, limits: Limits, kind: 'sandbox' | 'group'): void => {
     mkdirOwned(dir);
     try {
-      if (limits.memoryBytes !== undefined && controllers.has('memory')) {
-        write(`${dir}/memory.max`, String(limits.memoryBytes));
-        if (existsSync(`${dir}/memory.swap.max`)) write(`${dir}/memory.swap.max`, String(limits.swapBytes));
-        // An OOM kill takes the whole sandbox, not one arbitrary member of it. Not on a group:
-        // there the kernel picks the highest oom.group cgroup up to the one over its limit, so a
-        // group's OOM takes one whole sandbox, not every sandbox of the agent.
-        if (kind === 'sandbox') write(`${dir}/memory.oom.group`, '1');
-      }
-      if (limits.pids !== undefined && controllers.has('pids')) write(`${dir}/pids.max`, String(limits.pids));
-      if (limits.cpu !== undefined && controllers.has('cpu')) write(`${dir}/cpu.max`, `${Math.round(limits.cpu * 100_000)} 100000`);
+      writeLimits(dir, limits, kind);
       // "No internal processes": a cgroup with controllers enabled for its children may hold no
       // process. A group never does (its agent runs in a sandbox inside it), so this is allowed,
       // and it must happen before the first sandbox is created below it.
@@ -249,7 +318,7 @@ export function cgroupV2Backend(host: HostInfo, root = host.unifiedRoot): Cgroup
     populated: () => readKeyed(`${dir}/cgroup.events`, 'populated') === 1,
     killAll: () => {
       if (host.cgroupKill) write(`${dir}/cgroup.kill`, '1');
-      else unifiedFreezeKill(dir, root!);
+      else unifiedFreezeKill(dir, mount ?? root!);
     },
     waitEmpty: (ms: number) => waitUnifiedEmpty(dir, ms),
     remove: () => rmdirTrees([dir]),
@@ -292,6 +361,7 @@ export function cgroupV2Backend(host: HostInfo, root = host.unifiedRoot): Cgroup
           ...(topGroup ? { groupPidsMax: readKeyed(`${topGroup}/pids.events`, 'max') ?? 0 } : {}),
         }),
         pids: () => readPids(dir),
+        setLimits: (l) => writeLimits(dir, l, 'sandbox'),
       };
     },
     createGroup(base, name, limits, parent) {
@@ -342,6 +412,21 @@ export function cgroupV1Backend(host: HostInfo): CgroupBackend {
     return keys;
   };
 
+  const writeLimits = (dirOf: Partial<Record<V1Key, string>>, limits: Limits, parent: CgroupParent | undefined): void => {
+    if (limits.memoryBytes !== undefined && dirOf.memory) {
+      write(`${dirOf.memory}/memory.limit_in_bytes`, String(limits.memoryBytes));
+      if (host.v1Memsw) write(`${dirOf.memory}/memory.memsw.limit_in_bytes`, String(limits.memoryBytes + limits.swapBytes));
+    }
+    if (limits.pids !== undefined && dirOf.pids) write(`${dirOf.pids}/pids.max`, String(limits.pids));
+    // v1 refuses a quota above an ancestor's (EINVAL) where v2 takes the smaller: clamp, the
+    // effective limit is the same.
+    const cpu = limits.cpu === undefined ? undefined : minCpu(limits.cpu, parent?.cpuCeiling);
+    if (cpu !== undefined && dirOf.cpu) {
+      write(`${dirOf.cpu}/cpu.cfs_period_us`, '100000');
+      write(`${dirOf.cpu}/cpu.cfs_quota_us`, String(Math.round(cpu * 100_000)));
+    }
+  };
+
   const makeDirs = (base: string, name: string, limits: Limits, keys: V1Key[], parent: CgroupParent | undefined) => {
     const dirOf: Partial<Record<V1Key, string>> = {};
     const created: string[] = [];
@@ -354,18 +439,7 @@ export function cgroupV1Backend(host: HostInfo): CgroupBackend {
         created.push(d);
         dirOf[k] = d;
       }
-      if (limits.memoryBytes !== undefined && dirOf.memory) {
-        write(`${dirOf.memory}/memory.limit_in_bytes`, String(limits.memoryBytes));
-        if (host.v1Memsw) write(`${dirOf.memory}/memory.memsw.limit_in_bytes`, String(limits.memoryBytes + limits.swapBytes));
-      }
-      if (limits.pids !== undefined && dirOf.pids) write(`${dirOf.pids}/pids.max`, String(limits.pids));
-      // v1 refuses a quota above an ancestor's (EINVAL) where v2 takes the smaller: clamp, the
-      // effective limit is the same.
-      const cpu = limits.cpu === undefined ? undefined : minCpu(limits.cpu, parent?.cpuCeiling);
-      if (cpu !== undefined && dirOf.cpu) {
-        write(`${dirOf.cpu}/cpu.cfs_period_us`, '100000');
-        write(`${dirOf.cpu}/cpu.cfs_quota_us`, String(Math.round(cpu * 100_000)));
-      }
+      writeLimits(dirOf, limits, parent);
     } catch (err) {
       rmdirTrees(created);
       throw err;
@@ -424,6 +498,11 @@ export function cgroupV1Backend(host: HostInfo): CgroupBackend {
         }),
         usage,
         pids: () => readPids(track),
+        setLimits: (l) => {
+          // A sandbox is in the cpu hierarchy only when created with a cpu limit.
+          if (l.cpu !== undefined && !dirOf.cpu) throw new CgroupError(`sandbox cgroup ${name} was created without the v1 cpu hierarchy`, { name });
+          writeLimits(dirOf, l, parent);
+        },
         populated: () => (dirOf.unified ? readKeyed(`${dirOf.unified}/cgroup.events`, 'populated') === 1 : !empty()),
         killAll: () => {
           if (dirOf.unified) write(`${dirOf.unified}/cgroup.kill`, '1');
@@ -565,11 +644,16 @@ export function parseCgroupName(name: string): { pid: number; startTime: number;
   return m ? { pid: Number(m[1]), startTime: Number(m[2]), seq: Number(m[3]) } : undefined;
 }
 
-/** Every hierarchy root where captrap may have created `<root>/<base>`. */
-export function hierarchyRoots(host: HostInfo): { key: string; root: string }[] {
-  const out: { key: string; root: string }[] = [];
-  for (const [c, root] of Object.entries(host.v1)) out.push({ key: c, root });
-  if (host.unifiedRoot) out.push({ key: '', root: host.unifiedRoot });
+/**
+ * Every hierarchy where captrap may have created `<root>/<base>`: `root` is the directory the
+ * bases live in (for the cgroup2 tree, unifiedHome), `mount` the hierarchy's mount point (what
+ * /proc/<pid>/cgroup paths are relative to).
+ */
+export function hierarchyRoots(host: HostInfo): { key: string; root: string; mount: string }[] {
+  const out: { key: string; root: string; mount: string }[] = [];
+  for (const [c, root] of Object.entries(host.v1)) out.push({ key: c, root, mount: root });
+  const home = unifiedHome(host);
+  if (host.unifiedRoot && home) out.push({ key: '', root: home, mount: host.unifiedRoot });
   return out;
 }
 
@@ -588,7 +672,7 @@ export async function cleanupStaleCgroups(host: HostInfo, base: string): Promise
   // Only ever look inside a captrap base: this function kills what it finds.
   if (!/^captrap[A-Za-z0-9_.-]*$/.test(base)) throw new CgroupError(`'${base}' is not a captrap cgroup base name`, { base });
   const result: StaleCleanupResult = { removed: [], killed: 0, failed: [] };
-  const stale = new Map<string, { key: string; root: string; dir: string }[]>();
+  const stale = new Map<string, { key: string; root: string; mount: string; dir: string }[]>();
   for (const h of hierarchyRoots(host)) {
     let names: string[];
     try {
@@ -617,10 +701,10 @@ export async function cleanupStaleCgroups(host: HostInfo, base: string): Promise
       if (readKeyed(`${unified.dir}/cgroup.events`, 'populated') === 1) write(`${unified.dir}/cgroup.kill`, '1');
       await waitUnifiedEmpty(unified.dir, 2000);
     } else if (freezer) {
-      await freezerKill(freezer.dir, freezer.root);
+      await freezerKill(freezer.dir, freezer.mount);
     }
     // Whatever is left (a hierarchy not covered by the kill above): per-pid, checked kill.
-    for (const d of dirs) killSubtreeMembers(d.dir, d.key, d.root);
+    for (const d of dirs) killSubtreeMembers(d.dir, d.key, d.mount);
     await pollUntil(() => dirs.every((d) => subtreePids(d.dir).length === 0), 2000);
     try {
       rmdirTrees(dirs.map((d) => d.dir));
@@ -629,7 +713,34 @@ export async function cleanupStaleCgroups(host: HostInfo, base: string): Promise
       result.failed.push({ dir: dirs.map((d) => d.dir).join(', '), error: (err as Error).message });
     }
   }
+  await cleanupStaleScopes(host, base, result);
   return result;
+}
+
+/** A dead owner's systemd-run scopes (`<slice>/<owner>.<seq>.scope`): killed; systemd collects them, else they are removed. */
+async function cleanupStaleScopes(host: HostInfo, base: string, result: StaleCleanupResult): Promise<void> {
+  if (!host.systemdManager || host.layout !== 'v2' || !host.unifiedRoot) return;
+  const slice = `${host.unifiedRoot}/${sliceFor(base)}`;
+  let names: string[];
+  try {
+    names = readdirSync(slice);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const owner = n.endsWith('.scope') ? parseCgroupName(n.slice(0, -'.scope'.length)) : undefined;
+    if (!owner || isSameProcess(owner)) continue;
+    const dir = `${slice}/${n}`;
+    result.killed += subtreePids(dir).length;
+    try {
+      if (readKeyed(`${dir}/cgroup.events`, 'populated') === 1) write(`${dir}/cgroup.kill`, '1');
+      await waitUnifiedEmpty(dir, 2000);
+      rmdirTrees([dir]);
+      result.removed.push(dir);
+    } catch (err) {
+      result.failed.push({ dir, error: (err as Error).message });
+    }
+  }
 }
 
 /**
@@ -672,12 +783,7 @@ export function cgroupBackend(name: BackendName, host: HostInfo): CgroupBackend 
     case 'none':
       return noCgroupBackend(host);
     case 'systemd-run':
-      throw new LimitUnenforceableError('the systemd-run backend is chosen in sandbox.ts, not here', {
-        limit: 'backend',
-        reason: 'internal',
-        fix: '',
-        backend: name,
-      });
+      return systemdRunBackend(host);
   }
 }
 

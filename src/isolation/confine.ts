@@ -122,7 +122,8 @@ function exists(p: string): boolean {
 /** The real path of p, or undefined if it does not exist (a root that is not there shows nothing). */
 function real(p: string): string | undefined {
   try {
-    return realpathSync(p);
+    // realpath(3): one syscall per component in C instead of Node's JS walk (same result).
+    return realpathSync.native(p);
   } catch {
     return undefined;
   }

@@ -10,7 +10,7 @@
 // Every directory is named <ownerPid>.<ownerStartTime>.<seq> like a flat sandbox's, so the owner
 // watchdog and stale cleanup recognise the top one and take its whole subtree. This module knows
 // nothing of agents or capabilities; the runner decides which group a sandbox goes in.
-import { autoBackend, cgroupBackend, enableSubtreeControllers, newCgroupName, type CgroupParent, type CgroupUsage, type Degradation, type GroupCgroup } from './cgroup.js';
+import { autoBackend, cgroupBackend, enableSubtreeControllers, newCgroupName, unifiedHome, type CgroupParent, type CgroupUsage, type Degradation, type GroupCgroup } from './cgroup.js';
 import { ensureDir, readText, sleep, write } from './cgroupfs.js';
 import { CgroupError, LimitUnenforceableError, SandboxOptionError } from './errors.js';
 import { probeHost, type HostInfo } from './host.js';
@@ -284,12 +284,13 @@ export function prioritiseSelf(cgroupBase = 'captrap', host: HostInfo = probeHos
     write(`${dir}/cpu.shares`, String(SHARES));
     return { applied: [{ file: `${dir}/cpu.shares`, value: String(SHARES) }] };
   }
-  if (backend === 'cgroup-v2' && host.unifiedRoot && host.unifiedControllers.includes('cpu')) {
-    const dir = `${host.unifiedRoot}/${cgroupBase}`;
+  const home = unifiedHome(host);
+  if (backend === 'cgroup-v2' && host.unifiedRoot && home && host.unifiedControllers.includes('cpu')) {
+    const dir = `${home}/${cgroupBase}`;
     ensureDir(dir);
     const atBase = readText(`${dir}/cgroup.controllers`)?.trim().split(/\s+/) ?? [];
-    // The root may be a container's delegated cgroup holding captrap: see enableSubtreeControllers.
-    if (!atBase.includes('cpu')) enableSubtreeControllers(host.unifiedRoot, host.unifiedRoot, ['cpu']);
+    // The home may be a container's or a Delegate=yes unit's cgroup holding captrap: see enableSubtreeControllers.
+    if (!atBase.includes('cpu')) enableSubtreeControllers(host.unifiedRoot, home, ['cpu']);
     write(`${dir}/cpu.weight`, String(WEIGHT));
     return { applied: [{ file: `${dir}/cpu.weight`, value: String(WEIGHT) }] };
   }

@@ -23,7 +23,7 @@ export interface HostInfo {
   tools: { sh?: string; setpriv?: string; unshare?: string; prlimit?: string; systemdRun?: string; bwrap?: string };
   /** systemd is the init and its manager answers (systemd-run --scope can work). */
   systemdManager: boolean;
-  /** Namespaces `unshare` can create here, tested for real. */
+  /** Namespaces `unshare` can create here, tested for real on first read (see lazyNamespaces). */
   namespaces: Record<'pid' | 'mount' | 'net' | 'ipc' | 'uts' | 'cgroup' | 'user', boolean>;
   isRoot: boolean;
 }
@@ -84,6 +84,37 @@ function canUnshare(unshare: string | undefined, flag: string): boolean {
   return r.status === 0;
 }
 
+type NamespaceKey = keyof HostInfo['namespaces'];
+const CONFINE_KEYS: readonly NamespaceKey[] = ['pid', 'mount', 'net', 'ipc', 'uts', 'cgroup'];
+
+/**
+ * The namespace answers, probed when first read rather than at probeHost: a command that asks
+ * for none (captrap run --no-confine, ps, audit) never pays the unshare(1) runs. The six that
+ * confinement uses are tried together first (one run; as root on a usual host that settles
+ * all of them), one by one only if that fails. 'user' is probed on its own.
+ */
+function lazyNamespaces(unshare: string | undefined): HostInfo['namespaces'] {
+  const known: Partial<Record<NamespaceKey, boolean>> = {};
+  let allTried = false;
+  const probe = (key: NamespaceKey): boolean => {
+    if (known[key] === undefined && key !== 'user' && !allTried) {
+      allTried = true;
+      if (canUnshareAll(unshare)) for (const k of CONFINE_KEYS) known[k] = true;
+    }
+    known[key] ??= canUnshare(unshare, `--${key}`);
+    return known[key]!;
+  };
+  const ns = {} as HostInfo['namespaces'];
+  for (const key of [...CONFINE_KEYS, 'user'] as const) Object.defineProperty(ns, key, { enumerable: true, get: () => probe(key) });
+  return ns;
+}
+
+function canUnshareAll(unshare: string | undefined): boolean {
+  if (!unshare) return false;
+  const r = spawnSync(unshare, ['--pid', '--fork', '--mount', '--net', '--ipc', '--uts', '--cgroup', '--', '/bin/true'], { stdio: 'ignore', timeout: 3000 });
+  return r.status === 0;
+}
+
 let cached: HostInfo | undefined;
 
 export function probeHost(refresh = false): HostInfo {
@@ -125,15 +156,7 @@ export function probeHost(refresh = false): HostInfo {
     if (p) tools[key] = p;
   }
   const systemdManager = existsSync('/run/systemd/system') && tools.systemdRun !== undefined;
-  const namespaces = {
-    pid: canUnshare(tools.unshare, '--pid'),
-    mount: canUnshare(tools.unshare, '--mount'),
-    net: canUnshare(tools.unshare, '--net'),
-    ipc: canUnshare(tools.unshare, '--ipc'),
-    uts: canUnshare(tools.unshare, '--uts'),
-    cgroup: canUnshare(tools.unshare, '--cgroup'),
-    user: canUnshare(tools.unshare, '--user'),
-  };
+  const namespaces = lazyNamespaces(tools.unshare);
   const host: HostInfo = {
     layout,
     unifiedControllers,

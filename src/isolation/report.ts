@@ -1,7 +1,7 @@
 // What `captrap doctor` prints: the host facts and, per guarantee, whether it holds here and by
 // which mechanism. Derived from the same probe and backend checks the sandbox uses, so doctor
 // and a real run can never disagree.
-import { autoBackend, cgroupBackend } from './cgroup.js';
+import { autoBackend, cgroupBackend, unifiedHomeInfo } from './cgroup.js';
 import type { HostInfo } from './host.js';
 import type { BackendName } from './limits.js';
 import { chooseLauncher, type LauncherKind } from './launcher/launcher.js';
@@ -21,6 +21,8 @@ export interface HostReport {
   backend: BackendName;
   layout: HostInfo['layout'];
   unifiedRoot: string | null;
+  /** Where captrap's cgroup2 bases go (`<home>/<base>`), and why there. */
+  cgroupHome: { dir: string; why: string } | null;
   unifiedControllers: string[];
   v1Controllers: Record<string, string>;
   cgroupKill: boolean;
@@ -33,14 +35,13 @@ export interface HostReport {
 }
 
 export function hostReport(host: HostInfo, forced?: BackendName): HostReport {
+  const home = unifiedHomeInfo(host);
   const backend = forced ?? autoBackend(host);
-  const systemdRun = host.systemdManager
-    ? { available: true, reason: 'a systemd manager is running (arguments only in this version)' }
-    : { available: false, reason: host.tools.systemdRun ? 'systemd-run is installed but systemd is not running (/run/systemd/system missing)' : 'systemd-run is not installed' };
-  const degraded =
-    backend === 'systemd-run'
-      ? [{ limit: 'tree-kill', reason: systemdRun.reason, fix: "use backend 'auto'" }]
-      : cgroupBackend(backend, host).check({ memoryBytes: 1 << 30, swapBytes: 0, pids: 100, cpu: 1 });
+  const systemdProblem = cgroupBackend('systemd-run', host).check({ swapBytes: 0 })[0];
+  const systemdRun = systemdProblem
+    ? { available: false, reason: systemdProblem.reason }
+    : { available: true, reason: 'systemd is PID 1 and captrap is root on cgroup v2: each sandbox can be a transient scope (backend systemd-run)' };
+  const degraded = cgroupBackend(backend, host).check({ memoryBytes: 1 << 30, swapBytes: 0, pids: 100, cpu: 1 });
   let launcher: HostReport['launcher'];
   try {
     const l = chooseLauncher(host.tools.setpriv !== undefined);
@@ -84,6 +85,7 @@ export function hostReport(host: HostInfo, forced?: BackendName): HostReport {
     backend,
     layout: host.layout,
     unifiedRoot: host.unifiedRoot ?? null,
+    cgroupHome: home ? { dir: home.home, why: home.why } : null,
     unifiedControllers: host.unifiedControllers,
     v1Controllers: { ...host.v1 } as Record<string, string>,
     cgroupKill: host.cgroupKill,

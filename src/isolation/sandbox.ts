@@ -16,9 +16,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 import type { Readable, Writable } from 'node:stream';
-import pidusage from 'pidusage';
 import { log } from '../log.js';
-import { autoBackend, cgroupBackend, newCgroupName, type CgroupUsage, type Counters, type Degradation, type SandboxCgroup } from './cgroup.js';
+import { autoBackend, cgroupBackend, newCgroupName, type CgroupBackend, type CgroupUsage, type Counters, type Degradation, type SandboxCgroup } from './cgroup.js';
 import { LimitUnenforceableError, SandboxOptionError, SandboxSpawnError } from './errors.js';
 import { probeHost, which, type HostInfo } from './host.js';
 import { normalizeOptions, type BackendName, type NormalizedOptions, type SandboxOptions } from './limits.js';
@@ -26,9 +25,12 @@ import { cgroupsOf, descendants, processRef, readStat, type ProcessRef } from '.
 import { NOBODY, pidsInNamespace, planConfinement, sandboxPidNamespace, type ConfinementReport } from './confine.js';
 import { chooseLauncher, launchArgv, type LauncherChoice, type LauncherKind } from './launcher/launcher.js';
 import { ensureOwnerWatchdog } from './watchdog.js';
+import { takeWarmLauncher, type WarmLauncher, type WarmShape } from './pool.js';
+import type { SystemdScopeCgroup } from './systemd-run.js';
 import { seatInGroup, type GroupSeat, type KillReason, type SandboxGroup } from './group.js';
 
 export type { KillReason } from './group.js';
+export { configureWarmPool, drainWarmPool, warmPoolStats, type WarmPoolOptions, type WarmPoolStats } from './pool.js';
 export { createSandboxGroup, prioritiseSelf, type GroupLimitOptions, type PrioritiseResult, type SandboxGroup, type SandboxGroupOptions } from './group.js';
 
 /** Options of one sandbox, plus the group it is created in. */
@@ -39,6 +41,11 @@ export interface RunOptions extends SandboxOptions {
    * else inside. The sandbox uses the group's backend and cgroupBase.
    */
   group?: SandboxGroup;
+  /**
+   * Start through a warm launcher from the pool when one fits (default true; the pool is off
+   * until configureWarmPool sets a size). false always starts cold.
+   */
+  warm?: boolean;
 }
 export type ExitReason =
   | { kind: 'exited'; code: number }
@@ -78,6 +85,8 @@ export interface SandboxResult {
   cleanedUp: boolean;
   /** What confined the command (namespaces, view, identity, network). */
   confinement: ConfinementReport;
+  /** Started through a warm launcher from the pool (see pool.ts) rather than spawned for it. */
+  warm: boolean;
   /**
    * Pids of the sandbox found alive outside its cgroup when it was stopped (a process that left
    * its cgroup); each was SIGKILLed. Non-empty means an escape was attempted and caught.
@@ -97,6 +106,8 @@ export interface Sandbox extends Promise<SandboxResult> {
   readonly cgroupName: string;
   readonly degraded: readonly Degradation[];
   readonly confinement: ConfinementReport;
+  /** Started through a warm launcher from the pool. */
+  readonly warm: boolean;
   /** Stops the sandbox: SIGTERM to the leader, killGrace, then the whole tree. The reason is recorded before any signal. */
   kill(reason?: KillReason): void;
   usage(): Promise<SandboxUsage>;
@@ -217,7 +228,7 @@ function plan(command: string, args: readonly string[], input: RunOptions | unde
     throw new SandboxOptionError('sandboxes must be started from the main thread: a parent-death signal fires when the spawning thread exits');
   }
   if (!Array.isArray(args) || args.some((a) => typeof a !== 'string')) throw new SandboxOptionError('args must be an array of strings');
-  const { group, ...rest } = input ?? {};
+  const { group, warm: _warm, ...rest } = input ?? {};
   const options = normalizeOptions(rest);
   if (group) fitGroup(options, rest, group);
   const host = probeHost();
@@ -232,12 +243,14 @@ function plan(command: string, args: readonly string[], input: RunOptions | unde
   let backend = options.backend === 'auto' ? autoBackend(host) : options.backend;
   const degraded: Degradation[] = [];
   if (backend === 'systemd-run') {
-    const why = host.systemdManager ? 'the systemd-run backend only builds its arguments in this version (buildSystemdRunArgs)' : 'no systemd manager is running on this host (/run/systemd/system is missing)';
-    if (!options.allowDegraded || options.backend === 'systemd-run') {
-      throw new LimitUnenforceableError(`backend 'systemd-run' cannot be used: ${why}`, { limit: 'backend', reason: why, fix: "use backend 'auto', 'cgroup-v2' or 'cgroup-v1'", backend });
+    const why = cgroupBackend(backend, host).check(options.limits)[0];
+    if (why !== undefined) {
+      if (!options.allowDegraded || options.backend === 'systemd-run') {
+        throw new LimitUnenforceableError(`backend 'systemd-run' cannot be used: ${why.reason}`, { limit: why.limit, reason: why.reason, fix: why.fix, backend });
+      }
+      degraded.push(why);
+      backend = 'none';
     }
-    degraded.push({ limit: 'backend', reason: why, fix: "use backend 'cgroup-v1' or 'cgroup-v2'" });
-    backend = 'none';
   }
   degraded.push(...cgroupBackend(backend, host).check(options.limits));
   if (launcher.kind === 'sh') {
@@ -306,6 +319,39 @@ function armWatchdog(p: Plan): void {
   }
 }
 
+/**
+ * The warm launcher shape this sandbox can use, or undefined when it starts cold: the compiled
+ * launcher, a flat cgroup of its own (no group), stdin 'ignore' (the launcher was spawned with
+ * it), nothing degraded, on v1 no cpu limit (a sandbox joins the cpu hierarchy only with one),
+ * and no view root at or below /dev or /proc.
+ */
+function warmShape(p: Plan, input: RunOptions | undefined, backend: CgroupBackend): WarmShape | undefined {
+  const o = p.options;
+  if (input?.warm === false || input?.group || p.launcher.kind !== 'captrap-launch' || o.stdin !== 'ignore' || p.degraded.length > 0) return undefined;
+  if (p.backend !== 'cgroup-v2' && p.backend !== 'cgroup-v1') return undefined;
+  if (p.backend === 'cgroup-v1' && o.limits.cpu !== undefined) return undefined;
+  const confined = p.confineArgs.length > 0;
+  // A warm launcher has /dev and /proc of its view built already (captrap-launch.c, warm view).
+  if (confined && p.confineArgs.some((a, i) => (a === '--ro' || a === '--rw') && /^\/(dev|proc)(\/|$)/.test(p.confineArgs[i + 1] ?? ''))) return undefined;
+  return { host: p.host, backendName: p.backend, backend, base: o.cgroupBase, namespaces: confined ? p.confinement.namespaces : [], launcherPath: p.launcher.path! };
+}
+
+/** A warm launcher with the request's final limits written, or undefined (start cold). */
+function takeWarm(p: Plan, input: RunOptions | undefined, backend: CgroupBackend): WarmLauncher | undefined {
+  const shape = warmShape(p, input, backend);
+  const warm = shape ? takeWarmLauncher(shape) : undefined;
+  if (!warm) return undefined;
+  try {
+    if (!warm.cg.setLimits) throw new Error(`backend ${p.backend} cannot set limits on an existing cgroup`);
+    warm.cg.setLimits(p.options.limits);
+    return warm;
+  } catch (err) {
+    log.debug({ err, cgroup: warm.cg.name }, 'warm launcher cannot take these limits; starting cold');
+    warm.discard();
+    return undefined;
+  }
+}
+
 function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[] {
   const { options: o, host } = p;
   const tail: string[] = [];
@@ -341,14 +387,16 @@ function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[
     tail.push('--');
   }
   tail.push(p.file, ...args);
+  // systemd-run --scope moves itself into the sandbox's scope, then execs the launcher in place.
+  const scope = (cg as Partial<SystemdScopeCgroup>).prefix ?? [];
   if (p.launcher.kind === 'captrap-launch') {
     const extra = confined ? p.confineArgs : launcherSwitches ? [...(o.uid !== undefined ? ['--uid', String(o.uid)] : []), ...(o.gid !== undefined ? ['--gid', String(o.gid)] : [])] : [];
-    return launchArgv(p.launcher.path!, { ownerPid: process.pid, noNewPrivs: o.noNewPrivs, keepPwd: o.env.PWD !== undefined, joinFiles: cg.joinFiles, extra }, tail);
+    return [...scope, ...launchArgv(p.launcher.path!, { ownerPid: process.pid, noNewPrivs: o.noNewPrivs, keepPwd: o.env.PWD !== undefined, joinFiles: cg.joinFiles, extra }, tail)];
   }
   const sh = host.tools.sh ?? '/bin/sh';
   const trampoline = [sh, '-c', TRAMPOLINE, 'captrap-trampoline', String(process.pid), ...cg.joinFiles, '--', o.env.PWD !== undefined ? 'keep-pwd' : 'drop-pwd', ...tail];
-  if (!host.tools.setpriv) return trampoline;
-  return [host.tools.setpriv, '--pdeathsig', 'KILL', ...(o.noNewPrivs && !switchIds ? ['--no-new-privs'] : []), '--', ...trampoline];
+  if (!host.tools.setpriv) return [...scope, ...trampoline];
+  return [...scope, host.tools.setpriv, '--pdeathsig', 'KILL', ...(o.noNewPrivs && !switchIds ? ['--no-new-privs'] : []), '--', ...trampoline];
 }
 
 class OutputCapture {
@@ -427,9 +475,11 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   // Set once the sandbox exists; a group's killAll records its reason here before it kills.
   let groupKill: ((reason: KillReason) => void) | undefined;
   const seat: GroupSeat | undefined = options?.group ? seatInGroup(options.group, { noteKill: (r) => groupKill?.(r) }) : undefined;
+  // A warm launcher already sits in its cgroup (now with the final limits) and namespaces.
+  const warm = takeWarm(p, options, backend);
   let cg: SandboxCgroup;
   try {
-    cg = backend.create(o.cgroupBase, newCgroupName(), o.limits, () => child?.pid, seat?.placement);
+    cg = warm ? warm.cg : backend.create(o.cgroupBase, newCgroupName(), o.limits, () => child?.pid, seat?.placement);
   } catch (err) {
     seat?.leave();
     throw err;
@@ -437,20 +487,29 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   installExitHook();
   log.debug({ backend: p.backend, cgroup: cg.name, command }, 'sandbox starting');
   live.add(cg);
+  // Read at hand-over for a warm launcher: its counters start from the request, not the pool.
   const start = cg.counters();
   const t0 = performance.now();
   try {
-    const argv = buildArgv(p, cg, args);
-    child = spawn(argv[0]!, argv.slice(1), {
-      cwd: o.cwd,
-      env: o.env,
-      stdio: [o.stdin, 'pipe', 'pipe'],
-      // Without a cgroup the process group is the only handle on the tree.
-      detached: p.backend === 'none',
-    });
+    if (warm) {
+      // The same command line as cold, less the cgroup joins it has done already.
+      // Without a cwd option a spawned command starts in captrap's own directory: so does this one.
+      warm.start(buildArgv(p, { ...cg, joinFiles: [] }, args), o.env, o.cwd ?? process.cwd());
+      child = warm.child;
+    } else {
+      const argv = buildArgv(p, cg, args);
+      child = spawn(argv[0]!, argv.slice(1), {
+        cwd: o.cwd,
+        env: o.env,
+        stdio: [o.stdin, 'pipe', 'pipe'],
+        // Without a cgroup the process group is the only handle on the tree.
+        detached: p.backend === 'none',
+      });
+    }
   } catch (err) {
     live.delete(cg);
-    cg.remove();
+    if (warm) warm.discard();
+    else cg.remove();
     seat?.leave();
     throw new SandboxSpawnError('E_SPAWN', `cannot start '${command}': ${(err as Error).message}`, { command });
   }
@@ -610,8 +669,10 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
         usage,
         cleanedUp,
         confinement: p.confinement,
+        warm: warm !== undefined,
         escaped,
       });
+      warm?.ended();
     };
     proc.once('error', (e) => {
       spawnError = e;
@@ -639,10 +700,13 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
     cgroupName: cg.name,
     degraded: p.degraded,
     confinement: p.confinement,
+    warm: warm !== undefined,
     kill: (reason: KillReason = 'killed') => stop(reason),
     usage: async (): Promise<SandboxUsage> => {
       const pids = finished ? [] : cg.pids();
       const processes: SandboxUsage['processes'] = [];
+      // Loaded on first use: most sandboxes never ask, and the module costs CLI start-up time.
+      const { default: pidusage } = await import('pidusage');
       await Promise.all(
         pids.map(async (pid) => {
           try {

@@ -15,8 +15,9 @@
 // SIGHUP/SIGINT/SIGQUIT/SIGPIPE.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { CaptrapError } from '../errors.js';
-import { ownerPrefix, registerOwnHelper, unregisterOwnHelper } from './cgroup.js';
+import { ownerPrefix, registerOwnHelper, unifiedHome, unregisterOwnHelper } from './cgroup.js';
 import type { HostInfo } from './host.js';
+import { sliceFor } from './systemd-run.js';
 
 /** The owner watchdog could not be started, so descendants of a sandbox would not die with captrap. */
 export class WatchdogError extends CaptrapError {
@@ -25,8 +26,9 @@ export class WatchdogError extends CaptrapError {
   }
 }
 
-// $1 owner prefix, $2 unified base dir or '', $3 freezer base dir or '', $4.. every base dir.
-// Only names that are exactly <prefix><digits> are touched; the base dirs come from captrap.
+// $1 owner prefix, $2 cgroup2 base dirs (space-separated) or '', $3 freezer base dir or '', $4..
+// every base dir. Only names that are exactly <prefix><digits>, or <prefix><digits>.scope (a
+// systemd-run sandbox's scope, in the base's slice), are touched; the base dirs come from captrap.
 // A name may be a group: its sandboxes and sub-groups are directories below it. cgroup.kill,
 // cgroup.freeze and the v1 freezer act on the whole subtree; what lists members (tprocs) and
 // what removes directories (rmtree, deepest first) walk it.
@@ -34,19 +36,19 @@ const SCRIPT = `
 trap '' HUP INT QUIT PIPE
 prefix=$1; unified=$2; freezer=$3; shift 3
 while read -r _; do :; done
-ours() { case "\${1##*/}" in "$prefix"*[!0-9]*) return 1;; "$prefix"[0-9]*) return 0;; esac; return 1; }
+ours() { o_="\${1##*/}"; o_="\${o_%.scope}"; case "$o_" in "$prefix"*[!0-9]*) return 1;; "$prefix"[0-9]*) return 0;; esac; return 1; }
 procs() { p=; while read -r x; do p="$p $x"; done < "$1/cgroup.procs"; echo "$p"; }
 tprocs() { procs "$1"; for s in "$1"/*/; do [ -d "$s" ] && tprocs "\${s%/}"; done; }
 rmtree() { for s in "$1"/*/; do [ -d "$s" ] && rmtree "\${s%/}"; done; rmdir "$1"; }
-if [ -n "$unified" ]; then
-  for c in "$unified"/"$prefix"*; do
+for u in $unified; do
+  for c in "$u"/"$prefix"*; do
     ours "$c" && [ -d "$c" ] || continue
     if [ -e "$c/cgroup.kill" ]; then echo 1 > "$c/cgroup.kill"
     elif [ -e "$c/cgroup.freeze" ]; then
       echo 1 > "$c/cgroup.freeze"; for p in $(tprocs "$c"); do kill -9 "$p"; done; echo 0 > "$c/cgroup.freeze"
     fi
   done 2>/dev/null
-fi
+done
 if [ -n "$freezer" ]; then
   for c in "$freezer"/"$prefix"*; do
     ours "$c" && [ -d "$c" ] || continue
@@ -90,8 +92,12 @@ const watchdogs = new Map<string, { child: ChildProcess; info: WatchdogInfo }>()
 function baseDirs(host: HostInfo, base: string): { unified: string; freezer: string; all: string[] } {
   const all: string[] = [];
   for (const root of Object.values(host.v1)) if (root) all.push(`${root}/${base}`);
-  const unified = host.unifiedRoot ? `${host.unifiedRoot}/${base}` : '';
-  if (unified) all.push(unified);
+  const home = unifiedHome(host);
+  const unifiedDirs = home ? [`${home}/${base}`] : [];
+  // systemd-run sandboxes are scopes in the base's slice (see systemd-run.ts).
+  if (host.systemdManager && host.layout === 'v2' && host.unifiedRoot) unifiedDirs.push(`${host.unifiedRoot}/${sliceFor(base)}`);
+  all.push(...unifiedDirs);
+  const unified = unifiedDirs.join(' ');
   const freezer = host.v1.freezer ? `${host.v1.freezer}/${base}` : '';
   // cgroup.kill/cgroup.freeze in the unified tree catch the whole tree; the freezer is only
   // needed where there is no usable cgroup2 tree.

@@ -4,11 +4,12 @@
 //   host <name>: N passed, M failed, K skipped
 // Exit status 0 iff nothing failed. Usage: node test/hosts/conformance.mjs --host v2|ctr|systemd
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cleanupStaleCgroups, createSandboxGroup, hostReport, isSameProcess, prioritiseSelf, probeHost, processRef, removeCgroupBase, runSandboxed } from '../../dist/index.js';
+import { cleanupStaleCgroups, createSandboxGroup, hostReport, parseConfig, prioritiseSelf, probeHost, processRef, removeCgroupBase, runSandboxed, Sidecar } from '../../dist/index.js';
 import { pidsInNamespace, sandboxPidNamespace } from '../../dist/isolation/confine.js';
+import { alive, Check, check, expect, finish, lines, read, sleep, startOwner, waitGone } from './lib.mjs';
 
 const project = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const hostName = process.argv[process.argv.indexOf('--host') + 1] ?? 'local';
@@ -16,67 +17,6 @@ const base = `captrap-hosts-${process.pid}`;
 const host = probeHost();
 const root = host.unifiedRoot;
 const T0 = performance.now();
-
-const results = { passed: 0, failed: 0, skipped: 0 };
-const failures = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const read = (p) => { try { return readFileSync(p, 'utf8').trim(); } catch { return undefined; } };
-const keyed = (p, k) => { const m = new RegExp(`^${k} (\\d+)$`, 'm').exec(read(p) ?? ''); return m ? Number(m[1]) : undefined; };
-const alive = (ref) => ref !== undefined && isSameProcess(ref) && !/^State:\s+Z/m.test(read(`/proc/${ref.pid}/status`) ?? '');
-
-class Check extends Error {}
-function expect(cond, what) {
-  if (!cond) throw new Check(what);
-}
-
-/** Runs one named check; `skip` is a reason string to skip it. */
-async function check(name, fn, skip) {
-  if (skip) {
-    results.skipped++;
-    console.log(`SKIP ${name}: ${skip}`);
-    return;
-  }
-  const t = performance.now();
-  try {
-    const note = await fn();
-    results.passed++;
-    console.log(`ok   ${name} (${((performance.now() - t) / 1000).toFixed(1)} s)${note ? `: ${note}` : ''}`);
-  } catch (err) {
-    results.failed++;
-    failures.push(name);
-    const msg = err instanceof Check ? err.message : `${err?.code ?? ''} ${err?.stack ?? err}`;
-    console.log(`FAIL ${name}: ${msg.replace(/\n/g, '\n       ')}`);
-  }
-}
-
-/** Resolves with the first `n` lines a sandbox prints. */
-function lines(sb, n, ms = 60_000) {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    const t = setTimeout(() => reject(new Check(`only got ${JSON.stringify(buf)} within ${ms} ms`)), ms);
-    sb.stdout.on('data', (c) => {
-      buf += c.toString();
-      const ls = buf.split('\n').filter(Boolean);
-      if (ls.length >= n) { clearTimeout(t); resolve(ls); }
-    });
-  });
-}
-
-/** Host pid of a pid printed inside a sandbox's pid namespace. */
-function hostPidOf(leader, nsPid) {
-  const ns = sandboxPidNamespace(leader);
-  for (const pid of ns ? pidsInNamespace(ns) : []) {
-    const m = /^NSpid:\s+(.*)$/m.exec(read(`/proc/${pid}/status`) ?? '');
-    if (m && Number(m[1].trim().split(/\s+/).at(-1)) === nsPid) return pid;
-  }
-  return undefined;
-}
-
-async function waitGone(refs, ms) {
-  const end = Date.now() + ms;
-  while (refs.some(alive) && Date.now() < end) await sleep(20);
-  return refs.filter(alive).map((r) => r.pid);
-}
 
 const cgDir = (name) => `${root}/${base}/${name}`;
 const children = (dir) => { try { return readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name); } catch { return []; } };
@@ -96,22 +36,6 @@ function startDoctor() {
     p.stderr.on('data', (c) => (e += c));
     p.on('exit', (code) => resolve({ code, o, e }));
   });
-}
-function startOwner() {
-  const owner = spawn(process.execPath, [`${project}/test/hosts/owner.mjs`, base], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let err = '';
-  owner.stderr.on('data', (c) => (err += c));
-  const info = new Promise((resolve, reject) => {
-    let buf = '';
-    const t = setTimeout(() => reject(new Check(`owner printed nothing in 60 s: ${buf} ${err}`)), 60_000);
-    owner.stdout.on('data', (c) => {
-      buf += c;
-      if (buf.includes('\n')) { clearTimeout(t); resolve(JSON.parse(buf.split('\n')[0])); }
-    });
-    owner.on('exit', (code) => reject(new Check(`owner exited ${code}: ${err}`)));
-  });
-  info.catch(() => undefined);
-  return { owner, info };
 }
 const systemdHost = hostName === 'systemd';
 await check(`host: pure cgroup v2 with memory, pids, cpu and cgroup.kill; auto backend is cgroup-v2; no v1 hierarchy; ${systemdHost ? 'systemd is PID 1 and probeHost sees its manager' : 'no systemd'}`, () => {
@@ -164,7 +88,7 @@ await check('delegated subtree: with a foreign process in the namespace root cap
 }, hostName === 'ctr' || systemdHost ? undefined : 'only for the ctr and systemd hosts (a delegated namespace root)');
 
 const doctorRun = v2 ? startDoctor() : undefined;
-const ownerRun = v2 ? startOwner() : undefined;
+const ownerRun = v2 ? startOwner(project, base) : undefined;
 
 await check('memory: a hog over memory.max 32M ends oom (memory.events oom_kill), memory.oom.group=1, memory.swap.max=0', async () => {
   const sb = runSandboxed('sh', ['-c', 'read x; s=a; while :; do s=$s$s; done'], { cgroupBase: base, backend: 'cgroup-v2', memory: '32M', timeout: 60_000, stdin: 'pipe' });
@@ -362,6 +286,57 @@ await check('stale cleanup: a dead owner\'s populated cgroup is killed and remov
   return `removed ${r.removed.length}, killed ${r.killed}`;
 }, notV2);
 
+await check('sidecar: an agent runs in its own group under the base, its tool call in a sandbox nested in that group (limits on the group); everything removed after', async () => {
+  const scBase = `${base}-sc`;
+  const dir = mkdtempSync('/tmp/captrap-hosts-sc-');
+  chmodSync(dir, 0o755);
+  const config = parseConfig({
+    cgroupBase: scBase,
+    tools: [{ name: 'nap', command: ['/bin/sleep', '3'] }],
+    agents: [{
+      id: 'probe', command: '/bin/sh', args: [`${project}/test/fixtures/agents/call-tool.sh`, 'nap'],
+      limits: { memory: '128M', pids: 64 },
+      capabilities: [{ resource: { type: 'tool', pattern: '*' }, operations: ['invoke'], constraints: { allowedTools: ['nap'] } }],
+    }],
+  }, `${dir}/captrap.json`, dir);
+  const out = [];
+  const sc = await Sidecar.start(config, { output: (_id, _s, line) => out.push(line), notice: () => undefined });
+  let seen;
+  try {
+    const scRoot = `${root}/${scBase}`;
+    const deadline = Date.now() + 60_000;
+    // The tool's sandbox: the cgroup whose members include the `sleep`.
+    const find = (d, rel) => {
+      for (const c of children(d)) {
+        const sub = `${d}/${c}`;
+        const pids = (read(`${sub}/cgroup.procs`) ?? '').split('\n').filter(Boolean);
+        if (pids.some((p) => read(`/proc/${p}/comm`) === 'sleep')) return { rel: [...rel, c], dir: sub };
+        const deeper = find(sub, [...rel, c]);
+        if (deeper) return deeper;
+      }
+      return undefined;
+    };
+    while (!seen && Date.now() < deadline) { seen = find(scRoot, []); if (!seen) await sleep(20); }
+    expect(seen, `no tool sandbox appeared under ${scRoot}; agent said ${out.join(' | ')}`);
+    expect(seen.rel.length === 2, `tool sandbox at ${seen.rel.join('/')}: want <agent group>/<sandbox>`);
+    const group = `${scRoot}/${seen.rel[0]}`;
+    const siblings = children(group);
+    expect(siblings.length >= 2, `the agent's group holds ${siblings}: want the agent's sandbox and the tool's`);
+    if (v2) {
+      expect(read(`${group}/memory.max`) === String(128 * 1024 * 1024) && read(`${group}/pids.max`) === '64', `group limits memory.max ${read(`${group}/memory.max`)} pids.max ${read(`${group}/pids.max`)}`);
+    }
+    while (sc.supervisor.running().length > 0 && Date.now() < deadline) await sleep(50);
+    expect(out.some((l) => l.includes('"reason":"exited"')), `tool answer: ${out.join(' | ')}`);
+  } finally {
+    await sc.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const left = children(`${root}/${scBase}`);
+  expect(left.length === 0, `cgroups left under ${scBase}: ${left}`);
+  expect(removeCgroupBase(host, scBase).length === 0, 'sidecar base not removable');
+  return `tool sandbox at <base>/${seen.rel.join('/')}`;
+}, root ? undefined : 'no cgroup2 tree');
+
 await check(`nothing left: no cgroup under ${base}, base removed, no sleep/sh left from the sandboxes`, async () => {
   const under = children(`${root}/${base}`);
   expect(under.length === 0, `cgroups left under the base: ${under}`);
@@ -374,6 +349,4 @@ await check(`nothing left: no cgroup under ${base}, base removed, no sleep/sh le
   expect(stray.length === 0, `sleep processes still running: ${stray}`);
 }, notV2);
 
-console.log(`# ${((performance.now() - T0) / 1000).toFixed(1)} s in conformance${failures.length ? `; failed: ${failures.join(' | ')}` : ''}`);
-console.log(`host ${hostName}: ${results.passed} passed, ${results.failed} failed, ${results.skipped} skipped`);
-process.exit(results.failed === 0 ? 0 : 1);
+finish(hostName, T0);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { normalizeOptions, parseBytes, parseCpu, parseDuration } from '../../src/isolation/limits.js';
-import { buildSystemdRunArgs } from '../../src/isolation/systemd-run.js';
+import { buildSystemdRunArgs, sliceFor } from '../../src/isolation/systemd-run.js';
 
 describe('sandbox options', () => {
   it('parses sizes, durations and CPU shares', () => {
@@ -53,7 +53,7 @@ describe('systemd-run backend arguments', () => {
   it('maps every limit to a scope property and ends with --', () => {
     const p = buildSystemdRunArgs('captrap-1.2.3', { memoryBytes: 268435456, swapBytes: 0, pids: 64, cpu: 0.5 }, { timeoutMs: 1500, user: false });
     expect(p.unit).toBe('captrap-1.2.3.scope');
-    expect(p.args.slice(0, 4)).toEqual(['--scope', '--quiet', '--collect', '--unit=captrap-1.2.3.scope']);
+    expect(p.args.slice(0, 3)).toEqual(['--scope', '--quiet', '--unit=captrap-1.2.3.scope']);
     for (const prop of ['MemoryMax=268435456', 'MemorySwapMax=0', 'TasksMax=64', 'CPUQuota=50%', 'RuntimeMaxSec=2', 'KillMode=control-group']) {
       expect(p.args[p.args.indexOf(prop) - 1]).toBe('-p');
     }
@@ -66,5 +66,15 @@ describe('systemd-run backend arguments', () => {
     expect(p.args).toContain('--user');
     expect(p.args.join(' ')).not.toMatch(/MemoryMax|TasksMax|CPUQuota|RuntimeMaxSec/);
     expect(() => buildSystemdRunArgs('bad name; rm', { swapBytes: 0 }, { user: false })).toThrow(/invalid systemd unit name/);
+  });
+
+  it('puts every scope of a base in one slice whose name nests nothing (no - in a slice name)', () => {
+    expect(sliceFor('captrap')).toBe('captrap.slice');
+    expect(sliceFor('captrap-hosts-12.x')).toBe('captrap_hosts_12_x.slice');
+    const p = buildSystemdRunArgs('1.2.3', { swapBytes: 0 }, { user: false, slice: sliceFor('captrap-a') });
+    expect(p.args).toContain('--slice=captrap_a.slice');
+    // No --collect: an OOM-failed scope must stay loaded until its Result is read.
+    expect(p.args).not.toContain('--collect');
+    expect(() => buildSystemdRunArgs('1.2.3', { swapBytes: 0 }, { user: false, slice: 'x;y.slice' })).toThrow(/invalid systemd slice name/);
   });
 });

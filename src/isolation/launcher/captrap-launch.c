@@ -42,6 +42,17 @@
  *                            relay each connection to the Unix socket PATH (captrap's proxy)
  *     --                     end of options; COMMAND is looked up like execvp does
  *
+ * Warm mode (a launcher waiting in captrap's pool, see src/isolation/pool.ts):
+ *   captrap-launch --ppid PID --pool [--join PATH]... [--unshare LIST]
+ * does steps 1-3 above and creates the namespaces (with pid: forks the init, which creates the
+ * others and brings up loopback) ahead of time, then writes one byte 'R' on fd 3 (a socket to
+ * captrap) and waits there for the request: a 16-byte header ("CTS1", then little-endian
+ * uint32 argc, envc and payload length) and a payload of NUL-terminated strings: the working
+ * directory, argc arguments (a complete cold command line: argv[0], --ppid PID, options, --,
+ * COMMAND...), and envc NAME=VALUE entries, the command's whole environment. The request must
+ * name the same --ppid and --unshare and no --join (those are done); anything else about it is
+ * exactly what the same command line would do cold. EOF instead of a request: exit 0 quietly.
+ *
  * Exit status when the command never runs: 125 for a launch failure (bad arguments, parent
  * already gone, cgroup join refused, a namespace or mount refused), 127 if COMMAND does not
  * exist, 126 if it cannot be executed (the same convention as the shell trampoline).
@@ -125,7 +136,7 @@ struct entry {
 
 struct opts {
 	long ppid;
-	int keep_pwd, no_new_privs, drop_caps, view, no_tmp;
+	int keep_pwd, no_new_privs, drop_caps, view, no_tmp, pool;
 	long uid, gid; /* -1: unchanged */
 	int ns;        /* CLONE_NEW* flags */
 	const char **joins;
@@ -169,6 +180,9 @@ static void parse(struct opts *o, int argc, char **argv)
 
 	memset(o, 0, sizeof *o);
 	o->uid = o->gid = -1;
+	/* Measured before strtok_r below cuts the --unshare list short. */
+	o->argv_start = argv[0];
+	o->argv_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
 	o->joins = calloc((size_t)argc, sizeof *o->joins);
 	o->entries = calloc((size_t)argc, sizeof *o->entries);
 	if (!o->joins || !o->entries)
@@ -187,6 +201,7 @@ static void parse(struct opts *o, int argc, char **argv)
 		else if (strcmp(a, "--drop-caps") == 0) o->drop_caps = 1;
 		else if (strcmp(a, "--view") == 0) o->view = 1;
 		else if (strcmp(a, "--no-tmp") == 0) o->no_tmp = 1;
+		else if (strcmp(a, "--pool") == 0) o->pool = 1;
 		else if (strcmp(a, "--join") == 0 && has1) o->joins[o->njoin++] = argv[++i];
 		else if (strcmp(a, "--uid") == 0 && has1) o->uid = parse_num("--uid", argv[++i], 0, 0x7fffffff);
 		else if (strcmp(a, "--gid") == 0 && has1) o->gid = parse_num("--gid", argv[++i], 0, 0x7fffffff);
@@ -211,11 +226,16 @@ static void parse(struct opts *o, int argc, char **argv)
 			fail("unknown argument", a, 0);
 		}
 	}
+	if (o->pool) {
+		/* Only what is done before the request arrives may be given here. */
+		if (i < argc || o->view || o->uid >= 0 || o->gid >= 0 || o->drop_caps || o->no_new_privs || o->keep_pwd ||
+		    o->nentries || o->chdir_to || o->hostname || o->proxy_path)
+			fail("--pool takes only --join and --unshare; the request brings the rest", NULL, 0);
+		return;
+	}
 	if (i + 1 >= argc)
 		fail("missing '-- COMMAND'", NULL, 0);
 	o->command = &argv[i + 1];
-	o->argv_start = argv[0];
-	o->argv_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
 	if (o->view && !(o->ns & CLONE_NEWNS))
 		fail("--view needs --unshare mount", NULL, 0);
 	if (o->proxy_path && (!(o->ns & CLONE_NEWNET) || !(o->ns & CLONE_NEWPID)))
@@ -482,35 +502,9 @@ static void rootpath(char *buf, size_t size, const char *path)
 		fail("path too long", path, 0);
 }
 
-/*
- * The new root: a tmpfs holding only what the options name. Every source is opened first, while
- * nothing is covered; the scratch tmpfs then goes on the first usable base directory, the view is
- * built inside it (private /tmp first, so roots under /tmp land on top of it), and a pivot_root
- * makes it the root and detaches the host's tree.
- */
-static void build_view(const struct opts *o, int own_pidns)
+/* The scratch tmpfs is on `base`: the new root's mount point and the hiding file go inside it. */
+static void view_scratch(const char *base)
 {
-	const char *base = NULL;
-	static const char *bases[] = { "/tmp", "/run", "/mnt", "/var/tmp" };
-	char dst[PATH_MAX + 64];
-	int *fds = calloc((size_t)o->nentries + 1, sizeof *fds);
-
-	if (!fds)
-		fail("out of memory", NULL, ENOMEM);
-	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-		fail("cannot make mounts private", NULL, errno);
-	for (int i = 0; i < o->nentries; i++)
-		fds[i] = o->entries[i].kind == E_RO || o->entries[i].kind == E_RW ? open_source(o->entries[i].path) : -1;
-	for (size_t i = 0; i < sizeof bases / sizeof *bases && !base; i++) {
-		struct stat st;
-		/* A root at or above the scratch dir would carry the scratch tmpfs (and an unhidden copy of the view) in its recursive bind. */
-		if (covers_base(o, bases[i]))
-			continue;
-		if (lstat(bases[i], &st) == 0 && S_ISDIR(st.st_mode) && mount("tmpfs", bases[i], "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") == 0)
-			base = bases[i];
-	}
-	if (!base)
-		fail("no directory to build the view in: /tmp, /run, /mnt and /var/tmp are each missing or inside a bound root", NULL, 0);
 	snprintf(newroot, sizeof newroot, "%s/newroot", base);
 	snprintf(hidden_file, sizeof hidden_file, "%s/hidden", base);
 	if (mkdir(newroot, 0755) != 0 || mount(newroot, newroot, NULL, MS_BIND | MS_REC, NULL) != 0)
@@ -521,11 +515,29 @@ static void build_view(const struct opts *o, int own_pidns)
 			fail("cannot create the hiding file", NULL, errno);
 		close(fd);
 	}
+}
+
+/* Opens every root to bind, while nothing is covered yet; -1 for entries that bind nothing. */
+static int *open_sources(const struct opts *o)
+{
+	int *fds = calloc((size_t)o->nentries + 1, sizeof *fds);
+
+	if (!fds)
+		fail("out of memory", NULL, ENOMEM);
+	for (int i = 0; i < o->nentries; i++)
+		fds[i] = o->entries[i].kind == E_RO || o->entries[i].kind == E_RW ? open_source(o->entries[i].path) : -1;
+	return fds;
+}
+
+/* What the request names: the private /tmp first (roots under /tmp land on top of it), then the roots and links. */
+static void view_request(const struct opts *o, int *fds)
+{
+	char dst[PATH_MAX + 64];
+
 	if (!o->no_tmp) {
 		rootpath(dst, sizeof dst, "/tmp");
 		mount_tmpfs(dst, "mode=1777", MS_NOSUID | MS_NODEV);
 	}
-
 	for (int i = 0; i < o->nentries; i++) {
 		const struct entry *e = &o->entries[i];
 		rootpath(dst, sizeof dst, e->path);
@@ -546,6 +558,12 @@ static void build_view(const struct opts *o, int own_pidns)
 		}
 	}
 	free(fds);
+}
+
+/* What every view has and no request changes: a minimal /dev and a fresh /proc. */
+static void view_system(int own_pidns)
+{
+	char dst[PATH_MAX + 64];
 
 	rootpath(dst, sizeof dst, "/dev");
 	mount_tmpfs(dst, "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC);
@@ -579,8 +597,13 @@ static void build_view(const struct opts *o, int own_pidns)
 	static const char *proc_hidden[] = { "kcore", "keys", "timer_list", "sched_debug", "kallsyms" };
 	for (size_t i = 0; i < sizeof proc_hidden / sizeof *proc_hidden; i++)
 		proc_mask(proc_hidden[i]);
+}
 
-	/* Hidden paths last, so no bind can uncover them. */
+/* Hidden paths (last, so no bind can uncover them), then the view becomes the root. */
+static void view_enter(const struct opts *o)
+{
+	char dst[PATH_MAX + 64];
+
 	for (int i = 0; i < o->nentries; i++) {
 		if (o->entries[i].kind != E_HIDE)
 			continue;
@@ -599,19 +622,110 @@ static void build_view(const struct opts *o, int own_pidns)
 		fail("cannot make the view's root read-only", NULL, errno);
 }
 
-/* Everything that happens in the namespaces before the command: unshare, view, hostname. */
-static void enter_namespaces(const struct opts *o, int other_ns)
+/*
+ * The new root: a tmpfs holding only what the options name. Every source is opened first, while
+ * nothing is covered; the scratch tmpfs then goes on the first usable base directory, the view is
+ * built inside it (private /tmp first, so roots under /tmp land on top of it), and a pivot_root
+ * makes it the root and detaches the host's tree.
+ */
+static void build_view(const struct opts *o, int own_pidns)
+{
+	const char *base = NULL;
+	static const char *bases[] = { "/tmp", "/run", "/mnt", "/var/tmp" };
+	int *fds;
+
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		fail("cannot make mounts private", NULL, errno);
+	fds = open_sources(o);
+	for (size_t i = 0; i < sizeof bases / sizeof *bases && !base; i++) {
+		struct stat st;
+		/* A root at or above the scratch dir would carry the scratch tmpfs (and an unhidden copy of the view) in its recursive bind. */
+		if (covers_base(o, bases[i]))
+			continue;
+		if (lstat(bases[i], &st) == 0 && S_ISDIR(st.st_mode) && mount("tmpfs", bases[i], "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") == 0)
+			base = bases[i];
+	}
+	if (!base)
+		fail("no directory to build the view in: /tmp, /run, /mnt and /var/tmp are each missing or inside a bound root", NULL, 0);
+	view_scratch(base);
+	view_request(o, fds);
+	view_system(own_pidns);
+	view_enter(o);
+}
+
+/*
+ * A warm launcher builds what no request changes ahead (view_system), on a scratch tmpfs over
+ * /dev/shm: nothing of the host's /dev/shm belongs in a view, so no request needs a source
+ * below it. The request then adds its /tmp, roots and links on top. It must not bind anything
+ * at or below /dev or /proc (they are built already) nor above /dev/shm (a recursive bind would
+ * carry the scratch tmpfs); captrap starts such requests cold.
+ */
+#define WARM_VIEW_BASE "/dev/shm"
+static int warm_view_ready;
+
+static void warm_view_prepare(int own_pidns)
+{
+	struct stat st;
+
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		fail("cannot make mounts private", NULL, errno);
+	if (lstat(WARM_VIEW_BASE, &st) != 0 || !S_ISDIR(st.st_mode) || mount("tmpfs", WARM_VIEW_BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0)
+		return; /* built per request instead */
+	view_scratch(WARM_VIEW_BASE);
+	view_system(own_pidns);
+	warm_view_ready = 1;
+}
+
+static int under(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+	return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+static void warm_view_finish(const struct opts *o)
+{
+	for (int i = 0; i < o->nentries; i++) {
+		const struct entry *e = &o->entries[i];
+		if (e->kind == E_HIDE)
+			continue;
+		if (under(e->path, "/dev") || under(e->path, "/proc"))
+			fail("a warm launcher cannot bind below /dev or /proc:", e->path, 0);
+	}
+	if (covers_base(o, WARM_VIEW_BASE))
+		fail("a warm launcher cannot bind a root above", WARM_VIEW_BASE, 0);
+	view_request(o, open_sources(o));
+	view_enter(o);
+}
+
+/* What does not depend on the request: the namespaces themselves and a live loopback. */
+static void make_namespaces(int other_ns)
 {
 	if (other_ns && unshare(other_ns) != 0)
 		fail("cannot create namespaces", NULL, errno);
+	if (other_ns & CLONE_NEWNET)
+		bring_up_loopback();
+}
+
+/* What the request decides, inside the namespaces: hostname, view, working directory. */
+static void fill_namespaces(const struct opts *o)
+{
 	if (o->hostname && sethostname(o->hostname, strlen(o->hostname)) != 0)
 		fail("cannot set hostname", NULL, errno);
-	if (o->ns & CLONE_NEWNET)
-		bring_up_loopback();
-	if (o->view)
+	if (o->view && warm_view_ready)
+		warm_view_finish(o);
+	else if (warm_view_ready)
+		fail("a warm launcher with a prepared view got a request without one", NULL, 0);
+	else if (o->view)
 		build_view(o, (o->ns & CLONE_NEWPID) != 0);
 	if (o->chdir_to && chdir(o->chdir_to) != 0)
 		fail("the working directory is not inside the sandbox's view:", o->chdir_to, errno);
+}
+
+/* Everything that happens in the namespaces before the command: unshare, view, hostname. */
+static void enter_namespaces(const struct opts *o, int other_ns)
+{
+	make_namespaces(other_ns);
+	fill_namespaces(o);
 }
 
 static int last_cap(void)
@@ -766,11 +880,8 @@ static void wipe_argv(const struct opts *o)
 	memcpy(o->argv_start, name, len > sizeof name ? sizeof name : len - 1);
 }
 
-static void __attribute__((noreturn)) run_init(const struct opts *o, int status_sock)
+static void init_arm(int status_sock)
 {
-	int capmax, status = 0;
-	pid_t cmd;
-
 	stage = "captrap-launch (sandbox init)";
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
 		fail("cannot set the parent-death signal", NULL, errno);
@@ -780,7 +891,14 @@ static void __attribute__((noreturn)) run_init(const struct opts *o, int status_
 		if (poll(&p, 1, 0) < 0 || (p.revents & (POLLHUP | POLLERR)))
 			_exit(LAUNCH_FAILED);
 	}
-	enter_namespaces(o, o->ns & ~CLONE_NEWPID);
+}
+
+/* P1 once its namespaces are complete: the egress port, the command, then reaping until it exits. */
+static void __attribute__((noreturn)) init_command(const struct opts *o, int status_sock)
+{
+	int capmax, status = 0;
+	pid_t cmd;
+
 	if (o->proxy_path) {
 		int l = egress_listener(o->proxy_port);
 		send_fd(status_sock, l);
@@ -832,6 +950,13 @@ static void __attribute__((noreturn)) run_init(const struct opts *o, int status_
 	}
 	write_full(status_sock, &status, sizeof status);
 	_exit(0);
+}
+
+static void __attribute__((noreturn)) run_init(const struct opts *o, int status_sock)
+{
+	init_arm(status_sock);
+	enter_namespaces(o, o->ns & ~CLONE_NEWPID);
+	init_command(o, status_sock);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1029,6 +1154,187 @@ static void __attribute__((noreturn)) run_leader(const struct opts *o, pid_t ini
 	report(status);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Warm mode: made ahead, completed by a request (see the header comment) */
+
+#define CTL_FD 3
+#define SPEC_MAX (8u << 20)
+
+struct spec {
+	unsigned char *raw; /* header + payload, as received (forwarded to the init as is) */
+	size_t rawlen;
+	char *cwd;
+	char **argv, **envp;
+	int argc;
+};
+
+static uint32_t le32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* 0: a whole, well-formed request is in *sp; -1: EOF before its first byte; fails on anything else. */
+static int read_spec(int fd, struct spec *sp)
+{
+	unsigned char h[16];
+	uint32_t argc, envc, len;
+	char *p, *end;
+	ssize_t n;
+
+	do
+		n = read(fd, h, 1);
+	while (n < 0 && errno == EINTR);
+	if (n == 0)
+		return -1;
+	if (n < 0 || read_full(fd, h + 1, sizeof h - 1) != 0)
+		fail("cannot read the request", NULL, n < 0 ? errno : EIO);
+	argc = le32(h + 4);
+	envc = le32(h + 8);
+	len = le32(h + 12);
+	if (memcmp(h, "CTS1", 4) != 0 || len > SPEC_MAX || argc < 2 || argc > len || envc > len)
+		fail("malformed request header", NULL, 0);
+	sp->rawlen = sizeof h + len;
+	sp->raw = malloc(sp->rawlen + 1);
+	sp->argv = calloc((size_t)argc + 1, sizeof *sp->argv);
+	sp->envp = calloc((size_t)envc + 1, sizeof *sp->envp);
+	if (!sp->raw || !sp->argv || !sp->envp)
+		fail("out of memory", NULL, ENOMEM);
+	memcpy(sp->raw, h, sizeof h);
+	if (read_full(fd, sp->raw + sizeof h, len) != 0)
+		fail("the request was cut short", NULL, 0);
+	sp->raw[sp->rawlen] = '\0';
+	p = (char *)sp->raw + sizeof h;
+	end = p + len;
+	/* Every string must end inside the payload, and nothing may follow the last one. */
+	for (uint32_t i = 0; i < 1 + argc + envc; i++) {
+		char *z = memchr(p, '\0', (size_t)(end - p));
+		if (!z)
+			fail("malformed request: unterminated string", NULL, 0);
+		if (i == 0)
+			sp->cwd = p;
+		else if (i <= argc)
+			sp->argv[i - 1] = p;
+		else
+			sp->envp[i - 1 - argc] = p;
+		p = z + 1;
+	}
+	if (p != end)
+		fail("malformed request: trailing bytes", NULL, 0);
+	sp->argc = (int)argc;
+	return 0;
+}
+
+/* The request, parsed like a cold command line, must fit what was made ahead. */
+static void adopt_spec(struct opts *o, const struct opts *pool, struct spec *sp)
+{
+	extern char **environ;
+
+	parse(o, sp->argc, sp->argv);
+	if (o->pool || o->ppid != pool->ppid || o->ns != pool->ns || o->njoin != 0)
+		fail("the request does not fit this warm launcher (--ppid, --unshare or --join differ)", NULL, 0);
+	/* What a sandbox can read as /proc/1/cmdline is our real command line. */
+	o->argv_start = pool->argv_start;
+	o->argv_end = pool->argv_end;
+	if (sp->cwd[0] != '\0' && chdir(sp->cwd) != 0)
+		fail("cannot enter the working directory", sp->cwd, errno);
+	environ = sp->envp;
+}
+
+static void signal_ready(int fd)
+{
+	if (write_full(fd, "R", 1) != 0)
+		fail("cannot tell captrap this launcher is ready", NULL, errno);
+}
+
+static void __attribute__((noreturn)) pool_init(const struct opts *pool, int status_sock)
+{
+	struct opts o;
+	struct spec sp;
+	char ready = 'R';
+
+	init_arm(status_sock);
+	make_namespaces(pool->ns & ~CLONE_NEWPID);
+	if (pool->ns & CLONE_NEWNS)
+		warm_view_prepare(1);
+	if (write_full(status_sock, &ready, 1) != 0 || read_spec(status_sock, &sp) != 0)
+		_exit(LAUNCH_FAILED); /* P0 is gone or retired us */
+	adopt_spec(&o, pool, &sp);
+	fill_namespaces(&o);
+	init_command(&o, status_sock);
+}
+
+static void __attribute__((noreturn)) pool_main(const struct opts *pool)
+{
+	struct opts o;
+	struct spec sp;
+	int capmax;
+
+	if (pool->ns & CLONE_NEWPID) {
+		int sv[2];
+		char ready = 0;
+		pid_t init;
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+			fail("cannot create the status channel", NULL, errno);
+		if (unshare(CLONE_NEWPID) != 0)
+			fail("cannot create a pid namespace", NULL, errno);
+		init = fork();
+		if (init < 0)
+			fail("cannot fork the sandbox init", NULL, errno);
+		if (init == 0) {
+			close(sv[0]);
+			close(CTL_FD);
+			pool_init(pool, sv[1]);
+		}
+		close(sv[1]);
+		if (read_full(sv[0], &ready, 1) != 0 || ready != 'R')
+			fail("the sandbox init failed before it was ready", NULL, 0);
+		signal_ready(CTL_FD);
+		if (read_spec(CTL_FD, &sp) != 0)
+			_exit(0); /* retired by captrap; the init dies with us */
+		/* Forwarded as received: parsing writes into the strings (the --unshare list). */
+		if (write_full(sv[0], sp.raw, sp.rawlen) != 0)
+			fail("cannot hand the request to the sandbox init", NULL, errno);
+		adopt_spec(&o, pool, &sp);
+		close(CTL_FD);
+		run_leader(&o, init, sv[0]);
+	}
+	capmax = last_cap();
+	make_namespaces(pool->ns);
+	if (pool->ns & CLONE_NEWNS)
+		warm_view_prepare(0);
+	signal_ready(CTL_FD);
+	if (read_spec(CTL_FD, &sp) != 0)
+		_exit(0);
+	adopt_spec(&o, pool, &sp);
+	close(CTL_FD);
+	fill_namespaces(&o);
+	drop_identity(&o, capmax);
+	if (o.uid >= 0 || o.gid >= 0 || o.drop_caps) {
+		/* A credential change cleared the parent-death signal; arm it again and re-check. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+			fail("cannot set the parent-death signal", NULL, errno);
+		if ((long)getppid() != o.ppid)
+			fail("captrap (the parent) is already gone; not starting the command", NULL, 0);
+	}
+	exec_command(&o);
+	_exit(LAUNCH_FAILED);
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -1042,11 +1348,14 @@ int main(int argc, char **argv)
 	/* If captrap died before the signal was armed, we were reparented and nobody will kill us. */
 	if ((long)getppid() != o.ppid)
 		fail("captrap (the parent) is already gone; not starting the command", NULL, 0);
-	close_from(3);
+	/* A warm launcher keeps its request channel (fd 3) until the request has been read. */
+	close_from(o.pool ? CTL_FD + 1 : 3);
 
 	len = snprintf(line, sizeof line, "%ld\n", (long)getpid());
 	for (int j = 0; j < o.njoin; j++)
 		join_cgroup(o.joins[j], line, (size_t)len);
+	if (o.pool)
+		pool_main(&o);
 
 	if (o.ns & CLONE_NEWPID) {
 		int sv[2];

@@ -59,6 +59,7 @@ export async function main(argv: string[]): Promise<number> {
     const lines = [
       `backend:          ${report.backend}`,
       `cgroup layout:    ${report.layout}${report.unifiedRoot ? ` (cgroup2 at ${report.unifiedRoot}, controllers: ${report.unifiedControllers.join(' ') || 'none'})` : ''}`,
+      ...(report.cgroupHome ? [`cgroup home:      ${report.cgroupHome.dir} (${report.cgroupHome.why})`] : []),
       `v1 controllers:   ${Object.keys(report.v1Controllers).join(' ') || 'none writable'}`,
       `cgroup.kill:      ${report.cgroupKill ? 'yes' : 'no'}`,
       `setpriv:          ${report.tools.setpriv ?? 'missing'}`,

@@ -1,0 +1,392 @@
+// Warm launchers: sandboxes started before they are asked for.
+//
+// A cold launch pays, on its critical path, Node's fork of the launcher, the first write to a
+// cgroup.procs file (which can block for 5-25 ms in the kernel after an idle spell) and the
+// creation of the namespaces. A warm launcher has done all of that already: it was spawned
+// (captrap-launch --pool, see the launcher's header comment) into a fresh sandbox cgroup
+// created without limits, armed its parent-death signal, joined the cgroup, made its namespaces
+// (with pid: forked its init, which made the rest), and now waits on fd 3 for the request. A
+// hand-over writes the request's final limits to the cgroup, then sends the complete cold
+// command line, the environment and the working directory; the launcher checks they fit what
+// it made ahead, builds the view, switches identity and execs, exactly as cold.
+//
+// One pool per shape (backend, cgroup base, the namespaces made ahead, launcher binary). Each
+// holds up to `target` launchers; `target` starts at 1, grows by one on every miss (a request
+// found none ready) up to maxSize, and shrinks by one per idle period without a hand-over.
+// Refills run after a hand-over, off the request's path. Pool cgroups are ordinary sandbox
+// cgroups (<ownerPid>.<ownerStart>.<seq> under the base), so the owner watchdog and stale
+// cleanup take them like any other; idle launchers die with captrap by their parent-death signal.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { log } from '../log.js';
+import { newCgroupName, type CgroupBackend, type SandboxCgroup } from './cgroup.js';
+import { SandboxOptionError } from './errors.js';
+import type { HostInfo } from './host.js';
+import type { BackendName } from './limits.js';
+import { ensureOwnerWatchdog } from './watchdog.js';
+
+/** What a warm launcher is made for; a request of another shape starts cold. */
+export interface WarmShape {
+  host: HostInfo;
+  backendName: BackendName;
+  backend: CgroupBackend;
+  base: string;
+  /** Namespaces the launcher makes ahead (its --unshare list); empty when unconfined. */
+  namespaces: readonly string[];
+  launcherPath: string;
+}
+
+export interface WarmPoolOptions {
+  /** Most warm launchers kept per shape; 0 turns the pool off (every launch is cold). */
+  maxSize: number;
+  /** A pool with no hand-over for this long gives back one launcher (default 30 s). */
+  idleMs?: number;
+}
+
+export interface WarmPoolStats {
+  maxSize: number;
+  /** Hand-overs to a warm launcher. */
+  hits: number;
+  /** Requests that fit a pool but found no launcher ready (they started cold). */
+  misses: number;
+  pools: { key: string; target: number; ready: number; starting: number; disabled: boolean }[];
+}
+
+/** A launcher taken from the pool, not yet started. */
+export interface WarmLauncher {
+  readonly cg: SandboxCgroup;
+  readonly child: ChildProcess;
+  /** Sends the request; the command starts at once. */
+  start(argv: readonly string[], env: Readonly<Record<string, string>>, cwd: string | undefined): void;
+  /** Gives up on this launcher (e.g. its limits could not be set): kills it and removes its cgroup. */
+  discard(): void;
+  /** The sandbox's result is out: the pool refills now (after the caller's own continuation). */
+  ended(): void;
+}
+
+const MAX_POOL = 64;
+/** Launchers of one shape that die before they are ready, in a row, before the shape stops being pooled. */
+const MAX_FAILURES = 3;
+/** How long a hand-over waits for its sandbox to end before refilling anyway. */
+const REFILL_DELAY_MS = 20;
+
+let maxSize = 0;
+let idleMs = 30_000;
+let hits = 0;
+let misses = 0;
+const pools = new Map<string, ShapePool>();
+
+/** Sets the pool size bound (and idle period). 0 turns warm launches off and retires every idle launcher. */
+export function configureWarmPool(o: WarmPoolOptions): void {
+  if (typeof o !== 'object' || o === null || !Number.isInteger(o.maxSize) || o.maxSize < 0 || o.maxSize > MAX_POOL) {
+    throw new SandboxOptionError(`warm pool: maxSize must be a whole number from 0 to ${MAX_POOL}`, { option: 'maxSize', value: o?.maxSize });
+  }
+  if (o.idleMs !== undefined && (!Number.isFinite(o.idleMs) || o.idleMs < 100)) {
+    throw new SandboxOptionError('warm pool: idleMs must be at least 100', { option: 'idleMs', value: o.idleMs });
+  }
+  maxSize = o.maxSize;
+  if (o.idleMs !== undefined) idleMs = o.idleMs;
+  for (const p of pools.values()) p.bound();
+}
+
+export function warmPoolStats(): WarmPoolStats {
+  return {
+    maxSize,
+    hits,
+    misses,
+    pools: [...pools.entries()].map(([key, p]) => ({ key, target: p.target, ready: p.readyCount(), starting: p.startingCount(), disabled: p.disabled })),
+  };
+}
+
+/** Retires every idle launcher, waits until their cgroups are empty and removes them. The pool refills on the next request unless maxSize is 0. */
+export async function drainWarmPool(): Promise<void> {
+  const all = [...pools.values()];
+  pools.clear();
+  await Promise.all(all.map((p) => p.drain()));
+}
+
+const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.namespaces.join(',')}|${s.launcherPath}`;
+
+/**
+ * A ready launcher of this shape, or undefined (the caller starts cold). The pool of this shape
+ * is refilled off the caller's path: after a miss at once (setImmediate), after a hand-over once
+ * the sandbox's result is out (WarmLauncher.ended) or REFILL_DELAY_MS later.
+ */
+export function takeWarmLauncher(shape: WarmShape): WarmLauncher | undefined {
+  if (maxSize === 0) return undefined;
+  const key = keyOf(shape);
+  let pool = pools.get(key);
+  if (!pool) {
+    pool = new ShapePool(shape);
+    pools.set(key, pool);
+  }
+  const w = pool.take();
+  if (w) hits++;
+  else if (!pool.disabled) {
+    misses++;
+    pool.refillSoon();
+  }
+  return w;
+}
+
+interface Entry {
+  cg: SandboxCgroup;
+  child: ChildProcess;
+  ctl: Socket;
+  ready: boolean;
+  /** Handed over or retired: no longer the pool's. */
+  gone: boolean;
+  /** The host's mount table when the launcher copied it (only for shapes with a mount namespace). */
+  mounts: string | undefined;
+}
+
+/**
+ * A launcher's mount namespace is a private copy of the host's mount table as it was when the
+ * launcher started: a filesystem mounted on the host since then would not show in its view
+ * (the roots are opened inside that copy). So a launcher is handed over only while the host's
+ * table is unchanged; otherwise the pool is renewed and the request starts cold.
+ */
+function hostMounts(): string {
+  try {
+    return readFileSync('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** Sockets and the process itself must not keep captrap's event loop alive while idle. */
+function setRef(e: Entry, on: boolean): void {
+  for (const s of [e.child.stdout, e.child.stderr, e.ctl] as (Socket | null)[]) {
+    if (on) s?.ref();
+    else s?.unref();
+  }
+  if (on) e.child.ref();
+  else e.child.unref();
+}
+
+let exitHook = false;
+function installExitHook(): void {
+  if (exitHook) return;
+  exitHook = true;
+  // A normal exit: kill what waits (parent-death would too; this is one write per cgroup). The
+  // directories are left to the owner watchdog and stale cleanup, as for live sandboxes.
+  process.once('exit', () => {
+    for (const p of pools.values()) p.killIdle();
+  });
+}
+
+class ShapePool {
+  target = 1;
+  disabled = false;
+  private readonly entries: Entry[] = [];
+  private failures = 0;
+  private refillQueued = false;
+  private usedSinceTick = false;
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly shape: WarmShape) {}
+
+  readyCount(): number {
+    return this.entries.filter((e) => e.ready).length;
+  }
+  startingCount(): number {
+    return this.entries.filter((e) => !e.ready).length;
+  }
+
+  take(): WarmLauncher | undefined {
+    this.usedSinceTick = true;
+    if (this.disabled) return undefined;
+    if (this.shape.namespaces.includes('mount')) {
+      const now = hostMounts();
+      for (const e of [...this.entries]) if (e.mounts !== now) void this.retire(e);
+    }
+    const i = this.entries.findIndex((e) => e.ready && e.child.exitCode === null && e.child.signalCode === null);
+    if (i < 0) {
+      this.target = Math.min(maxSize, this.target + 1);
+      return undefined;
+    }
+    const e = this.entries.splice(i, 1)[0]!;
+    e.gone = true;
+    // The refill forks from this thread: run it once this sandbox's result is out (a short
+    // command's result is then not delayed by it), or after REFILL_DELAY_MS if it runs longer.
+    const t = setTimeout(() => this.refillSoon(), REFILL_DELAY_MS);
+    t.unref();
+    return {
+      cg: e.cg,
+      child: e.child,
+      start: (argv, env, cwd) => {
+        setRef(e, true);
+        e.ctl.end(encodeRequest(argv, env, cwd ?? ''));
+      },
+      discard: () => {
+        clearTimeout(t);
+        e.child.kill('SIGKILL');
+        void removeWhenEmpty(e.cg);
+        this.refillSoon();
+      },
+      ended: () => {
+        clearTimeout(t);
+        this.refillSoon();
+      },
+    };
+  }
+
+  /** Keeps target within the configured bound and retires what is over it. */
+  bound(): void {
+    this.target = Math.max(maxSize === 0 ? 0 : 1, Math.min(this.target, maxSize));
+    while (this.entries.length > this.target) this.retire(this.entries[this.entries.length - 1]!);
+  }
+
+  refillSoon(): void {
+    if (this.refillQueued || this.disabled) return;
+    this.refillQueued = true;
+    setImmediate(() => {
+      this.refillQueued = false;
+      this.refill();
+    });
+  }
+
+  private refill(): void {
+    this.bound();
+    while (!this.disabled && this.entries.length < this.target) {
+      if (!this.spawnOne()) break;
+    }
+    this.armIdleTimer();
+  }
+
+  private armIdleTimer(): void {
+    if (this.idleTimer || this.entries.length === 0) return;
+    this.idleTimer = setInterval(() => {
+      if (!this.usedSinceTick && this.target > 1) {
+        this.target--;
+        this.bound();
+      }
+      this.usedSinceTick = false;
+    }, idleMs);
+    this.idleTimer.unref();
+  }
+
+  private spawnOne(): boolean {
+    const { host, backend, base, namespaces, launcherPath } = this.shape;
+    let cg: SandboxCgroup;
+    try {
+      // Its descendants must die with captrap like any sandbox's, before the cgroup exists.
+      ensureOwnerWatchdog(host, base);
+      cg = backend.create(base, newCgroupName(), { swapBytes: 0 });
+    } catch (err) {
+      this.fail(`cannot create a warm sandbox cgroup: ${(err as Error).message}`);
+      return false;
+    }
+    installExitHook();
+    // Read before the launcher copies the table: a mount in between makes it look stale, never fresh.
+    const mounts = namespaces.includes('mount') ? hostMounts() : undefined;
+    const argv = ['--ppid', String(process.pid), '--pool', ...cg.joinFiles.flatMap((f) => ['--join', f]), ...(namespaces.length > 0 ? ['--unshare', namespaces.join(',')] : [])];
+    let child: ChildProcess;
+    try {
+      child = spawn(launcherPath, argv, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: {}, cwd: '/' });
+    } catch (err) {
+      void removeWhenEmpty(cg);
+      this.fail(`cannot start a warm launcher: ${(err as Error).message}`);
+      return false;
+    }
+    const ctl = child.stdio[3] as Socket | null;
+    if (child.pid === undefined || !ctl) {
+      child.on('error', () => undefined);
+      void removeWhenEmpty(cg);
+      this.fail('cannot start a warm launcher: spawn failed');
+      return false;
+    }
+    const e: Entry = { cg, child, ctl, ready: false, gone: false, mounts };
+    this.entries.push(e);
+    setRef(e, false);
+    ctl.on('error', () => undefined);
+    const stderr: Buffer[] = [];
+    const keepErr = (c: Buffer) => stderr.push(c);
+    child.stderr?.on('data', keepErr);
+    ctl.once('data', () => {
+      // Until the hand-over nothing else arrives here; what the command writes later is the sandbox's.
+      child.stderr?.off('data', keepErr);
+      e.ready = true;
+      this.failures = 0;
+    });
+    child.once('exit', (code, signal) => {
+      const i = this.entries.indexOf(e);
+      if (i >= 0) this.entries.splice(i, 1);
+      if (e.gone) return; // handed over (the sandbox owns it now) or retired
+      void removeWhenEmpty(cg);
+      if (!e.ready) this.fail(`a warm launcher exited before it was ready (${signal ?? `status ${code}`}): ${Buffer.concat(stderr).toString().trim()}`);
+    });
+    return true;
+  }
+
+  private fail(why: string): void {
+    this.failures++;
+    if (this.failures >= MAX_FAILURES && !this.disabled) {
+      this.disabled = true;
+      log.warn({ shape: keyOf(this.shape), why }, 'warm launchers keep failing; this shape starts cold from now on');
+    } else {
+      log.debug({ shape: keyOf(this.shape), why }, 'warm launcher failed');
+    }
+  }
+
+  private retire(e: Entry): Promise<void> {
+    const i = this.entries.indexOf(e);
+    if (i >= 0) this.entries.splice(i, 1);
+    e.gone = true;
+    // EOF instead of a request: the launcher exits 0 and its init dies with it; the kill is the backstop.
+    e.ctl.destroy();
+    try {
+      e.cg.killAll();
+    } catch {
+      // already empty
+    }
+    return removeWhenEmpty(e.cg);
+  }
+
+  killIdle(): void {
+    for (const e of this.entries) {
+      try {
+        e.cg.killAll();
+      } catch {
+        // best effort on the way out
+      }
+    }
+  }
+
+  async drain(): Promise<void> {
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.disabled = true;
+    await Promise.all([...this.entries].map((e) => this.retire(e)));
+  }
+}
+
+async function removeWhenEmpty(cg: SandboxCgroup): Promise<void> {
+  try {
+    if (cg.populated()) cg.killAll();
+    await cg.waitEmpty(5000);
+    for (let i = 0; i < 20; i++) {
+      try {
+        cg.remove();
+        return;
+      } catch {
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+    log.error({ cgroup: cg.name }, 'cannot remove a warm launcher cgroup; stale cleanup will retry');
+  } catch (err) {
+    log.error({ err, cgroup: cg.name }, 'cannot remove a warm launcher cgroup; stale cleanup will retry');
+  }
+}
+
+/** The request a warm launcher reads on fd 3 (format in captrap-launch.c). */
+export function encodeRequest(argv: readonly string[], env: Readonly<Record<string, string>>, cwd: string): Buffer {
+  const envList = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+  const payload = Buffer.from([cwd, ...argv, ...envList].map((s) => `${s}\0`).join(''));
+  const h = Buffer.alloc(16);
+  h.write('CTS1', 0, 'latin1');
+  h.writeUInt32LE(argv.length, 4);
+  h.writeUInt32LE(envList.length, 8);
+  h.writeUInt32LE(payload.length, 12);
+  return Buffer.concat([h, payload]);
+}

@@ -1,0 +1,299 @@
+// Warm launchers (pool.ts): a sandbox handed to a launcher that already sits in its cgroup and
+// namespaces must be indistinguishable from a cold one (identity, view, limits, exit reasons,
+// kill tree), and the pool itself must leave nothing behind: not when drained, not when
+// captrap is SIGKILLed (owner watchdog), not when even the watchdog is gone (stale cleanup).
+// Real processes and real cgroups of this host.
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { cleanupStaleCgroups, hierarchyRoots, ownerPrefix, removeCgroupBase } from '../../src/isolation/cgroup.js';
+import { probeHost } from '../../src/isolation/host.js';
+import { builtLauncherPath } from '../../src/isolation/launcher/launcher.js';
+import { isAlive } from '../../src/isolation/proc.js';
+import { configureWarmPool, createSandboxGroup, drainWarmPool, runSandboxed, warmPoolStats, type RunOptions } from '../../src/isolation/sandbox.js';
+
+const host = probeHost();
+const base = `captrap-test-pool-${process.pid}-${Date.now().toString(36)}`;
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const dir = mkdtempSync(`${tmpdir()}/captrap-pool-`);
+chmodSync(dir, 0o755);
+const trackRoot = host.unifiedRoot ?? host.v1.freezer ?? host.v1.pids;
+const usable = host.layout !== 'none' && builtLauncherPath() !== undefined && host.isRoot;
+if (!usable) console.log(`pool tests skipped: ${host.layout === 'none' ? 'no cgroups' : !host.isRoot ? 'not root' : 'build/captrap-launch is not built'}`);
+const opts = (o: RunOptions = {}): RunOptions => ({ cgroupBase: base, killGrace: 200, ...o });
+
+/** Every cgroup directory (one per hierarchy) under the test's base. */
+function cgroupsUnderBase(b = base): string[] {
+  return hierarchyRoots(host).flatMap((h) => {
+    try {
+      return readdirSync(`${h.root}/${b}`).filter((n) => existsSync(`${h.root}/${b}/${n}/cgroup.procs`)).map((n) => `${h.root}/${b}/${n}`);
+    } catch {
+      return [];
+    }
+  });
+}
+const procsIn = (d: string) => readFileSync(`${d}/cgroup.procs`, 'utf8').split('\n').filter(Boolean).map(Number);
+
+const waitFor = async (cond: () => boolean, ms: number) => {
+  const deadline = Date.now() + ms;
+  while (!cond() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  return cond();
+};
+const waitGone = async (pids: number[], ms: number) => {
+  await waitFor(() => !pids.some(isAlive), ms);
+  return pids.filter(isAlive);
+};
+/** Ready launchers for sandboxes under base `b`, confined (namespaces made ahead) or not. */
+const readyIn = (b: string, confined = true) => warmPoolStats().pools.filter((p) => p.key.includes(`|${b}|${confined ? 'pid' : '|'}`)).reduce((n, p) => n + p.ready, 0);
+
+/** Runs once (cold: the pool is empty) so the pool of this shape fills, then waits until a launcher is ready. */
+async function primed(o: RunOptions): Promise<void> {
+  const ready = () => readyIn(o.cgroupBase ?? 'captrap', o.confine !== false);
+  if (ready() > 0) return;
+  await runSandboxed('true', [], o);
+  expect(await waitFor(() => ready() > 0, 5000)).toBe(true);
+}
+
+beforeAll(() => configureWarmPool({ maxSize: 2 }));
+afterEach(async () => {
+  await drainWarmPool();
+});
+afterAll(async () => {
+  configureWarmPool({ maxSize: 0 });
+  await drainWarmPool();
+  // The SIGKILL tests' own bases, also when one of them failed half-way.
+  for (const b of [`${base}-k`, `${base}-s`]) {
+    await cleanupStaleCgroups(host, b);
+    removeCgroupBase(host, b);
+  }
+  rmSync(dir, { recursive: true, force: true });
+  expect(cgroupsUnderBase()).toEqual([]);
+  expect(removeCgroupBase(host, base)).toEqual([]);
+});
+
+describe.skipIf(!usable)('warm launchers', () => {
+  it('a warm sandbox is what a cold one is: identity, view, environment, cwd, confinement report', async () => {
+    writeFileSync(`${dir}/seen`, 'inside the view\n');
+    chmodSync(`${dir}/seen`, 0o644);
+    const o = opts({ memory: '64M', pids: 32, env: { GREETING: 'hi' }, cwd: dir, view: { readOnly: [dir] } });
+    const script = 'echo "$(id -u) $(id -g) $(hostname) $GREETING $PWD"; cat seen; ls /; grep -c . /proc/self/status >/dev/null; cat /proc/1/cmdline | tr -d "\\0"; echo; grep Cap[EPB] /proc/self/status; echo x > /etc/x 2>/dev/null || echo read-only; ls -a /dev; echo x > /dev/shm/t && echo shm-writable; echo x > /dev/null && echo null-ok; cat /proc/keys 2>/dev/null | wc -c; echo 1 > /proc/sys/kernel/hostname 2>/dev/null || echo proc-sys-read-only';
+    const cold = await runSandboxed('sh', ['-c', script], { ...o, warm: false });
+    await primed(o);
+    const warm = await runSandboxed('sh', ['-c', script], o);
+    expect(cold.warm).toBe(false);
+    expect(warm.warm).toBe(true);
+    expect(warm.reason).toEqual({ kind: 'exited', code: 0 });
+    expect(warm.stdout).toBe(cold.stdout);
+    expect(warm.stdout).toContain(`65534 65534 captrap hi ${dir}\ninside the view\n`);
+    expect(warm.stdout).toContain('shm-writable\nnull-ok\n0\nproc-sys-read-only\n');
+    // The init's command line is wiped in both: no cgroup path or pid of the sidecar leaks.
+    expect(warm.stdout).not.toContain(base);
+    expect(warm.stderr).toBe(cold.stderr);
+    expect(warm.confinement).toEqual(cold.confinement);
+    expect(warm.cleanedUp).toBe(true);
+    // Unconfined and without a cwd option, both start where captrap runs.
+    const u = opts({ confine: false });
+    const coldU = await runSandboxed('sh', ['-c', 'pwd; id -u'], { ...u, warm: false });
+    await primed(u);
+    const warmU = await runSandboxed('sh', ['-c', 'pwd; id -u'], u);
+    expect(warmU.warm).toBe(true);
+    expect(warmU.stdout).toBe(coldU.stdout);
+    expect(warmU.stdout).toBe(`${process.cwd()}\n65534\n`);
+  });
+
+  it('the final limits are in place before the command runs, and the command is in the pool cgroup', async () => {
+    const o = opts({ memory: '48M', pids: 12 });
+    await primed(o);
+    const sb = runSandboxed('sh', ['-c', 'echo ready; exec sleep 30'], o);
+    expect(sb.warm).toBe(true);
+    await new Promise<void>((r) => sb.stdout!.once('data', () => r()));
+    const memDir = host.v1.memory ? `${host.v1.memory}/${base}/${sb.cgroupName}` : `${host.unifiedRoot}/${base}/${sb.cgroupName}`;
+    const pidsDir = host.v1.pids ? `${host.v1.pids}/${base}/${sb.cgroupName}` : `${host.unifiedRoot}/${base}/${sb.cgroupName}`;
+    const mem = readFileSync(`${memDir}/${host.v1.memory ? 'memory.limit_in_bytes' : 'memory.max'}`, 'utf8').trim();
+    expect(Number(mem)).toBe(48 * 1024 * 1024);
+    expect(readFileSync(`${pidsDir}/pids.max`, 'utf8').trim()).toBe('12');
+    // Leader, init and command: all in the sandbox's cgroup in every hierarchy.
+    for (const d of [memDir, pidsDir]) expect(procsIn(d).length).toBeGreaterThanOrEqual(3);
+    expect(procsIn(memDir)).toContain(sb.pid);
+    sb.kill();
+    const r = await sb;
+    expect(r.reason).toEqual({ kind: 'killed' });
+    expect(existsSync(memDir)).toBe(false);
+  });
+
+  it.skipIf(!(host.v1.memory || host.unifiedControllers.includes('memory')))('exit reasons come from the counters: oom', async () => {
+    const o = opts({ memory: '32M', timeout: 10_000 });
+    await primed(o);
+    const r = await runSandboxed('sh', ['-c', 'x=a; while :; do x=$x$x; done'], o);
+    expect(r.warm).toBe(true);
+    expect(r.reason).toEqual({ kind: 'oom' });
+    expect(r.counters.oomKills).toBeGreaterThan(0);
+    expect(r.usage.memoryPeakBytes).toBeLessThanOrEqual(32 * 1024 * 1024);
+  });
+
+  it.skipIf(!(host.v1.pids || host.unifiedControllers.includes('pids')))('exit reasons come from the counters: pids-limit, and a clean exit stays clean', async () => {
+    const o = opts({ pids: 20, timeout: 1500 });
+    await primed(o);
+    const r = await runSandboxed('sh', ['-c', 'b() { b & b & wait; }; b'], o);
+    expect(r.warm).toBe(true);
+    expect(r.reason).toEqual({ kind: 'pids-limit' });
+    expect(r.counters.pidsMax).toBeGreaterThan(0);
+    await primed(o);
+    const ok = await runSandboxed('sh', ['-c', 'exit 3'], o);
+    expect(ok.warm).toBe(true);
+    expect(ok.reason).toEqual({ kind: 'exited', code: 3 });
+    expect(ok.counters).toEqual({ oomKills: 0, pidsMax: 0 });
+  });
+
+  it('kill() takes the whole tree of a warm sandbox, setsid escapees included', async () => {
+    const o = opts({ confine: false });
+    await primed(o);
+    const sb = runSandboxed('sh', ['-c', "trap '' TERM; setsid sh -c 'echo s $$; exec sleep 300' & (sh -c 'echo d $$; exec sleep 300' &) & echo l $$; while :; do sleep 0.1; done"], o);
+    expect(sb.warm).toBe(true);
+    const pids = await new Promise<number[]>((resolve) => {
+      let buf = '';
+      sb.stdout!.on('data', (c: Buffer) => {
+        buf += c.toString();
+        const found = [...buf.matchAll(/^[sdl] (\d+)$/gm)].map((m) => Number(m[1]));
+        if (found.length === 3) resolve(found);
+      });
+    });
+    sb.kill();
+    const r = await sb;
+    expect(r.reason).toEqual({ kind: 'killed' });
+    expect(await waitGone(pids, 2000)).toEqual([]);
+    expect(r.cleanedUp).toBe(true);
+  });
+
+  it('requests a warm launcher cannot serve start cold: stdin, groups, warm: false, a v1 cpu limit', async () => {
+    const o = opts();
+    await primed(o);
+    const piped = runSandboxed('cat', [], { ...o, stdin: 'pipe' });
+    piped.stdin!.end('from stdin');
+    expect((await piped).warm).toBe(false);
+    expect((await piped).stdout).toBe('from stdin');
+    expect((await runSandboxed('true', [], { ...o, warm: false })).warm).toBe(false);
+    // A warm launcher's /dev and /proc are built already: a root below them is bound cold.
+    const devRoot = await runSandboxed('sh', ['-c', 'ls -l /dev/full'], { ...o, view: { readOnly: ['/dev/full'] } });
+    expect(devRoot.warm).toBe(false);
+    expect(devRoot.reason).toEqual({ kind: 'exited', code: 0 });
+    const group = createSandboxGroup({ cgroupBase: base, limits: { pids: 16 } });
+    try {
+      expect((await runSandboxed('true', [], { group })).warm).toBe(false);
+    } finally {
+      await group.destroy();
+    }
+    if (host.layout !== 'v2' && host.v1.cpu) expect((await runSandboxed('true', [], { ...o, cpu: 0.5 })).warm).toBe(false);
+    // Still there for the next request that fits.
+    expect((await runSandboxed('true', [], o)).warm).toBe(true);
+  });
+
+  it('a mount made on the host after the launchers started is seen: stale launchers are renewed', async () => {
+    const o = opts();
+    await primed(o);
+    const mnt = mkdtempSync(`${tmpdir()}/captrap-pool-mnt-`);
+    chmodSync(mnt, 0o755);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'mode=0755,size=1m', 'captrap-test', mnt]);
+    try {
+      writeFileSync(`${mnt}/on-the-new-mount`, 'fresh\n');
+      chmodSync(`${mnt}/on-the-new-mount`, 0o644);
+      const r = await runSandboxed('cat', [`${mnt}/on-the-new-mount`], { ...o, view: { readOnly: [mnt] } });
+      expect(r.warm).toBe(false);
+      expect(r.stdout).toBe('fresh\n');
+      // The renewed pool copies the table with the mount in it.
+      await primed(o);
+      const again = await runSandboxed('cat', [`${mnt}/on-the-new-mount`], { ...o, view: { readOnly: [mnt] } });
+      expect(again.warm).toBe(true);
+      expect(again.stdout).toBe('fresh\n');
+    } finally {
+      await drainWarmPool();
+      execFileSync('umount', [mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+    }
+  });
+
+  it('draining retires every idle launcher and removes its cgroups; size 0 starts everything cold', async () => {
+    const o = opts();
+    await primed(o);
+    const pool = cgroupsUnderBase();
+    expect(pool.length).toBeGreaterThan(0);
+    const launchers = pool.flatMap(procsIn);
+    expect(launchers.length).toBeGreaterThan(0);
+    await drainWarmPool();
+    expect(cgroupsUnderBase()).toEqual([]);
+    expect(await waitGone(launchers, 2000)).toEqual([]);
+    configureWarmPool({ maxSize: 0 });
+    try {
+      expect((await runSandboxed('true', [], o)).warm).toBe(false);
+      expect((await runSandboxed('true', [], o)).warm).toBe(false);
+      expect(cgroupsUnderBase()).toEqual([]);
+    } finally {
+      configureWarmPool({ maxSize: 2 });
+    }
+    expect(() => configureWarmPool({ maxSize: -1 })).toThrow(expect.objectContaining({ code: 'E_SANDBOX_OPTION' }));
+  });
+});
+
+// A real node process fills a pool and is SIGKILLed.
+const STARTER = `
+import { configureWarmPool, runSandboxed, warmPoolStats } from ${JSON.stringify(`${root}src/isolation/sandbox.ts`)};
+import { ownerPrefix } from ${JSON.stringify(`${root}src/isolation/cgroup.ts`)};
+const base = process.argv[2];
+configureWarmPool({ maxSize: 2 });
+await runSandboxed('true', [], { cgroupBase: base });
+while (warmPoolStats().pools.reduce((n, p) => n + p.ready, 0) < 2) await new Promise((r) => setTimeout(r, 10));
+console.log(JSON.stringify({ prefix: ownerPrefix() }));
+setInterval(() => {}, 1000);
+`;
+
+async function startFilledPool(b: string, env: NodeJS.ProcessEnv = process.env) {
+  const script = `${dir}/starter-${Date.now()}.mts`;
+  writeFileSync(script, STARTER);
+  const starter = spawn(process.execPath, ['--import', 'tsx', script, b], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], env });
+  const info = await new Promise<{ prefix: string }>((resolve, reject) => {
+    let buf = '';
+    starter.stdout.on('data', (c: Buffer) => {
+      buf += c.toString();
+      const line = buf.split('\n').find((l) => l.startsWith('{'));
+      if (line) resolve(JSON.parse(line));
+    });
+    starter.once('exit', (code) => reject(new Error(`starter exited early (${code})`)));
+  });
+  const mine = cgroupsUnderBase(b).filter((d) => d.split('/').pop()!.startsWith(info.prefix));
+  return { starter, mine, launchers: [...new Set(mine.flatMap(procsIn))] };
+}
+
+describe.skipIf(!usable || !trackRoot)('warm launchers when captrap is SIGKILLed', () => {
+  it('the idle launchers die with it and the owner watchdog removes their cgroups', async () => {
+    const b = `${base}-k`;
+    const { starter, mine, launchers } = await startFilledPool(b);
+    // Two idle confined launchers: each a leader and its namespace's init.
+    expect(launchers.length).toBe(4);
+    expect(mine.length).toBeGreaterThan(0);
+    starter.kill('SIGKILL');
+    await new Promise((r) => starter.once('exit', r));
+    expect(await waitGone(launchers, 2000)).toEqual([]);
+    // The watchdog is a shell loop: give it time on a loaded machine.
+    await waitFor(() => mine.every((d) => !existsSync(d)), 6000);
+    expect(mine.filter((d) => existsSync(d)).map((d) => [d, procsIn(d)])).toEqual([]);
+    expect(await cleanupStaleCgroups(host, b)).toEqual({ removed: [], killed: 0, failed: [] });
+    expect(removeCgroupBase(host, b)).toEqual([]);
+  });
+
+  it('without a live watchdog, stale cleanup at the next start removes the pool cgroups', async () => {
+    const b = `${base}-s`;
+    // A watchdog that exits at once stands in for one that was itself killed.
+    const { starter, mine, launchers } = await startFilledPool(b, { ...process.env, CAPTRAP_WATCHDOG_SH: '/bin/true' });
+    starter.kill('SIGKILL');
+    await new Promise((r) => starter.once('exit', r));
+    expect(await waitGone(launchers, 2000)).toEqual([]);
+    expect(mine.filter((d) => existsSync(d)).length).toBeGreaterThan(0);
+    const r = await cleanupStaleCgroups(host, b);
+    expect(r.failed).toEqual([]);
+    expect(r.removed.sort()).toEqual(mine.sort());
+    expect(removeCgroupBase(host, b)).toEqual([]);
+    expect(ownerPrefix()).not.toBe('');
+  });
+});
