@@ -1,18 +1,24 @@
 // Audit log throughput: events/s appended and flushed with the HMAC chain (flush every
 // 100 ms, fsync per flush) next to writing the very same bytes with a plain write stream on
-// the same cadence (no encoding, no chain) as the baseline; and verify throughput next to
-// merely reading and splitting the same files.
-import { createWriteStream, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+// the same cadence (no encoding, no chain), and next to pino writing the same events as JSON
+// lines (asynchronous destination, no fsync); verify throughput next to merely reading and
+// splitting the same files; and `captrap audit verify` as a process next to `sha256sum` of the
+// same files, with its peak RSS.
+import { spawn, spawnSync } from 'node:child_process';
+import { createWriteStream, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { fdatasync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import pino from 'pino';
 import { AuditLog, verifyAuditLog } from '../../src/kernel/audit.js';
 import { readEd25519PublicKey, readSecretFile } from '../../src/kernel/keys.js';
 import type { AuditEvent } from '../../src/kernel/events.js';
 import { type BenchRow, type BenchSection, sampleSync, latencyRow } from './harness.js';
 
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const EVENTS = 400_000;
 const BATCH = 1000;
 const FLUSH_MS = 100;
@@ -29,16 +35,18 @@ function event(i: number): AuditEvent {
 }
 
 /** Producers record in batches and yield, so the 100 ms flush timer runs as it would in the sidecar. */
-async function chained(dir: string): Promise<{ seconds: number; bytes: number }> {
-  const log = await AuditLog.open({ dir, flushIntervalMs: FLUSH_MS, flushEvents: Number.MAX_SAFE_INTEGER, maxSegmentBytes: 256 * 1024 * 1024 });
+async function chained(dir: string): Promise<{ seconds: number; bytes: number; cpuUsPerEvent: number }> {
+  // Default 64 MiB segments: the log rotates (and verify streams) as in production.
+  const log = await AuditLog.open({ dir, flushIntervalMs: FLUSH_MS, flushEvents: Number.MAX_SAFE_INTEGER });
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   for (let i = 0; i < EVENTS; i += BATCH) {
     for (let k = 0; k < BATCH; k++) log.record(event(i + k));
     await yieldToTimers();
   }
   await log.close();
   const seconds = (performance.now() - t0) / 1000;
-  return { seconds, bytes: log.stats().bytesWritten };
+  return { seconds, bytes: log.stats().bytesWritten, cpuUsPerEvent: cpuUs(c0) / EVENTS };
 }
 
 /** The same bytes, same batching, same 100 ms flush + fdatasync, through a plain write stream. */
@@ -71,6 +79,63 @@ async function raw(lines: string[], path: string): Promise<number> {
   return (performance.now() - t0) / 1000;
 }
 
+/** pino writing the same events (as its JSON lines: level, time, msg-less object) through an asynchronous destination, same batching. */
+/** CPU time of this process since `c0` (µs, user + system, every thread: the writes and fsyncs in the thread pool too). */
+function cpuUs(c0: NodeJS.CpuUsage): number {
+  const c = process.cpuUsage(c0);
+  return c.user + c.system;
+}
+
+async function pinoWrite(path: string): Promise<{ seconds: number; cpuUsPerEvent: number }> {
+  const dest = pino.destination({ dest: path, sync: false, minLength: 4096 });
+  await new Promise<void>((r) => dest.once('ready', () => r()));
+  const logger = pino({ base: null }, dest);
+  const t0 = performance.now();
+  const c0 = process.cpuUsage();
+  for (let i = 0; i < EVENTS; i += BATCH) {
+    for (let k = 0; k < BATCH; k++) logger.info(event(i + k));
+    await yieldToTimers();
+  }
+  await new Promise<void>((r) => {
+    dest.flushSync();
+    dest.end();
+    dest.once('close', () => r());
+  });
+  return { seconds: (performance.now() - t0) / 1000, cpuUsPerEvent: cpuUs(c0) / EVENTS };
+}
+
+/** `captrap audit verify --json` as a user runs it (built dist/ under `npm run bench`), its wall time and peak RSS (VmHWM, polled). */
+async function verifyProcess(dir: string): Promise<{ seconds: number; peakRss: number; ok: boolean }> {
+  const dist = join(ROOT, 'dist/runner/cli.js');
+  const args = process.env.CAPTRAP_CLI_FROM_DIST === '1' ? [dist] : ['--import', 'tsx', join(ROOT, 'src/runner/cli.ts')];
+  const t0 = performance.now();
+  const child = spawn(process.execPath, [...args, 'audit', 'verify', dir, '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  let peakRss = 0;
+  const poll = setInterval(() => {
+    try {
+      const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+      if (m) peakRss = Math.max(peakRss, Number(m[1]) * 1024);
+    } catch {
+      // exited between polls
+    }
+  }, 10);
+  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  clearInterval(poll);
+  const seconds = (performance.now() - t0) / 1000;
+  return { seconds, peakRss, ok: code === 0 && (JSON.parse(out) as { ok: boolean }).ok };
+}
+
+function sha256sum(files: string[]): number {
+  const t0 = performance.now();
+  const r = spawnSync('sha256sum', files, { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (r.status !== 0) throw new Error(`sha256sum failed (${r.error?.message ?? r.status})`);
+  return (performance.now() - t0) / 1000;
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
 export async function bench(): Promise<BenchSection> {
   const root = mkdtempSync(join(tmpdir(), 'captrap-bench-audit-'));
   const rows: BenchRow[] = [];
@@ -87,6 +152,30 @@ export async function bench(): Promise<BenchSection> {
     const chainedRate = EVENTS / c.seconds;
     const rawRate = EVENTS / rawSeconds;
     rows.push({ name: 'write stream, same bytes, no chain (baseline)', opsPerSec: rawRate, note: `${lines.length} lines, ${(c.bytes / 2 ** 20).toFixed(1)} MiB, flush+fdatasync every ${FLUSH_MS} ms` });
+    // pino and the chain again, alternating, so both see the same machine; medians of three.
+    const pinoSeconds: number[] = [];
+    const pinoCpu: number[] = [];
+    const chainSeconds: number[] = [c.seconds];
+    const chainCpu: number[] = [c.cpuUsPerEvent];
+    for (let run = 0; run < 3; run++) {
+      const p = await pinoWrite(join(root, `pino-${run}.jsonl`));
+      pinoSeconds.push(p.seconds);
+      pinoCpu.push(p.cpuUsPerEvent);
+      rmSync(join(root, `pino-${run}.jsonl`), { force: true });
+      if (run < 2) {
+        const again = await chained(join(root, `log-${run}`));
+        chainSeconds.push(again.seconds);
+        chainCpu.push(again.cpuUsPerEvent);
+        rmSync(join(root, `log-${run}`), { recursive: true, force: true });
+      }
+    }
+    const pinoRate = EVENTS / median(pinoSeconds);
+    const chainRate = EVENTS / median(chainSeconds);
+    rows.push({
+      name: 'pino, same events as JSON lines (baseline)',
+      opsPerSec: pinoRate,
+      note: `pino.destination({ sync: false, minLength: 4096 }), no fsync; median of 3 runs alternating with the chain; CPU ${median(pinoCpu).toFixed(2)} µs/event`,
+    });
     rows.push({
       name: 'audit log record()+flush, HMAC chain',
       opsPerSec: chainedRate,
@@ -95,6 +184,15 @@ export async function bench(): Promise<BenchSection> {
       target: '>= 200k events/s',
       pass: chainedRate >= 200_000,
       note: `${EVENTS} events incl. encode, HMAC-SHA256, Ed25519 checkpoint every 1000, flush every ${FLUSH_MS} ms with fdatasync, close`,
+    });
+    rows.push({
+      name: 'audit log vs pino (median of 3 each, alternating)',
+      opsPerSec: chainRate,
+      baseline: 'pino, same events as JSON lines (baseline)',
+      ratio: chainRate / pinoRate,
+      target: '>= 1.5x pino',
+      pass: chainRate / pinoRate >= 1.5,
+      note: `the chain with fdatasync per flush, pino without fsync; CPU ${median(chainCpu).toFixed(2)} µs/event vs pino's ${median(pinoCpu).toFixed(2)} (${(median(pinoCpu) / median(chainCpu)).toFixed(2)}x), all threads`,
     });
 
     // record() alone: the cost a kernel decision pays on its hot path.
@@ -133,6 +231,38 @@ export async function bench(): Promise<BenchSection> {
       target: '>= 300k records/s',
       pass: verifyRate >= 300_000,
       note: `${report.records} records, ${report.checkpoints} checkpoint signatures checked; median of 3 runs after one warm-up`,
+    });
+
+    // `captrap audit verify` as a process vs sha256sum of the same files, alternating; medians of three.
+    if (spawnSync('sha256sum', ['--version'], { stdio: 'ignore' }).error) {
+      rows.push({ name: 'skipped: captrap audit verify vs sha256sum (sha256sum not found; it is in coreutils)' });
+      return { section: 'audit', rows };
+    }
+    const files = [...segFiles.map((f) => join(dir, f)), join(dir, 'checkpoints.jsonl')];
+    const bytes = files.reduce((n, f) => n + statSync(f).size, 0);
+    const shaSeconds: number[] = [];
+    const verifySeconds: number[] = [];
+    let peakRss = 0;
+    let allOk = true;
+    for (let run = 0; run < 3; run++) {
+      shaSeconds.push(sha256sum(files));
+      const v = await verifyProcess(dir);
+      verifySeconds.push(v.seconds);
+      peakRss = Math.max(peakRss, v.peakRss);
+      allOk &&= v.ok;
+    }
+    if (!allOk) throw new Error('bench: captrap audit verify did not verify the log it wrote');
+    const shaRate = report.records / median(shaSeconds);
+    const cliRate = report.records / median(verifySeconds);
+    rows.push({ name: 'sha256sum of the same files (baseline)', opsPerSec: shaRate, note: `${files.length} files, ${(bytes / 2 ** 20).toFixed(0)} MiB; records/s for comparison; median of 3` });
+    rows.push({
+      name: 'captrap audit verify (process, streaming)',
+      opsPerSec: cliRate,
+      baseline: 'sha256sum of the same files (baseline)',
+      ratio: median(verifySeconds) / median(shaSeconds),
+      target: 'time <= 1.5x sha256sum',
+      pass: median(verifySeconds) / median(shaSeconds) <= 1.5,
+      note: `ratio is time (lower is better): ${median(verifySeconds).toFixed(2)} s vs ${median(shaSeconds).toFixed(2)} s, incl. node start-up; peak RSS ${(peakRss / 2 ** 20).toFixed(0)} MiB for a ${(bytes / 2 ** 20).toFixed(0)} MiB log (reads one 4 MiB chunk at a time)`,
     });
   } finally {
     rmSync(root, { recursive: true, force: true });

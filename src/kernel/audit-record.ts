@@ -90,6 +90,7 @@ export class AuditMac {
     buf.copyWithin(start, start + SHA256_BLOCK, start + SHA256_BLOCK + n);
     const m = buf.write(',"mac":"' + mac + '"}\n', start + n, 'latin1');
     out.offset = start + n + m;
+    out.appended += n + m;
     return mac;
   }
 
@@ -99,6 +100,17 @@ export class AuditMac {
     if (body.length * 3 > this.scratch.length - SHA256_BLOCK) this.ensure(Buffer.byteLength(body));
     const n = this.scratch.write(body, SHA256_BLOCK, 'utf8');
     return this.finish(n);
+  }
+
+  /**
+   * MAC of bytes[start, end) without copying them: the 64 bytes before `start` (which must
+   * exist, and hold nothing the caller still needs) are overwritten with K^ipad so the inner
+   * hash runs over memory that is already contiguous. For a reader that keeps that headroom.
+   */
+  ofBytesInPlace(bytes: Buffer, start: number, end: number): string {
+    bytes.set(this.ipad, start - SHA256_BLOCK);
+    this.outer.write(hash('sha256', bytes.subarray(start - SHA256_BLOCK, end), 'binary'), SHA256_BLOCK, 'latin1');
+    return hash('sha256', this.outer, 'hex');
   }
 
   /** MAC of bytes[start, end). */
@@ -129,8 +141,40 @@ const MAX_DEPTH = 32;
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
 export function quoteJson(s: string): string {
-  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"';
+  // Short strings (most names and values) are checked by hand: a regex call costs more than the scan.
+  if (s.length > 32) return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"';
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return JSON.stringify(s);
+  }
+  return '"' + s + '"';
 }
+
+/**
+ * Small memo of encoded pieces that repeat from record to record (detail keys, principals,
+ * capability ids): a hit costs a hash lookup instead of a scan and two concatenations, and
+ * leaves no garbage. Cleared when full, so it stays bounded whatever the input.
+ */
+class PieceCache {
+  private readonly map = new Map<string, string>();
+  constructor(
+    private readonly make: (s: string) => string,
+    private readonly max = 4096,
+  ) {}
+  get(s: string): string {
+    let v = this.map.get(s);
+    if (v === undefined) {
+      if (s.length > 128) return this.make(s); // long values rarely repeat
+      if (this.map.size >= this.max) this.map.clear();
+      v = this.make(s);
+      this.map.set(s, v);
+    }
+    return v;
+  }
+}
+
+const KEY_PIECES = new PieceCache((k) => quoteJson(k) + ':');
+const EMPTY_KEYS: string[] = [];
 
 function encodeValue(value: unknown, ancestors: object[]): string | undefined {
   switch (typeof value) {
@@ -152,28 +196,40 @@ function encodeValue(value: unknown, ancestors: object[]): string | undefined {
   const obj = value as { toJSON?: () => unknown };
   // A short ancestor list (not a Set) finds cycles cheaply at the depths details have.
   if (ancestors.includes(obj)) return '"[circular]"';
-  if (typeof obj.toJSON === 'function') return encodeValue(obj.toJSON(), ancestors);
+  const isArray = Array.isArray(obj);
+  const keys = isArray ? EMPTY_KEYS : Object.keys(obj);
+  // A plain object (the usual details) has a toJSON only as an own key: looking one up on the
+  // prototype chain of every object costs more than a glance at its keys.
+  const proto: unknown = isArray ? undefined : Object.getPrototypeOf(obj);
+  const mayHaveToJSON = isArray || !(proto === Object.prototype || proto === null) || keys.includes('toJSON');
+  if (mayHaveToJSON && typeof obj.toJSON === 'function') return encodeValue(obj.toJSON(), ancestors);
   ancestors.push(obj);
   let out: string;
-  if (Array.isArray(obj)) {
+  if (isArray) {
+    const arr = obj as unknown[];
     out = '[';
-    for (let i = 0; i < obj.length; i++) out += (i > 0 ? ',' : '') + (encodeValue(obj[i], ancestors) ?? 'null');
+    for (let i = 0; i < arr.length; i++) out += (i > 0 ? ',' : '') + (encodeValue(arr[i], ancestors) ?? 'null');
     out += ']';
   } else {
-    const keys = Object.keys(obj);
-    if (keys.length > 1) keys.sort();
+    if (keys.length > 1 && !isSorted(keys)) keys.sort();
     out = '{';
     let first = true;
     for (const k of keys) {
       const v = encodeValue((obj as Record<string, unknown>)[k], ancestors);
       if (v === undefined) continue;
-      out += (first ? '' : ',') + quoteJson(k) + ':' + v;
+      out += (first ? '' : ',') + KEY_PIECES.get(k) + v;
       first = false;
     }
     out += '}';
   }
   ancestors.pop();
   return out;
+}
+
+/** Already in the order sort() would give (UTF-16 code units)? Producers often write keys sorted. */
+function isSorted(keys: string[]): boolean {
+  for (let i = 1; i < keys.length; i++) if (keys[i - 1]! > keys[i]!) return false;
+  return true;
 }
 
 export interface AuditRecord {
@@ -219,9 +275,11 @@ export interface Checkpoint {
 /** The record body (everything the MAC covers). `details` is encoded canonically; fixed fields in fixed order. */
 const TYPE_FIELD = new Map<string, string>(AUDIT_EVENT_TYPES.map((t) => [t, `","type":"${t}"`]));
 
+const PRINCIPAL_PIECES = new PieceCache((p) => ',"principal":' + quoteJson(p));
+
 export function encodeRecordBody(seq: number, ts: string, event: AuditEvent, prev: string): string {
   let s = RECORD_PREFIX + seq + ',"ts":"' + ts + (TYPE_FIELD.get(event.type) ?? '","type":' + quoteJson(String(event.type)));
-  if (event.principal !== undefined) s += ',"principal":' + quoteJson(String(event.principal));
+  if (event.principal !== undefined) s += PRINCIPAL_PIECES.get(String(event.principal));
   if (event.capabilityId !== undefined) s += ',"capabilityId":' + quoteJson(String(event.capabilityId));
   const p = event.process;
   if (p !== undefined && p !== null) s += ',"process":{"pid":' + numberOrNull(p.pid) + ',"startTime":' + numberOrNull(p.startTime) + '}';
@@ -318,7 +376,10 @@ export class LineBuffer {
   private readonly views: Buffer[] = [];
   private readonly chunks: Buffer[] = [];
   private cur: Buffer | undefined;
+  /** Write position in the current chunk (it restarts at 0 in each new chunk). */
   offset = 0;
+  /** Bytes appended since construction: unlike `offset`, never goes back, so differences of it measure lines. */
+  appended = 0;
 
   constructor(private readonly pool: ChunkPool = defaultPool) {}
 
@@ -336,6 +397,7 @@ export class LineBuffer {
     const buf = this.reserve(s.length * 3);
     const n = buf.write(s, this.offset, 'utf8');
     this.offset += n;
+    this.appended += n;
     return n;
   }
 

@@ -5,6 +5,7 @@
 import type { KeyObject } from 'node:crypto';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { LineReader, forEachLine } from './audit-lines.js';
 import {
   AuditError,
   AuditMac,
@@ -116,11 +117,10 @@ const CLOSED_B = Buffer.from('audit_closed"');
 /** From the end of a record's seq digits to its type value: `,"ts":"` + 24-char ISO time + `","type":"`. */
 const SEQ_TO_TYPE = 7 + 24 + 10;
 
+/** The last line the chain went through: its seq and MAC (hex), and where it was. */
 interface Link {
   seq: number;
-  /** The line's MAC (hex) lives at buf[pos, pos + 64): no per-record copies or slices. */
-  buf: Buffer;
-  pos: number;
+  mac: string;
   segment: number;
   line: number;
 }
@@ -130,8 +130,24 @@ interface Pending {
   lastBefore: Link;
 }
 
+/** A run of consecutive seqs that verified, in the order they were read: a whole healthy log is one run. */
+interface Run {
+  from: number;
+  to: number;
+}
+
+// Byte comparisons by hand: Buffer#compare with offsets costs more than the few bytes compared.
 function startsWith(buf: Buffer, start: number, end: number, prefix: Buffer): boolean {
-  return end - start >= prefix.length && buf.compare(prefix, 0, prefix.length, start, start + prefix.length) === 0;
+  const n = prefix.length;
+  if (end - start < n) return false;
+  for (let i = 0; i < n; i++) if (buf[start + i] !== prefix[i]) return false;
+  return true;
+}
+
+/** Whether buf[pos, pos + 64) holds the hex MAC `mac`. */
+function macAt(buf: Buffer, pos: number, mac: string): boolean {
+  for (let i = 0; i < MAC_HEX_LEN; i++) if (buf[pos + i] !== mac.charCodeAt(i)) return false;
+  return true;
 }
 
 function parseSeqAt(buf: Buffer, pos: number, end: number): number {
@@ -146,12 +162,6 @@ function parseSeqAt(buf: Buffer, pos: number, end: number): number {
   }
   return digits === 0 ? -1 : n;
 }
-
-function sameMac(buf: Buffer, pos: number, link: Link): boolean {
-  return buf.compare(link.buf, link.pos, link.pos + MAC_HEX_LEN, pos, pos + MAC_HEX_LEN) === 0;
-}
-
-const ZERO_LINK_BUF = Buffer.from(ZERO_MAC);
 
 /** The segment numbers of the log in `dir`, ascending; a typed error when `dir` is not a captrap audit log. */
 function listSegments(dir: string): number[] {
@@ -171,6 +181,11 @@ function listSegments(dir: string): number[] {
   return segments;
 }
 
+/**
+ * Verifies the log in `dir`. Streams: segment by segment, a few MiB at a time, keeping only the
+ * last link of the chain and runs of seqs (one for a healthy log), so memory does not grow with
+ * the log.
+ */
 export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyReport {
   const segments = listSegments(dir);
 
@@ -193,6 +208,16 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
       if (m) wantedSeqs.add(Number(m[1]));
     }
   }
+  // Every checkpoint is written twice, into its segment and into the checkpoint file: a line
+  // identical to one whose signature verified needs no second Ed25519 check.
+  const signedLines = new Map<string, Checkpoint>();
+  const checkCheckpoint = (line: string): ReturnType<typeof checkCheckpointLine> => {
+    const known = signedLines.get(line);
+    if (known) return { ok: true, cp: known };
+    const res = checkCheckpointLine(line, options.publicKey);
+    if (res.ok) signedLines.set(line, res.cp);
+    return res;
+  };
   const integrity: VerifyProblem[] = [];
   let integrityCount = 0;
   const completeness: VerifyProblem[] = [];
@@ -205,11 +230,18 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
     if (completeness.length < MAX_LISTED) completeness.push(p);
   };
 
-  const validSeqs: number[] = [];
+  const runs: Run[] = [];
+  let run: Run | null = null;
+  let records = 0;
+  const validSeq = (seq: number) => {
+    records++;
+    if (run !== null && seq === run.to + 1) run.to = seq;
+    else runs.push((run = { from: seq, to: seq }));
+  };
   const badSeqs = new Set<number>();
   const missingRanges: { from: number; to: number; problemIndex: number }[] = [];
   let retainedThrough = 0;
-  const inLogCheckpoints = new Map<number, { head: string; line: string }>();
+  const inLogCheckpoints = new Map<number, string>();
   let lastCp: (Checkpoint & { where: string }) | null = null;
   let headersOurs = 0;
   let headersOther = 0;
@@ -219,169 +251,178 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   let firstBadCpPk: string | null = null;
   let logLike = false;
   let torn: VerifyProblem | null = null;
-  let last: Link = { seq: 0, buf: ZERO_LINK_BUF, pos: 0, segment: 0, line: 0 };
+  let last: Link = { seq: 0, mac: ZERO_MAC, segment: 0, line: 0 };
   let pending: Pending | null = null;
   let lastRecordClosed = false;
-  let records = 0;
   let firstChained = true;
 
-  for (let si = 0; si < segments.length; si++) {
-    const segment = segments[si]!;
-    const file = segmentFileName(segment);
-    if (si > 0 && segment !== segments[si - 1]! + 1) {
-      addCompleteness({ kind: 'segment', segment, file, message: `segment(s) ${segments[si - 1]! + 1}..${segment - 1} missing before ${file}` });
-    }
-    const buf = readFileSync(join(dir, file));
-    let pos = 0;
-    let lineNo = 0;
-    let sawHeader = false;
-    while (pos < buf.length) {
-      let end = buf.indexOf(0x0a, pos);
-      const terminated = end >= 0;
-      if (!terminated) end = buf.length;
-      lineNo++;
-      const start = pos;
-      pos = end + 1;
-      const where = { segment, file, line: lineNo };
-      if (!terminated) {
-        const t: VerifyProblem = { kind: 'torn', ...where, message: `${file} line ${lineNo}: last line is incomplete (${end - start} bytes, no newline): a write cut short by a crash` };
-        if (si === segments.length - 1) torn = t;
-        else addCompleteness({ ...t, message: t.message + ', in a segment that is not the last' });
-        break;
+  let reader: LineReader | undefined;
+  try {
+    for (let si = 0; si < segments.length; si++) {
+      const segment = segments[si]!;
+      const file = segmentFileName(segment);
+      if (si > 0 && segment !== segments[si - 1]! + 1) {
+        addCompleteness({ kind: 'segment', segment, file, message: `segment(s) ${segments[si - 1]! + 1}..${segment - 1} missing before ${file}` });
       }
-      if (startsWith(buf, start, end, CHECKPOINT_PREFIX_B)) {
-        logLike = true;
-        const text = buf.toString('utf8', start, end);
-        const res = checkCheckpointLine(text, options.publicKey);
-        if (!res.ok) {
-          cpSigBad++;
-          firstBadCpPk ??= /"pk":"([0-9a-f]+)"/.exec(text)?.[1] ?? null;
-          addIntegrity({ kind: 'modified', ...where, message: `${file} line ${lineNo}: checkpoint ${res.why}` });
+      if (reader) reader.open(join(dir, file));
+      else reader = new LineReader(join(dir, file));
+      let lineNo = 0;
+      let sawHeader = false;
+      while (reader.next()) {
+        const buf = reader.buf;
+        const start = reader.start;
+        const end = reader.end;
+        lineNo++;
+        const where = { segment, file, line: lineNo };
+        if (!reader.terminated) {
+          const t: VerifyProblem = { kind: 'torn', ...where, message: `${file} line ${lineNo}: last line is incomplete (${end - start} bytes, no newline): a write cut short by a crash` };
+          if (si === segments.length - 1) torn = t;
+          else addCompleteness({ ...t, message: t.message + ', in a segment that is not the last' });
+          break;
+        }
+        if (startsWith(buf, start, end, CHECKPOINT_PREFIX_B)) {
+          logLike = true;
+          const text = reader.text();
+          const res = checkCheckpoint(text);
+          if (!res.ok) {
+            cpSigBad++;
+            firstBadCpPk ??= /"pk":"([0-9a-f]+)"/.exec(text)?.[1] ?? null;
+            addIntegrity({ kind: 'modified', ...where, message: `${file} line ${lineNo}: checkpoint ${res.why}` });
+            continue;
+          }
+          cpSigOk++;
+          const cp = res.cp;
+          if (cp.seq !== last.seq || cp.head !== last.mac) {
+            addIntegrity({ kind: 'modified', ...where, seq: cp.seq, message: `${file} line ${lineNo}: checkpoint for seq ${cp.seq} does not match the chain at this point (seq ${last.seq})` });
+          }
+          inLogCheckpoints.set(cp.seq, cp.head);
+          if (!lastCp || cp.seq >= lastCp.seq) lastCp = { ...cp, where: `${file} line ${lineNo}` };
           continue;
         }
-        cpSigOk++;
-        const cp = res.cp;
-        if (cp.seq !== last.seq || cp.head !== last.buf.toString('latin1', last.pos, last.pos + MAC_HEX_LEN)) {
-          addIntegrity({ kind: 'modified', ...where, seq: cp.seq, message: `${file} line ${lineNo}: checkpoint for seq ${cp.seq} does not match the chain at this point (seq ${last.seq})` });
-        }
-        inLogCheckpoints.set(cp.seq, { head: cp.head, line: text });
-        if (!lastCp || cp.seq >= lastCp.seq) lastCp = { ...cp, where: `${file} line ${lineNo}` };
-        continue;
-      }
-      const isRecord = startsWith(buf, start, end, RECORD_PREFIX_B);
-      const isHeader = !isRecord && startsWith(buf, start, end, HEADER_PREFIX_B);
-      if (isRecord || isHeader) logLike = true;
-      const macStart = end - MAC_SUFFIX_LEN + 8;
-      const shapeOk = (isRecord || isHeader) && end - start > MAC_SUFFIX_LEN + PREV_FIELD_LEN && buf[end - 1] === 0x7d;
-      // Without the key a line's MAC field is taken as written: only its shape is checked.
-      const macOk = shapeOk && (mac === null || mac.ofBytes(buf, start, end - MAC_SUFFIX_LEN) === buf.toString('latin1', macStart, macStart + MAC_HEX_LEN));
-      let seq = -1;
-      let header: SegmentHeader | null = null;
-      if (isRecord) seq = parseSeqAt(buf, start + RECORD_PREFIX_B.length, end);
-      else if (isHeader) {
-        try {
-          header = JSON.parse(buf.toString('utf8', start, end)) as SegmentHeader;
-          seq = header.prevSeq;
-          if (keyed && header.keyId === keyId) headersOurs++;
-          else if (keyed) headersOther++;
-        } catch {
-          header = null;
-        }
-      }
-      if (!macOk) {
-        if (isRecord && seq >= 0) badSeqs.add(seq);
-        const idx = addIntegrity({
-          kind: 'modified',
-          ...where,
-          ...(seq >= 0 ? { seq } : {}),
-          message: isRecord || isHeader ? `${file} line ${lineNo}: MAC does not match` : `${file} line ${lineNo}: not an audit record`,
-        });
-        if (!pending) pending = { problemIndex: idx, lastBefore: last };
-        continue;
-      }
-      macsOk++;
-      const prevPos = end - MAC_SUFFIX_LEN - MAC_HEX_LEN - 1;
-      if (!keyed && isRecord && wantedSeqs.has(seq)) macAtSeq.set(seq, buf.toString('latin1', macStart, macStart + MAC_HEX_LEN));
-      const link: Link = { seq, buf, pos: macStart, segment, line: lineNo };
-      if (pending) {
-        // The first good line after bad ones says what the bad ones were: if it chains
-        // straight from the last good line before them, they were inserted; else they replaced (modified) a record.
-        const p = integrity[pending.problemIndex];
-        const inserted = sameMac(buf, prevPos, pending.lastBefore);
-        if (p && inserted) {
-          p.kind = 'inserted';
-          p.message = `${p.file} line ${p.line}: record inserted (its MAC does not verify and the next record chains past it)`;
-        } else if (p) p.message = `${p.file} line ${p.line}: record modified (MAC does not match)`;
-        pending = null;
-        if (!inserted) {
-          last = link;
-          if (isRecord) {
-            validSeqs.push(seq);
-            records++;
+        const isRecord = startsWith(buf, start, end, RECORD_PREFIX_B);
+        const isHeader = !isRecord && startsWith(buf, start, end, HEADER_PREFIX_B);
+        if (isRecord || isHeader) logLike = true;
+        const macStart = end - MAC_SUFFIX_LEN + 8;
+        const prevPos = end - MAC_SUFFIX_LEN - MAC_HEX_LEN - 1;
+        const shapeOk = (isRecord || isHeader) && end - start > MAC_SUFFIX_LEN + PREV_FIELD_LEN && buf[end - 1] === 0x7d;
+        // Everything this line's checks read is taken before the MAC clobbers the bytes in front of it.
+        let seq = -1;
+        let header: SegmentHeader | null = null;
+        if (isRecord) seq = parseSeqAt(buf, start + RECORD_PREFIX_B.length, end);
+        else if (isHeader) {
+          try {
+            header = JSON.parse(reader.text()) as SegmentHeader;
+            seq = header.prevSeq;
+            if (keyed && header.keyId === keyId) headersOurs++;
+            else if (keyed) headersOther++;
+          } catch {
+            header = null;
           }
-          firstChained = false;
-          continue;
         }
-      }
-      if (isHeader) {
-        if (sawHeader || lineNo !== 1) addIntegrity({ kind: 'inserted', ...where, message: `${file} line ${lineNo}: segment header in the middle of a segment` });
-        sawHeader = true;
-        if (header && header.segment !== segment) {
-          addCompleteness({ kind: 'segment', ...where, message: `${file} carries the header of segment ${header.segment} (renamed or moved)` });
-        }
-        // The first header of a log that starts after segment 1 is checked against retention events below.
-        if (firstChained) {
-          if (segment === 1 && (seq !== 0 || buf.compare(ZERO_LINK_BUF, 0, MAC_HEX_LEN, prevPos, prevPos + MAC_HEX_LEN) !== 0)) {
-            addIntegrity({ kind: 'modified', ...where, message: `${file} header: first segment does not start a chain` });
-          }
-        } else if (seq !== last.seq || !sameMac(buf, prevPos, last)) {
-          const idx = addIntegrity({
-            kind: seq > last.seq ? 'deleted' : 'reordered',
-            ...where,
-            seq,
-            message: `${file} header: chain broken — it follows seq ${seq} but the previous line is seq ${last.seq}${segment !== last.segment + 1 ? ` in segment ${last.segment}` : ''}`,
-          });
-          if (seq > last.seq) missingRanges.push({ from: last.seq + 1, to: seq, problemIndex: idx });
-        }
-      } else {
-        records++;
-        validSeqs.push(seq);
-        if (!sawHeader && lineNo === 1) addCompleteness({ kind: 'segment', ...where, message: `${file} has no segment header` });
-        const expected = last.seq + 1;
-        if (!firstChained && (seq !== expected || !sameMac(buf, prevPos, last))) {
-          if (seq > expected) {
-            const idx = addIntegrity({ kind: 'deleted', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} follows seq ${last.seq}; records ${expected}..${seq - 1} missing here` });
-            missingRanges.push({ from: expected, to: seq - 1, problemIndex: idx });
-          } else if (!keyed && seq === expected) {
-            // Keyed, a MAC-valid record with the right seq and a wrong prev cannot happen without the key;
-            // unkeyed, it is what a record (or its predecessor) with an edited MAC field looks like.
-            addIntegrity({ kind: 'modified', ...where, seq, message: `${file} line ${lineNo}: chain link broken — seq ${seq}'s prev is not the MAC of seq ${last.seq} as written (a MAC field was edited)` });
+        // Without the key a line's MAC field is taken as written: only its shape is checked.
+        let lineMac = '';
+        let macOk = false;
+        if (shapeOk) {
+          if (mac === null) {
+            lineMac = buf.toString('latin1', macStart, macStart + MAC_HEX_LEN);
+            macOk = true;
           } else {
-            addIntegrity({ kind: 'reordered', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} out of order after seq ${last.seq}` });
+            lineMac = mac.ofBytesInPlace(buf, start, end - MAC_SUFFIX_LEN);
+            macOk = macAt(buf, macStart, lineMac);
           }
         }
-        // Retention deletes old segments on purpose; the (MAC'd) event that says so excuses the gap.
-        // Only audit_* records need a closer look; find the type at its fixed offset, not by searching.
-        let t = start + RECORD_PREFIX_B.length;
-        while (t < end && buf[t]! >= 0x30 && buf[t]! <= 0x39) t++;
-        t += SEQ_TO_TYPE;
-        lastRecordClosed = false;
-        if (t + AUDIT_TYPE_B.length <= end && buf.compare(AUDIT_TYPE_B, 0, AUDIT_TYPE_B.length, t, t + AUDIT_TYPE_B.length) === 0) {
-          lastRecordClosed = startsWith(buf, t, end, CLOSED_B);
-          if (startsWith(buf, t, end, ROTATED_B)) {
-            try {
-              const r = JSON.parse(buf.toString('utf8', start, end)) as AuditRecord;
-              const d = r.details as { reason?: string; deletedThrough?: number } | undefined;
-              if (d?.reason === 'retention' && typeof d.deletedThrough === 'number') retainedThrough = Math.max(retainedThrough, d.deletedThrough);
-            } catch {
-              /* MAC verified: cannot happen */
+        if (!macOk) {
+          if (isRecord && seq >= 0) badSeqs.add(seq);
+          const idx = addIntegrity({
+            kind: 'modified',
+            ...where,
+            ...(seq >= 0 ? { seq } : {}),
+            message: isRecord || isHeader ? `${file} line ${lineNo}: MAC does not match` : `${file} line ${lineNo}: not an audit record`,
+          });
+          if (!pending) pending = { problemIndex: idx, lastBefore: last };
+          continue;
+        }
+        macsOk++;
+        if (!keyed && isRecord && wantedSeqs.has(seq)) macAtSeq.set(seq, lineMac);
+        const link: Link = { seq, mac: lineMac, segment, line: lineNo };
+        if (pending) {
+          // The first good line after bad ones says what the bad ones were: if it chains
+          // straight from the last good line before them, they were inserted; else they replaced (modified) a record.
+          const p = integrity[pending.problemIndex];
+          const inserted = macAt(buf, prevPos, pending.lastBefore.mac);
+          if (p && inserted) {
+            p.kind = 'inserted';
+            p.message = `${p.file} line ${p.line}: record inserted (its MAC does not verify and the next record chains past it)`;
+          } else if (p) p.message = `${p.file} line ${p.line}: record modified (MAC does not match)`;
+          pending = null;
+          if (!inserted) {
+            last = link;
+            if (isRecord) validSeq(seq);
+            firstChained = false;
+            continue;
+          }
+        }
+        if (isHeader) {
+          if (sawHeader || lineNo !== 1) addIntegrity({ kind: 'inserted', ...where, message: `${file} line ${lineNo}: segment header in the middle of a segment` });
+          sawHeader = true;
+          if (header && header.segment !== segment) {
+            addCompleteness({ kind: 'segment', ...where, message: `${file} carries the header of segment ${header.segment} (renamed or moved)` });
+          }
+          // The first header of a log that starts after segment 1 is checked against retention events below.
+          if (firstChained) {
+            if (segment === 1 && (seq !== 0 || !macAt(buf, prevPos, ZERO_MAC))) {
+              addIntegrity({ kind: 'modified', ...where, message: `${file} header: first segment does not start a chain` });
+            }
+          } else if (seq !== last.seq || !macAt(buf, prevPos, last.mac)) {
+            const idx = addIntegrity({
+              kind: seq > last.seq ? 'deleted' : 'reordered',
+              ...where,
+              seq,
+              message: `${file} header: chain broken — it follows seq ${seq} but the previous line is seq ${last.seq}${segment !== last.segment + 1 ? ` in segment ${last.segment}` : ''}`,
+            });
+            if (seq > last.seq) missingRanges.push({ from: last.seq + 1, to: seq, problemIndex: idx });
+          }
+        } else {
+          validSeq(seq);
+          if (!sawHeader && lineNo === 1) addCompleteness({ kind: 'segment', ...where, message: `${file} has no segment header` });
+          const expected = last.seq + 1;
+          if (!firstChained && (seq !== expected || !macAt(buf, prevPos, last.mac))) {
+            if (seq > expected) {
+              const idx = addIntegrity({ kind: 'deleted', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} follows seq ${last.seq}; records ${expected}..${seq - 1} missing here` });
+              missingRanges.push({ from: expected, to: seq - 1, problemIndex: idx });
+            } else if (!keyed && seq === expected) {
+              // Keyed, a MAC-valid record with the right seq and a wrong prev cannot happen without the key;
+              // unkeyed, it is what a record (or its predecessor) with an edited MAC field looks like.
+              addIntegrity({ kind: 'modified', ...where, seq, message: `${file} line ${lineNo}: chain link broken — seq ${seq}'s prev is not the MAC of seq ${last.seq} as written (a MAC field was edited)` });
+            } else {
+              addIntegrity({ kind: 'reordered', ...where, seq, message: `${file} line ${lineNo}: seq ${seq} out of order after seq ${last.seq}` });
+            }
+          }
+          // Retention deletes old segments on purpose; the (MAC'd) event that says so excuses the gap.
+          // Only audit_* records need a closer look; find the type at its fixed offset, not by searching.
+          let t = start + RECORD_PREFIX_B.length;
+          while (t < end && buf[t]! >= 0x30 && buf[t]! <= 0x39) t++;
+          t += SEQ_TO_TYPE;
+          lastRecordClosed = false;
+          if (startsWith(buf, t, end, AUDIT_TYPE_B)) {
+            lastRecordClosed = startsWith(buf, t, end, CLOSED_B);
+            if (startsWith(buf, t, end, ROTATED_B)) {
+              try {
+                const r = JSON.parse(reader.text()) as AuditRecord;
+                const d = r.details as { reason?: string; deletedThrough?: number } | undefined;
+                if (d?.reason === 'retention' && typeof d.deletedThrough === 'number') retainedThrough = Math.max(retainedThrough, d.deletedThrough);
+              } catch {
+                /* MAC verified: cannot happen */
+              }
             }
           }
         }
+        firstChained = false;
+        last = link;
       }
-      firstChained = false;
-      last = link;
     }
+  } finally {
+    reader?.close();
   }
   if (pending) {
     const p = integrity[pending.problemIndex];
@@ -397,13 +438,13 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
     throw new AuditError('E_AUDIT_WRONG_PUBKEY', `wrong public key: no checkpoint verifies with key id ${pk}${named}`, { dir, keyId: pk, ...(firstBadCpPk ? { signedBy: firstBadCpPk } : {}) });
   }
 
+  // The runs of verified seqs in seq order: a healthy log has one; each further run is a place where the order broke.
+  const sortedRuns = runs.slice().sort((a, b) => a.from - b.from || a.to - b.to);
   // Deleted or reordered: a missing range is "reordered" when its records turn up elsewhere.
-  const present = new Set(validSeqs);
+  const anyPresent = (from: number, to: number): boolean => sortedRuns.some((r) => r.from <= to && r.to >= from);
   for (const r of missingRanges) {
-    let found = false;
-    for (let s = r.from; s <= r.to && !found; s++) found = present.has(s);
     const p = r.problemIndex >= 0 ? integrity[r.problemIndex] : undefined;
-    if (p && found) {
+    if (p && anyPresent(r.from, r.to)) {
       p.kind = 'reordered';
       p.message = p.message.replace(/; records .* missing here$/, '') + ' (records moved)';
     }
@@ -414,20 +455,25 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   }
 
   // Gaps among the records that verified (records that failed their MAC are integrity's business).
-  const sorted = validSeqs.slice().sort((a, b) => a - b);
-  const firstSeq = sorted.length > 0 ? sorted[0]! : null;
-  const lastSeq = sorted.length > 0 ? sorted[sorted.length - 1]! : null;
+  const firstSeq = sortedRuns.length > 0 ? sortedRuns[0]!.from : null;
+  let lastSeq: number | null = null;
+  for (const r of sortedRuns) if (lastSeq === null || r.to > lastSeq) lastSeq = r.to;
   if (firstSeq !== null && firstSeq > 1 && firstSegment === 1) {
     addCompleteness({ kind: 'gap', message: `records 1..${firstSeq - 1} missing at the start of the log` });
   }
-  for (let i = 1; i < sorted.length; i++) {
-    const a = sorted[i - 1]!;
-    const b = sorted[i]!;
-    if (b > a + 1) {
+  // A sweep over the runs in seq order: a hole between what is covered so far and the next run is a
+  // gap; a run starting inside what is covered repeats seqs (each reported, as far as the list goes).
+  let covered = firstSeq === null ? 0 : firstSeq - 1;
+  for (const r of sortedRuns) {
+    if (r.from > covered + 1) {
       let allBad = true;
-      for (let s = a + 1; s < b && allBad; s++) allBad = badSeqs.has(s);
-      if (!allBad) addCompleteness({ kind: 'gap', seq: a + 1, message: `records ${a + 1}..${b - 1} missing` });
-    } else if (b === a) addCompleteness({ kind: 'gap', seq: a, message: `seq ${a} appears more than once` });
+      for (let s = covered + 1; s < r.from && allBad; s++) allBad = badSeqs.has(s);
+      if (!allBad) addCompleteness({ kind: 'gap', seq: covered + 1, message: `records ${covered + 1}..${r.from - 1} missing` });
+    } else {
+      const dupTo = Math.min(r.to, covered);
+      for (let s = r.from; s <= dupTo && completeness.length < MAX_LISTED; s++) addCompleteness({ kind: 'gap', seq: s, message: `seq ${s} appears more than once` });
+    }
+    if (r.to > covered) covered = r.to;
   }
 
   // The checkpoint file: every line signed, increasing, agreeing with the log.
@@ -441,7 +487,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   const inFile = new Set<number>();
   for (let i = 0; i < cpFileLines.length; i++) {
     const where = { file: CHECKPOINT_FILE, line: i + 1 };
-    const res = checkCheckpointLine(cpFileLines[i]!, options.publicKey);
+    const res = checkCheckpoint(cpFileLines[i]!);
     if (!res.ok) {
       addCompleteness({ kind: 'checkpoint', ...where, message: `${CHECKPOINT_FILE} line ${i + 1}: ${res.why} (checkpoint replaced or modified)` });
       continue;
@@ -465,8 +511,8 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
       });
     }
     const mine = inLogCheckpoints.get(cp.seq);
-    if (mine) {
-      if (mine.head !== cp.head) addCompleteness({ kind: 'checkpoint', ...where, seq: cp.seq, message: `${CHECKPOINT_FILE} line ${i + 1}: head for seq ${cp.seq} differs from the log` });
+    if (mine !== undefined) {
+      if (mine !== cp.head) addCompleteness({ kind: 'checkpoint', ...where, seq: cp.seq, message: `${CHECKPOINT_FILE} line ${i + 1}: head for seq ${cp.seq} differs from the log` });
     } else if (firstSeq !== null && cp.seq < firstSeq) {
       // covers records removed by retention
     } else if (lastSeq !== null && cp.seq <= lastSeq) {
@@ -542,12 +588,16 @@ function readCheckpointFile(dir: string): { lines: string[]; missing: boolean } 
 }
 
 function findKeyId(dir: string, segments: number[]): string {
+  let keyId = 'unknown';
   try {
-    const first = readFileSync(join(dir, segmentFileName(segments[0]!)), 'utf8').split('\n', 1)[0]!;
-    return (JSON.parse(first) as SegmentHeader).keyId;
+    forEachLine(join(dir, segmentFileName(segments[0]!)), (r) => {
+      keyId = (JSON.parse(r.text()) as SegmentHeader).keyId ?? 'unknown';
+      return false; // the header is the first line
+    });
   } catch {
-    return 'unknown';
+    /* unreadable: unknown */
   }
+  return keyId;
 }
 
 export interface ReadAuditOptions {
@@ -574,23 +624,24 @@ export function readAuditRecords(dir: string, filterOrOptions: ((r: AuditRecord)
   if (limit === 0) return out;
   let skipped = 0;
   for (const s of listSegments(dir)) {
-    const text = readFileSync(join(dir, segmentFileName(s)), 'utf8');
-    for (const line of text.split('\n')) {
-      if (!line.startsWith(RECORD_PREFIX)) continue;
+    let full = false;
+    forEachLine(join(dir, segmentFileName(s)), (line) => {
+      if (!startsWith(line.buf, line.start, line.end, RECORD_PREFIX_B)) return;
       let r: AuditRecord;
       try {
-        r = JSON.parse(line) as AuditRecord;
-        if (!filter(r)) continue;
+        r = JSON.parse(line.text()) as AuditRecord;
+        if (!filter(r)) return;
       } catch {
-        continue; // torn or damaged line (verify reports it), or one the filter chokes on
+        return; // torn or damaged line (verify reports it), or one the filter chokes on
       }
       if (skipped < offset) {
         skipped++;
-        continue;
+        return;
       }
       out.push(r);
-      if (out.length >= limit) return out;
-    }
+      if (out.length >= limit) return !(full = true);
+    });
+    if (full) return out;
   }
   return out;
 }

@@ -296,6 +296,7 @@ export class AuditLog implements AuditSink {
   private pendingEvents = 0;
   private flushChain: Promise<void> = Promise.resolve();
   private flushSoon = false;
+  private readonly taps = new Set<(seq: number, event: AuditEvent) => void>();
   private timer: NodeJS.Timeout | undefined;
   private fh: FileHandle | undefined;
   private fhSegment = 0;
@@ -518,11 +519,12 @@ export class AuditLog implements AuditSink {
     const seq = this.seq + 1;
     const body = encodeRecordBody(seq, this.clock.now(), event, this.head);
     const g = this.currentGroup();
-    const before = g.out.offset;
+    // Not `offset`: it restarts at 0 when the line opens a new chunk.
+    const before = g.out.appended;
     this.head = this.mac.sealInto(g.out, body);
     this.seq = seq;
     g.events++;
-    this.segmentBytes += g.out.offset - before;
+    this.segmentBytes += g.out.appended - before;
     this.eventsLogged++;
     this.pendingEvents++;
     if (++this.sinceCheckpoint >= this.opts.checkpointEvery) this.addCheckpoint('interval');
@@ -534,6 +536,25 @@ export class AuditLog implements AuditSink {
         this.flush().catch(() => {});
       });
     }
+    if (this.taps.size > 0) {
+      for (const t of this.taps) {
+        try {
+          t(seq, event);
+        } catch (err) {
+          oplog.error({ err: (err as Error)?.message, type: event.type }, 'audit log: a tap threw');
+        }
+      }
+    }
+  }
+
+  /**
+   * Calls `fn` with every record's sequence number and event as it is appended to the chain
+   * (before it is on disk), in chain order: the sidecar's monitor and dashboard. A record `fn`
+   * itself records is appended, and tapped, before `fn` returns. Returns the way to stop.
+   */
+  tap(fn: (seq: number, event: AuditEvent) => void): () => void {
+    this.taps.add(fn);
+    return () => this.taps.delete(fn);
   }
 
   private currentGroup(): Group {
@@ -568,7 +589,7 @@ export class AuditLog implements AuditSink {
     this.segment = n;
     this.segments.push(n);
     this.queue.push(g);
-    this.segmentBytes = g.out.offset;
+    this.segmentBytes = g.out.appended;
     this.segmentOpenedAt = Date.now();
   }
 

@@ -1,6 +1,6 @@
 // The capability: one zod schema (the TypeScript type is inferred from it), its canonical
 // encoding, HMAC-SHA256 signing and verification, tokens, and the pure `permits` check.
-import { createHmac, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { createHash, hash, randomBytes, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
 import { checkArguments, checkNetworkResource, checkTool, ConstraintsSchema, type AccessArguments, type CheckedArguments, type Constraints } from './constraints.js';
 import { AccessDeniedError } from './errors.js';
@@ -107,20 +107,65 @@ export function canonicalEncoding(c: UnsignedCapability): string {
 
 /** Objects deepFreeze made immutable all the way down: their encoding can be remembered. */
 const immutable = new WeakSet<object>();
-const encodings = new WeakMap<object, { bytes: Buffer; signature: Buffer | undefined }>();
 
-function encodingOf(c: UnsignedCapability | Capability): { bytes: Buffer; signature: Buffer | undefined } {
+interface Encoding {
+  /** SHA256_BLOCK bytes of room (the HMAC's K^ipad goes there), then the canonical encoding. */
+  padded: Buffer;
+  /** The signature as given (base64url-decoded), when there is one. */
+  signature: Buffer | undefined;
+}
+const encodings = new WeakMap<object, Encoding>();
+const SHA256_BLOCK = 64;
+
+function encodingOf(c: UnsignedCapability | Capability): Encoding {
   const hit = encodings.get(c);
   if (hit) return hit;
+  const text = canonicalEncoding(c);
+  const padded = Buffer.allocUnsafe(SHA256_BLOCK + Buffer.byteLength(text));
+  padded.write(text, SHA256_BLOCK, 'utf8');
   const sig = (c as Partial<Capability>).signature;
-  const e = { bytes: Buffer.from(canonicalEncoding(c)), signature: sig === undefined ? undefined : Buffer.from(sig, 'base64url') };
+  const e = { padded, signature: sig === undefined ? undefined : Buffer.from(sig, 'base64url') };
   // Only an object that cannot change keeps its encoding; anything else is re-encoded every time.
   if (immutable.has(c)) encodings.set(c, e);
   return e;
 }
 
+/**
+ * HMAC-SHA256 (RFC 2104) as two one-shot hashes, H((K^opad) || H((K^ipad) || m)), over pads
+ * computed once per key: the same bytes as createHmac at under half its cost, because no native
+ * Hmac object is created per call. Cold validation is one of these.
+ */
+class KeyPads {
+  readonly ipad: Buffer;
+  /** K^opad, then room for the inner digest. */
+  private readonly outer: Buffer;
+  constructor(secret: KeyObject) {
+    let k = secret.export();
+    if (k.length > SHA256_BLOCK) k = createHash('sha256').update(k).digest();
+    this.ipad = Buffer.alloc(SHA256_BLOCK, 0x36);
+    this.outer = Buffer.alloc(SHA256_BLOCK + 32, 0x5c);
+    for (let i = 0; i < k.length; i++) {
+      this.ipad[i] = k[i]! ^ 0x36;
+      this.outer[i] = k[i]! ^ 0x5c;
+    }
+  }
+  /** The MAC of an encoding's bytes, as a 32-character latin1 string (one char per byte). */
+  mac(e: Encoding): string {
+    e.padded.set(this.ipad, 0);
+    this.outer.write(hash('sha256', e.padded, 'binary'), SHA256_BLOCK, 'latin1');
+    return hash('sha256', this.outer, 'binary');
+  }
+}
+const pads = new WeakMap<KeyObject, KeyPads>();
+
+function padsFor(secret: KeyObject): KeyPads {
+  let p = pads.get(secret);
+  if (!p) pads.set(secret, (p = new KeyPads(secret)));
+  return p;
+}
+
 function mac(secret: KeyObject, c: UnsignedCapability): Buffer {
-  return createHmac('sha256', secret).update(encodingOf(c).bytes).digest();
+  return Buffer.from(padsFor(secret).mac(encodingOf(c)), 'latin1');
 }
 
 function deepFreeze<T>(o: T): T {
@@ -149,9 +194,14 @@ export type SignatureVerdict = 'ok' | 'E_UNKNOWN_KEY' | 'E_BAD_SIGNATURE';
 export function verifySignature(c: Capability, keys: Keyring): SignatureVerdict {
   const secret = keys.keyObject(c.keyId);
   if (!secret) return 'E_UNKNOWN_KEY';
-  const given = encodingOf(c).signature!;
-  const want = mac(secret, c);
-  return given.length === want.length && timingSafeEqual(given, want) ? 'ok' : 'E_BAD_SIGNATURE';
+  const e = encodingOf(c);
+  const given = e.signature!;
+  const want = padsFor(secret).mac(e);
+  if (given.length !== want.length) return 'E_BAD_SIGNATURE';
+  // Constant time like timingSafeEqual: every byte is compared, no early exit.
+  let diff = 0;
+  for (let i = 0; i < given.length; i++) diff |= given[i]! ^ want.charCodeAt(i);
+  return diff === 0 ? 'ok' : 'E_BAD_SIGNATURE';
 }
 
 /** Schema-checks an untrusted value; the result is deeply frozen. */

@@ -27,6 +27,11 @@ export const AUDIT_EVENT_TYPES = [
   'audit_unavailable',
   'audit_gap',
   'audit_resumed',
+  // The violation monitor (src/monitor): an alert it raised, and a principal it quarantined or
+  // an operator released.
+  'violation_alert',
+  'principal_quarantined',
+  'principal_released',
 ] as const;
 
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];

@@ -133,6 +133,12 @@ function checkOperations(operations: unknown): asserts operations is string[] {
 
 const TOOL_OPERATION_SET: ReadonlySet<string> = new Set(TOOL_OPERATIONS);
 
+/**
+ * Ids per `capability_revoked` record, in bytes of their JSON: well below the audit log's
+ * MAX_RECORD_BYTES (64 KiB), beyond which a record's details are replaced by a digest.
+ */
+const REVOKED_IDS_BYTES = 48 * 1024;
+
 export class SecurityKernel {
   private readonly keys: Keyring;
   private readonly audit: AuditSink;
@@ -544,18 +550,68 @@ export class SecurityKernel {
    */
   private revokeSubtrees(roots: readonly string[], reason: string): string[] {
     const rootSet = new Set(roots);
-    const all = new Set<string>();
-    for (const id of roots) {
-      all.add(id);
-      for (const d of this.descendants(id)) all.add(d);
+    // One walk over every subtree, roots first: no per-root arrays.
+    const all = new Set<string>(roots);
+    const stack = [...roots];
+    while (stack.length > 0) {
+      const kids = this.children.get(stack.pop()!);
+      if (kids === undefined) continue;
+      for (const k of kids) {
+        if (all.has(k)) continue;
+        all.add(k);
+        stack.push(k);
+      }
     }
-    const fresh = this.revocations.add([...all], reason, this.clock(), (id) => this.expiryOf(id));
-    for (const r of fresh) {
-      const c = this.store.get(r);
-      const cascadeFrom = rootSet.has(r) ? r : (c?.ancestors.find((a) => rootSet.has(a)) ?? r);
-      this.emit({ type: 'capability_revoked', capabilityId: r, ...(c ? { principal: c.principal } : {}), details: { reason, cascadeFrom } });
-    }
+    const fresh = this.revocations.add(all, reason, this.clock(), (id) => this.expiryOf(id));
+    if (fresh.length > 0 && this.auditing) this.auditRevoked(fresh, rootSet, reason);
     return fresh;
+  }
+
+  /**
+   * One `capability_revoked` record per cascade, listing every id it revoked (a record per
+   * capability was most of the cost of revoke-on-death). A cascade too long for one record
+   * is split into parts of at most REVOKED_IDS_BYTES of ids each, numbered `part` of `parts`.
+   * `fresh` lists the roots first (revokeSubtrees walks from them).
+   */
+  private auditRevoked(fresh: readonly string[], roots: ReadonlySet<string>, reason: string): void {
+    const parts: string[][] = [];
+    let cur: string[] = [];
+    let bytes = 0;
+    for (const id of fresh) {
+      if (bytes + id.length + 3 > REVOKED_IDS_BYTES && cur.length > 0) {
+        parts.push(cur);
+        cur = [];
+        bytes = 0;
+      }
+      cur.push(id);
+      bytes += id.length + 3;
+    }
+    parts.push(cur);
+    for (let i = 0; i < parts.length; i++) {
+      const ids = parts[i]!;
+      const principals = new Set<string>();
+      for (const id of ids) {
+        const p = this.store.get(id)?.principal;
+        if (p !== undefined) principals.add(p);
+      }
+      // Roots come first in `fresh` (the walk starts from them): `direct` counts the leading ids
+      // revoked because they were named (or held by the dead process), not because of an ancestor.
+      let direct = 0;
+      while (direct < ids.length && roots.has(ids[direct]!)) direct++;
+      const details: Record<string, unknown> = { reason, count: ids.length, direct, principals: [...principals], ids };
+      if (parts.length > 1) {
+        details.part = i + 1;
+        details.parts = parts.length;
+        details.total = fresh.length;
+      }
+      this.emit({
+        type: 'capability_revoked',
+        // The single-capability and single-principal cases keep the top-level fields a per-capability record had.
+        ...(principals.size === 1 ? { principal: principals.values().next().value! } : {}),
+        ...(ids.length === 1 ? { capabilityId: ids[0]! } : {}),
+        details,
+      });
+    }
   }
 
   /**

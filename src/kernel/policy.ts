@@ -223,13 +223,42 @@ export class Tool {
       urls[r.arg] = checked.href;
     }
     const out: string[] = [];
-    for (const part of this.spec.command) {
-      const whole = /^\{([^}]*)\}$/.exec(part);
-      if (whole && args[whole[1]!] === undefined) continue; // optional argument left out
-      out.push(part.replace(/\{([^}]*)\}/g, (_, name: string) => realPaths[name] ?? urls[name] ?? String(args[name] ?? '')));
+    const value = (name: string) => realPaths[name] ?? urls[name] ?? String(args[name] ?? '');
+    for (const t of (this.template ??= compileCommand(this.spec.command))) {
+      if (typeof t === 'string') out.push(t);
+      else if (t.whole !== undefined) {
+        if (args[t.whole] !== undefined) out.push(value(t.whole)); // else: optional argument left out
+      } else {
+        let s = '';
+        for (const piece of t.pieces) s += typeof piece === 'string' ? piece : value(piece.name);
+        out.push(s);
+      }
     }
     return out;
   }
+
+  /** The command parsed once into literals and `{name}` slots (argv() runs on every tool call). */
+  private template: CommandPart[] | undefined;
+}
+
+/** A literal argument, a whole-argument `{name}` (left out when the argument is), or a mix of text and slots. */
+type CommandPart = string | { whole: string; pieces?: undefined } | { whole?: undefined; pieces: (string | { name: string })[] };
+
+function compileCommand(command: readonly string[]): CommandPart[] {
+  return command.map((part): CommandPart => {
+    const whole = /^\{([^}]*)\}$/.exec(part);
+    if (whole) return { whole: whole[1]! };
+    if (!part.includes('{')) return part;
+    const pieces: (string | { name: string })[] = [];
+    let last = 0;
+    for (const m of part.matchAll(/\{([^}]*)\}/g)) {
+      if (m.index > last) pieces.push(part.slice(last, m.index));
+      pieces.push({ name: m[1]! });
+      last = m.index + m[0].length;
+    }
+    if (last < part.length) pieces.push(part.slice(last));
+    return { pieces };
+  });
 }
 
 function formatPath(path: readonly PropertyKey[]): string {

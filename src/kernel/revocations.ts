@@ -4,7 +4,7 @@
 // `expiresAt` (the capability's own expiry, when known) lets `compact` drop a line once the
 // capability could not be valid anyway; lines without it (older files, ids revoked on someone
 // else's word) are kept for ever.
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, truncateSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, truncateSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { RevocationStoreError } from './errors.js';
 
@@ -17,7 +17,9 @@ interface RevocationRecord {
 }
 
 function encodeLine(id: string, r: RevocationRecord): string {
-  return JSON.stringify(r.expiresAt === undefined ? { id, at: r.at, reason: r.reason } : { id, at: r.at, reason: r.reason, expiresAt: r.expiresAt }) + '\n';
+  // The same bytes JSON.stringify of { id, at, reason, expiresAt? } gives, without building the object.
+  const head = '{"id":' + JSON.stringify(id) + ',"at":' + JSON.stringify(r.at) + ',"reason":' + JSON.stringify(r.reason);
+  return (r.expiresAt === undefined ? head : head + ',"expiresAt":' + JSON.stringify(r.expiresAt)) + '}\n';
 }
 
 /** The fields of a line we rely on; undefined when it is not a revocation record. */
@@ -120,17 +122,24 @@ export class RevocationStore {
    * Records ids as revoked: in memory at once, on disk with one write and one fsync. Returns
    * the newly revoked. `expiresAtOf` gives each capability's own expiry, when known.
    */
-  add(ids: readonly string[], reason: string, at: number, expiresAtOf: (id: string) => number | undefined = () => undefined): string[] {
-    const fresh = [...new Set(ids)].filter((id) => !this.revoked.has(id));
-    if (fresh.length === 0) return [];
-    const records = fresh.map((id) => [id, { at, reason, expiresAt: expiresAtOf(id) }] as const);
-    // Memory first: even if the disk write fails, this process stops honouring them.
-    for (const [id, r] of records) this.revoked.set(id, r);
+  add(ids: Iterable<string>, reason: string, at: number, expiresAtOf: (id: string) => number | undefined = () => undefined): string[] {
+    const fresh: string[] = [];
+    const persist = this.fd !== undefined;
+    let text = '';
+    // One pass: memory first (even if the disk write fails, this process stops honouring them), the line text alongside.
+    for (const id of ids) {
+      if (this.revoked.has(id)) continue; // also skips an id given twice
+      const r: RevocationRecord = { at, reason, expiresAt: expiresAtOf(id) };
+      this.revoked.set(id, r);
+      fresh.push(id);
+      if (persist) text += encodeLine(id, r);
+    }
+    if (fresh.length === 0) return fresh;
     if (this.fd !== undefined) {
-      const text = records.map(([id, r]) => encodeLine(id, r)).join('');
       try {
         writeSync(this.fd, text);
-        fsyncSync(this.fd);
+        // Appends only: fdatasync also makes the new file size durable, and skips the timestamps fsync would add.
+        fdatasyncSync(this.fd);
       } catch (err) {
         throw new RevocationStoreError(`cannot persist revocation to ${this.path}: ${(err as Error).message}`, { path: this.path, ids: fresh }, err);
       }

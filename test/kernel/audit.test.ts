@@ -2,6 +2,7 @@ import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   AuditLog,
@@ -110,6 +111,29 @@ describe('audit log writer', () => {
     expect(canonicalJson(circ)).toBe('{"a":1,"self":"[circular]"}');
   });
 
+  it('encodes exactly what JSON.stringify of the key-sorted value gives (strings with escapes, surrogates, toJSON, nesting)', () => {
+    // JSON.stringify does every string and number; only the key order is ours (integer-like keys included).
+    const sortedStringify = (v: unknown): string => {
+      if (v !== null && typeof v === 'object' && typeof (v as { toJSON?: unknown }).toJSON === 'function') return sortedStringify((v as { toJSON: () => unknown }).toJSON());
+      if (v === null || typeof v !== 'object') return JSON.stringify(v);
+      if (Array.isArray(v)) return '[' + v.map((x) => sortedStringify(x)).join(',') + ']';
+      const o = v as Record<string, unknown>;
+      const keys = Object.keys(o).filter((k) => o[k] !== undefined).sort();
+      return '{' + keys.map((k) => JSON.stringify(k) + ':' + sortedStringify(o[k])).join(',') + '}';
+    };
+    fc.assert(
+      fc.property(fc.jsonValue(), (v) => {
+        expect(canonicalJson(v)).toBe(sortedStringify(v));
+      }),
+      { numRuns: 500 },
+    );
+    const odd = ['', 'a"b', 'back\\slash', 'tab\t', 'nul\u0000', 'lone \ud800 surrogate', 'pair \ud83d\ude00', 'x'.repeat(40) + '"', 'é ü 日本'];
+    for (const s of odd) expect(canonicalJson({ [s]: s, z: [s] })).toBe(sortedStringify({ [s]: s, z: [s] }));
+    // toJSON as an own key of a plain object, on a class instance, and on an array
+    const arr = Object.assign([1, 2], { toJSON: () => 'arr' });
+    expect(canonicalJson({ a: { toJSON: () => ({ y: 1, x: 2 }) }, b: new (class { toJSON() { return 'c'; } })(), c: arr })).toBe('{"a":{"x":2,"y":1},"b":"c","c":"arr"}');
+  });
+
   it('record() never throws, even for details that cannot be serialised', async () => {
     const log = await AuditLog.open({ dir, flushIntervalMs: 5 });
     const bad = { get boom(): never { throw new Error('nope'); } };
@@ -162,6 +186,34 @@ describe('audit log writer', () => {
     expect(h2.prevSeq).toBe(lastOf1.seq);
     expect(h2.prev).toBe(lastOf1.mac);
     expect(readAuditRecords(dir, (r) => r.type === 'audit_rotated').length).toBe(files.length - 1);
+    expect(verify().ok).toBe(true);
+  });
+
+  it('keeps every segment within its size limit when records cross 1 MiB buffer chunks', async () => {
+    // The size is counted per line: a line that opens a new buffer chunk once counted as a
+    // negative size, and a 1 MiB limit produced 4 MiB segments. ~3.3 KiB records, 1 MiB
+    // chunks, a 1.5 MiB limit: every segment is written across several chunk boundaries,
+    // first in one synchronous burst (nothing flushed in between), then with flushes in between.
+    const max = 1.5 * 1024 * 1024;
+    const big = (i: number): AuditEvent => ({ ...event(i), details: { n: i, pad: 'x'.repeat(3200) } });
+    const log = await AuditLog.open({ dir, flushIntervalMs: 60_000, maxSegmentBytes: max });
+    for (let i = 0; i < 2000; i++) log.record(big(i));
+    for (let i = 2000; i < 3000; i++) {
+      log.record(big(i));
+      if (i % 250 === 0) await log.flush();
+    }
+    await log.close();
+    const files = readdirSync(dir).filter((f) => f.startsWith('audit-0')).sort();
+    expect(files.length).toBeGreaterThanOrEqual(6); // ~10 MiB in 1.5 MiB segments
+    for (const f of files.slice(0, -1)) {
+      const lines = readLines(join(dir, f));
+      const lastRecord = lines.findLastIndex((l) => l.startsWith('{"v":1,"seq":'));
+      // Rotation happens before a record once the segment holds `max` bytes: everything before
+      // the last record (and the checkpoints after it) was below the limit.
+      const before = lines.slice(0, lastRecord).reduce((n, l) => n + Buffer.byteLength(l) + 1, 0);
+      expect(before, f).toBeLessThan(max);
+      expect(statSync(join(dir, f)).size, f).toBeLessThan(max + 8 * 1024);
+    }
     expect(verify().ok).toBe(true);
   });
 
@@ -356,6 +408,23 @@ describe('audit log writer', () => {
 });
 
 describe('audit verify detects tampering and names the place', () => {
+  it('streams a segment larger than its 4 MiB read buffer: verifies it whole, and names a record modified past the first chunk', async () => {
+    const log = await AuditLog.open({ dir, flushIntervalMs: 5 });
+    for (let i = 0; i < 2800; i++) log.record({ ...event(i), details: { n: i, pad: 'p'.repeat(3200) } });
+    await log.close();
+    expect(statSync(seg()).size).toBeGreaterThan(8 * 1024 * 1024);
+    const before = verify();
+    expect(before.ok).toBe(true);
+    expect(before.records).toBe(2802);
+    const lines = readLines(seg());
+    const i = indexOfSeq(lines, 2000); // ~6.5 MiB in: read by the second chunk
+    lines[i] = lines[i]!.replace('"n":1998', '"n":1999');
+    writeLines(seg(), lines);
+    const r = verify();
+    expect(r.integrity.firstBad).toMatchObject({ kind: 'modified', seq: 2000, line: i + 1 });
+    expect(r.integrity.problemCount).toBe(1);
+  });
+
   it('one byte of a field edited: modified, at that line and seq', async () => {
     await writeLog(30);
     const lines = readLines(seg());

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { canonicalEncoding, parseToken, toToken, verifySignature, type Capability } from '../../src/kernel/capability.js';
 import { Keyring } from '../../src/kernel/keyring.js';
@@ -118,6 +118,24 @@ describe('keyring files', () => {
       expect(() => Keyring.fromDir(t.dir, '../escape')).toThrow(/key id/);
     } finally {
       t.cleanup();
+    }
+  });
+});
+
+describe('signature bytes', () => {
+  it('are HMAC-SHA256 of the canonical encoding as createHmac computes it (short and long keys), so signatures made before still verify', () => {
+    for (const secret of [randomBytes(32), randomBytes(100)]) {
+      const keys = new Keyring({ id: 'k', secret });
+      const { kernel } = makeKernel({ keys });
+      const cap = kernel.requestCapability('alice', { type: 'tool', pattern: '*' }, ['invoke'], { allowedTools: ['x'] });
+      expect(cap.signature).toBe(createHmac('sha256', secret).update(canonicalEncoding(cap)).digest('base64url'));
+      expect(verifySignature(cap, keys)).toBe('ok');
+      // A signature off by one bit anywhere fails (parsed copies are fresh objects: nothing cached).
+      for (const at of [0, 21, 42]) {
+        const s = Buffer.from(cap.signature, 'base64url');
+        s[Math.min(at, 31)]! ^= 1;
+        expect(verifySignature(parseToken(toToken({ ...cap, signature: s.toString('base64url') })), keys)).toBe('E_BAD_SIGNATURE');
+      }
     }
   });
 });

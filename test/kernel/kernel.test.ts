@@ -221,8 +221,45 @@ describe('revocation', () => {
     }
     expect(kernel.validateCapability(sibling.id, 'invoke', 'read_file', { principal: 's' }).capability.id).toBe(sibling.id);
     expect(kernel.validateCapability(root.id, 'invoke', 'read_file', { principal: 'planner' }).capability.id).toBe(root.id);
-    expect(audit.ofType('capability_revoked')).toHaveLength(3);
+    // One record for the cascade, listing every id it revoked and whose they were.
+    const recs = audit.ofType('capability_revoked');
+    expect(recs).toHaveLength(1);
+    expect(recs[0]!.principal).toBeUndefined(); // three principals: none is named at the top
+    expect(recs[0]!.capabilityId).toBeUndefined();
+    expect(recs[0]!.details).toMatchObject({ reason: 'revoked', count: 3, direct: 1 });
+    expect((recs[0]!.details!.ids as string[])[0]).toBe(a.id); // the directly revoked come first
+    expect(new Set(recs[0]!.details!.ids as string[])).toEqual(new Set([a.id, b.id, c.id]));
+    expect(new Set(recs[0]!.details!.principals as string[])).toEqual(new Set(['a', 'b', 'c']));
     expect(codeOf(() => kernel.delegate(b.id, 'x'))).toBe('E_REVOKED');
+  });
+
+  it('audits a single revocation with the capability and principal at the top level, and nothing for an id already revoked', () => {
+    const { kernel, audit } = makeKernel();
+    const root = rootCap(kernel);
+    const a = kernel.delegate(root.id, 'a');
+    kernel.revokeCapability(a.id, 'done');
+    kernel.revokeCapability(a.id, 'again');
+    const recs = audit.ofType('capability_revoked');
+    expect(recs).toHaveLength(1);
+    expect(recs[0]).toMatchObject({ principal: 'a', capabilityId: a.id, details: { reason: 'done', count: 1, direct: 1, principals: ['a'], ids: [a.id] } });
+  });
+
+  it('splits a cascade too long for one audit record into numbered parts that list every id once', () => {
+    const { kernel, audit } = makeKernel();
+    const root = rootCap(kernel);
+    const kids = Array.from({ length: 3000 }, () => kernel.delegate(root.id, 'agent-x'));
+    const revoked = kernel.revokeCapability(root.id);
+    expect(revoked).toHaveLength(3001);
+    const recs = audit.ofType('capability_revoked');
+    expect(recs.length).toBeGreaterThan(1);
+    const listed = recs.flatMap((r) => r.details!.ids as string[]);
+    expect(listed).toHaveLength(3001);
+    expect(new Set(listed)).toEqual(new Set([root.id, ...kids.map((k) => k.id)]));
+    expect(listed[0]).toBe(root.id);
+    recs.forEach((r, i) => {
+      expect(r.details).toMatchObject({ part: i + 1, parts: recs.length, total: 3001, direct: i === 0 ? 1 : 0 });
+      expect(JSON.stringify(r.details).length).toBeLessThan(64 * 1024);
+    });
   });
 
   it('revokeAllForPrincipal revokes what the principal holds and everything below it', () => {

@@ -174,3 +174,22 @@ describe('authorizeToolCall', () => {
     expect(codeOf(() => kernel.authorizeToolCall(cap.id, 'read_file', { path: join(ws, 'small.txt') }, me))).toBe('E_REVOKED');
   });
 });
+
+describe('Tool.argv', () => {
+  it('fills whole-argument slots, slots inside text, leaves out optional arguments not given, and keeps literals', () => {
+    const policy = ToolPolicy.fromObject({
+      version: 1,
+      tools: [
+        {
+          name: 'grep',
+          command: ['/bin/grep', '--max-count={n}', '{flag}', '-e', '{pattern}', 'lit{', '{path}', 'x{pattern}y{n}z'],
+          args: { pattern: { type: 'string' }, path: { type: 'string' }, n: { type: 'string' }, flag: { type: 'string', required: false } },
+          resources: [{ kind: 'file', arg: 'path', access: 'read' }],
+        },
+      ],
+    });
+    const tool = policy.tool('grep')!;
+    expect(tool.argv({ pattern: 'a b', path: 'p', n: '3' }, { path: '/real/p' })).toEqual(['/bin/grep', '--max-count=3', '-e', 'a b', 'lit{', '/real/p', 'xa by3z']);
+    expect(tool.argv({ pattern: 'q', path: 'p', n: '1', flag: '-i' }, { path: '/r' })).toEqual(['/bin/grep', '--max-count=1', '-i', '-e', 'q', 'lit{', '/r', 'xqy1z']);
+  });
+});

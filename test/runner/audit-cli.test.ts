@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AuditLog, segmentFileName, verifyAuditLog } from '../../src/kernel/audit.js';
 import { generateSecret, readEd25519PublicKey, readSecretFile, writeSecretFile } from '../../src/kernel/keys.js';
 import { formatReport, main } from '../../src/runner/commands/audit.js';
+import { SecurityKernel } from '../../src/kernel/kernel.js';
+import { freshKeyring } from '../kernel/helpers.js';
 
 let root: string;
 let good: string;
@@ -218,6 +220,37 @@ describe('captrap audit tail / show', () => {
     const recs = r.out.trim().split('\n').map((l) => JSON.parse(l) as { principal: string; type: string; details: { i: number } });
     expect(recs.map((x) => x.details.i)).toEqual([0, 6]);
     expect(recs.every((x) => x.principal === 'agent-0' && x.type === 'access_denied')).toBe(true);
+  });
+
+  it('show finds every capability of a revocation cascade (one record) by principal and by id; verify passes', async () => {
+    const dir = join(root, 'cascade');
+    const log = await AuditLog.open({ dir, flushIntervalMs: 5 });
+    const kernel = new SecurityKernel({ keys: freshKeyring(), audit: log });
+    const top = kernel.requestCapability('planner', { type: 'tool', pattern: '*' }, ['invoke', 'delegate']);
+    const mine = Array.from({ length: 20 }, () => kernel.delegate(top.id, 'worker'));
+    const theirs = mine.map((m) => kernel.delegate(m.id, 'helper'));
+    expect(kernel.revokeCapability(top.id, 'bench')).toHaveLength(41);
+    await log.close();
+    expect((await run(['verify', dir, '--json'])).code).toBe(0);
+    const show = async (...args: string[]) => {
+      const r = await run(['show', dir, '--type', 'capability_revoked', ...args]);
+      expect(r.code).toBe(0);
+      return r.out.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { details: { ids: string[]; principals: string[]; count: number } });
+    };
+    const all = await show();
+    expect(all).toHaveLength(1);
+    expect(all[0]!.details.count).toBe(41);
+    expect(new Set(all[0]!.details.principals)).toEqual(new Set(['planner', 'worker', 'helper']));
+    for (const who of ['planner', 'worker', 'helper']) expect(await show('--principal', who)).toHaveLength(1);
+    expect(await show('--principal', 'nobody')).toHaveLength(0);
+    for (const c of [top, mine[7]!, theirs[19]!]) {
+      const found = await show('--capability', c.id);
+      expect(found).toHaveLength(1);
+      expect(found[0]!.details.ids).toContain(c.id);
+    }
+    // --capability also matches records that name the id at the top level.
+    const granted = await run(['show', dir, '--capability', top.id, '--type', 'capability_granted']);
+    expect(granted.out.trim().split('\n')).toHaveLength(1);
   });
 
   it('show rejects an unknown event type with the list of known ones', async () => {

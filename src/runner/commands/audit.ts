@@ -27,11 +27,13 @@ const USAGE = `usage:
   captrap audit verify <dir> [--key FILE] [--pubkey FILE] [--json]
   captrap audit verify <dir> --pubkey-only [--pubkey FILE] [--json]
   captrap audit tail <dir> [-n N] [-f] [--json]
-  captrap audit show <dir> [--principal P] [--type T] [--json]
+  captrap audit show <dir> [--principal P] [--type T] [--capability ID] [--json]
 
 <dir> defaults to $CAPTRAP_AUDIT_DIR. --key defaults to <dir>/${AUDIT_KEY_FILE}, --pubkey to
 <dir>/${AUDIT_PUBLIC_KEY_FILE}; keep trusted copies elsewhere and pass them explicitly.
 verify exits 0 only if integrity and completeness both hold, 1 if not, 2 on bad input.
+show --principal and --capability also match records that list the principal or id among
+others (details.principals, details.ids: one capability_revoked record per cascade).
 Without the HMAC key (none given, none in <dir>) verify checks only what the public key can:
 checkpoint signatures, the records at checkpoints, seqs, chain links as written, segments and
 the tail; record MACs are NOT checked. Nothing wrong found then exits 3, or 0 with
@@ -196,8 +198,16 @@ async function tail(argv: string[]): Promise<number> {
   const n = values.n === undefined ? 10 : Number(values.n);
   if (!Number.isInteger(n) || n < 0) throw new UsageError(`-n must be a non-negative integer, got '${String(values.n)}'`);
   const json = wantJson(values.json);
-  const all = readAuditRecords(dir);
-  emit(n === 0 ? [] : all.slice(-n), json);
+  // Only the last n are kept while reading (the reader streams): memory follows n, not the log.
+  let last: AuditRecord[] = [];
+  if (n > 0) {
+    readAuditRecords(dir, (r) => {
+      last.push(r);
+      if (last.length >= 2 * n) last = last.slice(-n);
+      return false;
+    });
+  }
+  emit(last.slice(-n), json);
   if (values.follow) await follow(dir, json);
   return 0;
 }
@@ -251,7 +261,7 @@ function sizeOf(path: string): number {
 
 function show(argv: string[]): number {
   const { values, positionals } = parse(() =>
-    parseArgs({ args: argv, options: { ...COMMON, principal: { type: 'string' }, type: { type: 'string' } }, allowPositionals: true, strict: true }),
+    parseArgs({ args: argv, options: { ...COMMON, principal: { type: 'string' }, type: { type: 'string' }, capability: { type: 'string' } }, allowPositionals: true, strict: true }),
   );
   if (values.help) {
     process.stdout.write(USAGE);
@@ -263,10 +273,19 @@ function show(argv: string[]): number {
     throw new UsageError(`unknown event type '${type}'; known: ${AUDIT_EVENT_TYPES.join(', ')}`);
   }
   const principal = values.principal;
+  const capability = values.capability;
   const records = readAuditRecords(
     dir,
-    (r) => (principal === undefined || r.principal === principal) && (type === undefined || r.type === (type as AuditEventType)),
+    (r) =>
+      (type === undefined || r.type === (type as AuditEventType)) &&
+      (principal === undefined || r.principal === principal || listed(r.details?.principals, principal)) &&
+      (capability === undefined || r.capabilityId === capability || listed(r.details?.ids, capability)),
   );
   emit(records, wantJson(values.json));
   return 0;
+}
+
+/** A record about many principals or capabilities (a revocation cascade, a clean-up) lists them in its details. */
+function listed(list: unknown, value: string): boolean {
+  return Array.isArray(list) && list.includes(value);
 }
