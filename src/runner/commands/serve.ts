@@ -4,12 +4,15 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type SidecarConfig } from '../config.js';
 import { Sidecar } from '../sidecar.js';
+import { startMcpHttp } from '../../mcp/serve.js';
 
 const HELP = `usage: captrap serve --config FILE [--state-dir DIR]
 
 Starts the sidecar: cleans stale cgroups, opens the audit log (continuing its chain), opens the
 admin socket (mode 0600), launches the configured agents, then prints
   captrap: ready <admin socket path>
+With mcpServers in the config it also serves each at http://127.0.0.1:PORT/mcp/NAME (MCP
+Streamable HTTP, bearer tokens from the config; docs/mcp.md) and says where on stderr.
 SIGTERM or SIGINT shuts it down gracefully (exit 0). Exit 2: bad usage or config.
 `;
 
@@ -60,10 +63,21 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`captrap serve: cannot start: ${(err as Error).message}${typeof code === 'string' ? ` [${code}]` : ''}\n`);
     return 1;
   }
+  // The MCP gateway's HTTP front (issue 12), when the config has mcpServers.
+  let mcp: Awaited<ReturnType<typeof startMcpHttp>>;
+  try {
+    mcp = await startMcpHttp(sidecar, (line) => process.stderr.write(`captrap serve: ${line}\n`));
+  } catch (err) {
+    process.stderr.write(`captrap serve: cannot start the MCP front: ${(err as Error).message}\n`);
+    await sidecar.stop().catch(() => undefined);
+    return 1;
+  }
+  if (mcp) process.stderr.write(`captrap serve: mcp ${mcp.front.url('')}NAME (${sidecar.config.mcpServers!.map((m) => m.name).join(', ')})\n`);
   process.stdout.write(`captrap: ready ${sidecar.adminSocket}\n`);
   if (!signalled) await new Promise<void>((r) => (wake = r));
   process.stderr.write(`captrap serve: ${signalled}: shutting down\n`);
   let code = 0;
+  await mcp?.close().catch((err: unknown) => process.stderr.write(`captrap serve: closing the MCP front: ${(err as Error).message}\n`));
   try {
     await sidecar.stop();
   } catch (err) {
