@@ -1,9 +1,10 @@
 // Secret key files (capability HMAC keys, the audit MAC key). A key file holds one secret
 // as base64 or hex text. captrap creates them 0600 and refuses to use one that group or
 // others can read: a leaked key forges capabilities or rewrites the audit log.
-import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { CaptrapError } from '../errors.js';
+import { generateEd25519KeyObjects } from './tokens/ed25519.js';
 
 export const MIN_SECRET_BYTES = 32;
 
@@ -137,8 +138,9 @@ export function loadOrCreateEd25519KeyPair(
   try {
     statSync(privatePath);
   } catch {
-    const pair = generateKeyPairSync('ed25519');
-    const pem = pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    // From a random seed, not generateKeyPairSync: on Node 20 exporting a key from a
+    // generateKeyPairSync job can deadlock with the GC finalising that job (seen in gdb).
+    const pem = generateEd25519KeyObjects().privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
     let fd: number | undefined;
     try {
       fd = openSync(privatePath, 'wx', 0o600);
