@@ -13,6 +13,8 @@ const SECTIONS: Record<string, () => Promise<{ bench(): Promise<BenchSection> }>
   audit: () => import('./bench/audit.js'),
   sidecar: () => import('./bench/sidecar.js'),
   egress: () => import('./bench/egress.js'),
+  tokens: () => import('./bench/tokens.js'),
+  mcp: () => import('./bench/mcp.js'),
 };
 
 function fmt(n: number | undefined, digits = 1): string {

@@ -117,6 +117,11 @@ class ServeOutput {
     return this.log.trim() || '(serve wrote nothing else)';
   }
 
+  /** The first match of `re` in serve's own lines so far. */
+  find(re: RegExp): RegExpExecArray | null {
+    return re.exec(this.log);
+  }
+
   /**
    * Prints the lines of `agents` as they arrive (from where the last call for them stopped)
    * until `done` holds for all lines of those agents seen so far.
@@ -198,6 +203,10 @@ interface ServeRef {
 /** The scribe is Python; on a host without python3 the same agent in POSIX shell stands in (CAPTRAP_DEMO_SCRIBE=sh forces it). */
 const scribeInShell = process.env.CAPTRAP_DEMO_SCRIBE === 'sh' || which('python3', DEFAULT_PATH) === undefined;
 const scribeLanguage = scribeInShell ? 'a POSIX shell script' : 'a Python script';
+// `npm run demo -- --dashboard`: serve also runs the dashboard, and the demo waits for Ctrl-C
+// before it stops serve, so the page can be looked at.
+const DASHBOARD = process.argv.includes('--dashboard');
+let ctrlC: (() => void) | undefined;
 
 function prepare(dir: string, cgroupBase: string): void {
   const ws = join(dir, 'workspace');
@@ -217,6 +226,7 @@ function prepare(dir: string, cgroupBase: string): void {
     .replaceAll('{{EXAMPLES}}', EXAMPLES)
     .replaceAll('{{ROOT}}', ROOT.replace(/\/$/, ''))
     .replaceAll('{{DIR}}', dir);
+  if (DASHBOARD) config = `${config.replace(/\n*$/, '\n')}dashboard:\n  listen: 127.0.0.1:0\n  actions: true\n`;
   writeFileSync(join(dir, 'demo.yaml'), config);
 }
 
@@ -319,6 +329,15 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
     admin.close();
   }
 
+  if (DASHBOARD) {
+    const url = await waitFor(async () => output.find(/dashboard: (http:\/\/\S+)/)?.[1], 5000);
+    if (!url) throw new DemoError('serve printed no dashboard URL');
+    say(`The dashboard: ${url}`);
+    note('open it in a browser (the token in the address moves into a cookie); Ctrl-C stops the demo');
+    await new Promise<void>((resolve) => (ctrlC = resolve));
+    ctrlC = undefined;
+  }
+
   say('Stop the sidecar with SIGTERM: it kills every sandbox, revokes everything and closes the audit log.');
   const stopAt = Date.now();
   child.kill('SIGTERM');
@@ -361,7 +380,8 @@ async function main(): Promise<number> {
     failures.push(why);
     serve.child?.kill('SIGTERM');
   };
-  const onSignal = (sig: NodeJS.Signals) => interrupt(`interrupted by ${sig}`);
+  // While the dashboard is being looked at, Ctrl-C is the way on, not an interruption.
+  const onSignal = (sig: NodeJS.Signals) => (ctrlC && sig === 'SIGINT' ? ctrlC() : interrupt(`interrupted by ${sig}`));
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSignal);
   process.stdout.on('error', () => interrupt('stdout closed'));
   try {

@@ -15,6 +15,9 @@ export * from './kernel/revocations.js';
 export * from './kernel/issuance.js';
 export * from './kernel/kernel.js';
 export * from './kernel/audit.js';
+// ct2 public-key tokens and CEL `when` constraints (docs/tokens.md).
+export * from './kernel/tokens/index.js';
+export { compileWhen, evaluateWhen, toCelActivation, CelError, CEL_LIMITS, CEL_ERROR_CODES, type CelErrorCode, type CelRequest, type CompiledWhen } from './kernel/cel.js';
 
 export * from './isolation/sandbox.js';
 export * from './isolation/errors.js';

@@ -1,5 +1,5 @@
 // The client side of a running sidecar's admin socket, shared by `captrap ps | caps | revoke |
-// kill | stats`: find the socket, connect, call, close. Everything that can go wrong before an
+// kill | release | stats`: find the socket, connect, call, close. Everything that can go wrong before an
 // answer arrives (no socket, nobody listening, not our socket, no permission) becomes one
 // AdminClientError whose message says what to do about it.
 import net from 'node:net';
@@ -105,6 +105,10 @@ export class AdminClient {
   }
   revoke(target: { id: string } | { principal: string }): Promise<{ revoked: string[] }> {
     return this.call('capabilities.revoke', { ...target });
+  }
+  /** Lifts the monitor's quarantine of `principal` (`captrap release`). */
+  release(principal: string): Promise<{ released: boolean }> {
+    return this.call('principals.release', { principal });
   }
   kill(id: string): Promise<{ killed: boolean }> {
     return this.call('agents.kill', { id });

@@ -28,6 +28,8 @@ export type SidecarAuditStats = AuditStats & {
 
 export interface AdminContext extends SidecarContext {
   counters: SandboxCounters;
+  /** The violation monitor's quarantine, once monitoring has started (`captrap release`). */
+  quarantine?: { release(principal: string, by: string): boolean; quarantined(): { principal: string; since: string; type: string }[] };
   startedAt: number;
   auditStats(): SidecarAuditStats | null;
   metricsText(): Promise<string>;
@@ -65,6 +67,7 @@ const CapsParams = z
   .or(z.undefined());
 const RevokeParams = z.union([z.object({ id: z.string().min(1).max(64 * 1024) }).strict(), z.object({ principal: z.string().min(1).max(256) }).strict()]);
 const KillParams = z.object({ id: z.string().min(1).max(256) }).strict();
+const ReleaseParams = z.object({ principal: z.string().min(1).max(256) }).strict();
 
 export function adminHandlers(ctx: AdminContext): Record<string, RpcHandler> {
   const { kernel, book, runner, supervisor } = ctx;
@@ -140,6 +143,13 @@ export function adminHandlers(ctx: AdminContext): Record<string, RpcHandler> {
     'agents.kill': wrap(KillParams, (p) => {
       if (!supervisor.kill(p.id, 'killed')) throw new RpcError(RPC_ERROR.NOT_FOUND, `no running agent '${p.id}'`, { code: 'E_UNKNOWN_AGENT', reason: 'unknown agent' });
       return { killed: true };
+    }),
+    'principals.release': wrap(ReleaseParams, (p) => {
+      const q = ctx.quarantine;
+      if (!q?.release(p.principal, 'administrator')) {
+        throw new RpcError(RPC_ERROR.NOT_FOUND, `principal '${p.principal}' is not quarantined${q ? ` (quarantined: ${q.quarantined().map((x) => x.principal).join(', ') || 'none'})` : ' (the monitor is not running)'}`, { code: 'E_NOT_QUARANTINED', reason: 'not quarantined' });
+      }
+      return { released: true };
     }),
     stats: wrap(Empty, (): SidecarStats => {
       const c = ctx.counters;

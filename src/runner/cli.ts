@@ -16,6 +16,10 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<CommandMod
   caps: { summary: 'list capabilities of a running sidecar', load: () => import('./commands/caps.js') },
   revoke: { summary: 'revoke a capability: captrap revoke <id> | --principal P', load: () => import('./commands/revoke.js') },
   kill: { summary: 'kill an agent of a running sidecar: captrap kill <agent>', load: () => import('./commands/kill.js') },
+  release: { summary: "lift the monitor's quarantine of a principal: captrap release <principal>", load: () => import('./commands/release.js') },
+  token: { summary: 'ct2 tokens: verify | attenuate | seal | inspect | issue', load: () => import('./commands/token.js') },
+  keys: { summary: 'ct2 issuer keys: export | rotate | retire | list', load: () => import('./commands/keys.js') },
+  mcp: { summary: 'put captrap in front of an MCP server: captrap mcp [options] -- cmd args...', load: () => import('./commands/mcp.js') },
   stats: { summary: 'kernel, audit and sandbox counters of a running sidecar', load: () => import('./commands/stats.js') },
 };
 

@@ -10,6 +10,9 @@ import { CaptrapError } from '../errors.js';
 import { ConstraintsSchema, type Constraints, type Limits } from '../kernel/constraints.js';
 import { RESOURCE_TYPES, type ResourceType } from '../kernel/capability.js';
 import { parseCatalogue, type Catalogue } from '../kernel/policy.js';
+import { MonitorInput, monitorConfig, type MonitorConfig } from '../monitor/config.js';
+import { parseListen } from '../monitor/dashboard.js';
+import type { DashboardConfig } from './monitoring.js';
 import { parseBytes, parseCpu, parseDuration, type NamespaceName } from '../isolation/limits.js';
 
 export class ConfigError extends CaptrapError {
@@ -125,6 +128,50 @@ const SandboxInput = z
   })
   .strict();
 
+/** One client of an MCP server behind the gateway (docs/mcp.md): who it is and what it may do. */
+const McpClientInput = z
+  .object({
+    principal: z.string().regex(AGENT_ID, 'expected a principal of letters, digits, _ . - starting with a letter'),
+    /** The bearer token (HTTP front) that names this client; prefer tokenFile. */
+    token: z.string().min(16, 'expected a bearer token of at least 16 characters').optional(),
+    tokenFile: z.string().min(1).optional(),
+    operations: z.array(z.string().min(1)).min(1).default(['invoke']),
+    constraints: ConstraintsSchema.default({}),
+    /** Per-call timeout (becomes constraints.limits.timeoutMs). */
+    timeout: Duration.optional(),
+  })
+  .strict();
+
+const McpToolPolicyInput = z
+  .object({
+    /** Kind per argument name: wins over detection from the inputSchema. */
+    arguments: z.record(z.string(), z.enum(['file', 'url', 'command', 'none'])).optional(),
+    operation: z.enum(['read', 'write', 'list', 'execute']).optional(),
+    /** Arguments whose values never reach the audit log. */
+    secret: z.array(z.string()).optional(),
+  })
+  .strict();
+
+const McpServerInput = z
+  .object({
+    command: z.string().min(1),
+    args: z.array(z.string()).default([]),
+    env: EnvInput.default({}),
+    cwd: z.string().min(1).optional(),
+    /** Limits of the server's one long-lived sandbox. */
+    limits: LimitsInput.optional(),
+    view: ViewInput.optional(),
+    uid: z.number().int().nonnegative().optional(),
+    gid: z.number().int().nonnegative().optional(),
+    allowRoot: z.boolean().optional(),
+    namespaces: NamespacesInput.optional(),
+    confine: z.boolean().optional(),
+    /** Corrections per tool name: argument kinds, operation, secret arguments. */
+    tools: z.record(z.string(), McpToolPolicyInput).default({}),
+    clients: z.array(McpClientInput).min(1, 'expected at least one client (principal, operations, constraints)'),
+  })
+  .strict();
+
 const ConfigInput = z
   .object({
     stateDir: z.string().min(1).optional(),
@@ -163,8 +210,40 @@ const ConfigInput = z
     rateLimit: z.object({ perSecond: z.number().positive(), burst: PositiveInt }).strict().default({ perSecond: 500, burst: 1000 }),
     /** How often expired capabilities are forgotten and the revocation file compacted (ms). */
     pruneIntervalMs: PositiveInt.default(60_000),
+    /** The violation monitor: rules per violation type, webhook (docs/monitoring.md). On by default. */
+    monitor: MonitorInput.optional(),
+    /** The dashboard on loopback (docs/monitoring.md); absent: no dashboard. */
+    dashboard: z
+      .object({
+        listen: z.string().min(1).refine((l) => {
+          try {
+            parseListen(l);
+            return true;
+          } catch {
+            return false;
+          }
+        }, 'expected a loopback address with a port: 127.0.0.1:PORT, localhost:PORT or [::1]:PORT (the dashboard is not for the network)'),
+        actions: z.boolean().default(false),
+        verifyInterval: Duration.default(600_000),
+      })
+      .strict()
+      .optional(),
     tools: z.array(z.unknown()).default([]),
     agents: z.array(AgentInput).default([]),
+    /** MCP servers behind the gateway, by name (`captrap mcp --server NAME`, `/mcp/NAME` in serve). */
+    /** The Streamable HTTP front of `captrap serve` for mcpServers (docs/mcp.md). */
+    mcpHttp: z
+      .object({
+        port: z.number().int().min(0).max(65535).default(0),
+        allowedHosts: z.array(z.string().min(1)).default([]),
+        allowedOrigins: z.array(z.string().min(1)).default([]),
+        maxSessions: PositiveInt.default(64),
+        /** A session with no request and no open stream for this long is ended (default 30 min). */
+        idleTimeout: Duration.optional(),
+      })
+      .strict()
+      .optional(),
+    mcpServers: z.record(z.string().regex(AGENT_ID, 'expected a server name of letters, digits, _ . - starting with a letter'), McpServerInput).default({}),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -224,6 +303,33 @@ export interface ViewConfig {
   hide: string[];
 }
 
+export interface McpClientConfig {
+  principal: string;
+  token?: string;
+  /** Absolute. */
+  tokenFile?: string;
+  operations: string[];
+  constraints: Constraints;
+}
+
+export interface McpServerConfig {
+  name: string;
+  command: string;
+  args: string[];
+  env: Record<string, string>;
+  /** Absolute; defaults to the config file's directory. */
+  cwd: string;
+  limits: Limits;
+  view?: ViewConfig;
+  uid?: number;
+  gid?: number;
+  allowRoot?: boolean;
+  namespaces?: NamespaceName[];
+  confine?: boolean;
+  tools: Record<string, { arguments?: Record<string, 'file' | 'url' | 'command' | 'none'>; operation?: 'read' | 'write' | 'list' | 'execute'; secret?: string[] }>;
+  clients: McpClientConfig[];
+}
+
 export interface SidecarConfig {
   /** The file it came from (absolute), or a label for configs built in code. */
   source: string;
@@ -243,9 +349,15 @@ export interface SidecarConfig {
   maxSubAgentsPerAgent: number;
   rateLimit: { perSecond: number; burst: number };
   pruneIntervalMs: number;
+  /** Absent in configs built in code: the monitor's defaults apply. */
+  monitor?: MonitorConfig;
+  dashboard?: DashboardConfig;
   identity: { firstUid: number; count: number };
   catalogue: Catalogue;
   agents: AgentConfig[];
+  /** MCP servers behind the gateway (absent in configs built in code before issue 12). */
+  mcpServers?: McpServerConfig[];
+  mcpHttp?: { port: number; allowedHosts: string[]; allowedOrigins: string[]; maxSessions: number; idleTimeout?: number };
 }
 
 function formatPath(path: readonly PropertyKey[]): string {
@@ -319,6 +431,8 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
     maxSubAgentsPerAgent: c.maxSubAgentsPerAgent,
     rateLimit: c.rateLimit,
     pruneIntervalMs: c.pruneIntervalMs,
+    monitor: monitorConfig(c.monitor),
+    ...(c.dashboard ? { dashboard: { listen: c.dashboard.listen, actions: c.dashboard.actions, verifyIntervalMs: c.dashboard.verifyInterval } } : {}),
     identity: c.identity,
     catalogue,
     agents: c.agents.map((a) => ({
@@ -336,6 +450,33 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
       limits: toLimits(a.limits),
       capabilities: a.capabilities.map(template),
       requestable: a.requestable.map(template),
+    })),
+    ...(c.mcpHttp ? { mcpHttp: c.mcpHttp } : {}),
+    mcpServers: Object.entries(c.mcpServers).map(([name, m]) => ({
+      name,
+      command: m.command,
+      args: m.args,
+      env: m.env,
+      cwd: m.cwd !== undefined ? abs(m.cwd) : baseDir,
+      limits: toLimits(m.limits),
+      ...(m.view !== undefined ? { view: view(m.view) } : {}),
+      ...(m.uid !== undefined ? { uid: m.uid } : {}),
+      ...(m.gid !== undefined ? { gid: m.gid } : {}),
+      ...(m.allowRoot !== undefined ? { allowRoot: m.allowRoot } : {}),
+      ...(m.namespaces !== undefined ? { namespaces: m.namespaces } : {}),
+      ...(m.confine !== undefined ? { confine: m.confine } : {}),
+      tools: m.tools,
+      clients: m.clients.map((cl) => {
+        const constraints: Constraints = { ...cl.constraints };
+        if (cl.timeout !== undefined) constraints.limits = { ...(constraints.limits ?? {}), timeoutMs: Math.ceil(cl.timeout) };
+        return {
+          principal: cl.principal,
+          ...(cl.token !== undefined ? { token: cl.token } : {}),
+          ...(cl.tokenFile !== undefined ? { tokenFile: abs(cl.tokenFile) } : {}),
+          operations: cl.operations,
+          constraints,
+        };
+      }),
     })),
   };
 }

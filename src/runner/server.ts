@@ -29,6 +29,8 @@ export interface SidecarContext {
   config: SidecarConfig;
   metrics?: SidecarMetrics;
   isStopping(): boolean;
+  /** Why `principal` (or an ancestor) is quarantined by the monitor, or undefined if it is not. */
+  quarantineOf?(principal: string): string | undefined;
 }
 
 const ISOLATION_CODES = new Set(['E_SANDBOX_OPTION', 'E_COMMAND_NOT_FOUND', 'E_CWD', 'E_UID', 'E_SPAWN', 'E_LIMIT_UNENFORCEABLE', 'E_CGROUP']);
@@ -261,6 +263,11 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
       try {
         if (ctx.isStopping()) throw new RpcError(RPC_ERROR.UNAVAILABLE, 'the sidecar is shutting down');
         if (agent.state !== 'running') throw new RpcError(RPC_ERROR.UNAVAILABLE, 'this agent has exited');
+        const quarantine = ctx.quarantineOf?.(agent.id);
+        if (quarantine !== undefined) {
+          const reason = `${agent.id} is quarantined by the monitor (${quarantine}); an operator lifts it with 'captrap release'`;
+          throw new RpcError(RPC_ERROR.ACCESS_DENIED, reason, { code: 'E_QUARANTINED', reason });
+        }
         if (!limiter.admit(method)) {
           // Refused before the kernel or the audit log sees it: a flood costs little. Audited once per episode (ratelimit.ts).
           const reason = `rate limited: more than ${limiter.limitPerSecond} requests/s on this channel; retry later`;

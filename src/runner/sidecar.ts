@@ -22,6 +22,8 @@ import { sidecarSecrets } from './identity.js';
 import { SidecarMetrics } from './metrics.js';
 import { AuditGate, SandboxCounters, ToolRunner } from './runner.js';
 import { agentHandlers, startMaintenance, type SidecarContext } from './server.js';
+import { monitorConfig } from '../monitor/config.js';
+import { startMonitoring, type Monitoring } from './monitoring.js';
 import { checkCapabilityKeyFile, prepareStateDir } from './statedir.js';
 import { CapabilityBook, Supervisor, type AgentHandle } from './supervisor.js';
 
@@ -66,6 +68,9 @@ export class Sidecar {
   /** What start-up cleaned from an earlier run that did not stop cleanly. */
   staleCleanup: StaleCleanupResult | undefined;
   private admin: AdminServer | undefined;
+  /** The violation monitor and, with `dashboard:` in the config, the dashboard (docs/monitoring.md). */
+  monitoring: Monitoring | undefined;
+  private untap: (() => void) | undefined;
   private stopping = false;
   private stopped: Promise<void> | undefined;
 
@@ -138,6 +143,7 @@ export class Sidecar {
       config: this.config,
       metrics: this.metrics,
       isStopping: () => this.stopping,
+      quarantineOf: (principal) => self.monitoring?.monitor.quarantineOf(principal)?.type,
     };
   }
 
@@ -184,7 +190,18 @@ export class Sidecar {
         auditStats: () => ({ ...s.audit.stats(), onFailure: s.gate.onFailure, refusedCalls: s.gate.refused, unauditedCalls: s.gate.unaudited }),
         metricsText: () => s.metrics.text(),
       };
-      s.admin = await AdminServer.listen(config.adminSocket, adminHandlers(adminCtx));
+      const handlers = adminHandlers(adminCtx);
+      s.admin = await AdminServer.listen(config.adminSocket, handlers);
+      // Before the first agent: the monitor sees every record its requests cause.
+      s.monitoring = await startMonitoring(adminCtx, handlers, {
+        config: config.monitor ?? monitorConfig(undefined),
+        ...(config.dashboard ? { dashboard: config.dashboard } : {}),
+        notice: (line) => s.notice(line),
+      });
+      adminCtx.quarantine = s.monitoring.monitor;
+      const monitoring = s.monitoring;
+      s.untap = audit.tap((seq, event) => monitoring.feed(seq, event));
+      if (monitoring.dashboardUrl) s.notice(`dashboard: ${monitoring.dashboardUrl}`);
       for (const a of config.agents) s.launchConfigured(a);
     } catch (err) {
       await s.stop();
@@ -241,6 +258,9 @@ export class Sidecar {
         log.error({ err, principal: p }, 'revocation at shutdown failed');
       }
     }
+    // The monitor's last alerts are recorded before the log closes; the dashboard goes with it.
+    this.untap?.();
+    await this.monitoring?.stop();
     this.kernel.close();
     this.runner.close();
     this.audit.off('unavailable', this.onAuditUnavailable as (arg: never) => void);
