@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { TokenKeyStore, tokenKeyDir } from '../../kernel/tokens/index.js';
 import { loadConfig } from '../config.js';
 import { checkOwnedPath } from '../statedir.js';
+import { describeError } from '../cli.js';
 
 const USAGE = `usage:
   captrap keys export [--state-dir DIR | --config FILE]      print the public key set (JWKS) to stdout
@@ -40,15 +41,6 @@ export function openKeyStore(stateDir: string, create: boolean, firstKeyId?: str
   const dir = tokenKeyDir(stateDir);
   checkOwnedPath(dir, 'dir', { create, role: 'token key directory' });
   return TokenKeyStore.open(dir, { create, ...(firstKeyId !== undefined ? { firstKeyId } : {}) });
-}
-
-export function describeError(err: unknown): string {
-  if (process.env.CAPTRAP_DEBUG && err instanceof Error && err.stack) return err.stack;
-  if (err instanceof Error) {
-    const code = (err as { code?: unknown }).code;
-    return typeof code === 'string' ? `${err.message} [${code}]` : err.message;
-  }
-  return String(err);
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -22,7 +22,8 @@ import {
   type TokenRequest,
   type VerifiedToken,
 } from '../../kernel/tokens/index.js';
-import { describeError, openKeyStore, stateDirFrom } from './keys.js';
+import { describeError } from '../cli.js';
+import { openKeyStore, stateDirFrom } from './keys.js';
 
 const USAGE = `usage:
   captrap token verify --pubkeys FILE TOKEN [--tool T [--args JSON]] [--principal P] [--operation OP]
