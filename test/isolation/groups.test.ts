@@ -259,6 +259,8 @@ describe.skipIf(!cg)(`sandbox groups on this host (${host.layout})`, () => {
         });
       });
     }))).flat();
+    // Each leader forks its own `sleep 300` after printing its pid: wait for all 8 members.
+    for (let i = 0; i < 200 && outer.pids().length < 8; i++) await sleep(10);
     expect(outer.pids().length).toBeGreaterThanOrEqual(8);
     expect(outer.populated()).toBe(true);
     outer.killAll();
