@@ -59,6 +59,13 @@ describe.skipIf(skip !== '')('the dashboard in chromium', () => {
     expect((await rpcError(planner.conn.call('tools.invoke', { tool: 'rm', args: {}, capability: cap }))).data).toMatchObject({ code: 'E_TOOL_NOT_ALLOWED' });
     await page.waitForSelector('[data-decision="access_denied"][data-code="E_TOOL_NOT_ALLOWED"]', { timeout: 15_000 });
 
+    // What an agent controls reaches the page as text, never as markup.
+    const hostile = '<img src=x onerror="document.body.dataset.pwned=1">';
+    await rpcError(planner.conn.call('tools.invoke', { tool: hostile, args: {}, capability: cap }));
+    await page.waitForSelector('[data-decision="access_denied"][data-code="E_UNKNOWN_TOOL"]', { timeout: 15_000 });
+    expect(await page.textContent('[data-decision="access_denied"][data-code="E_UNKNOWN_TOOL"]')).toContain(hostile);
+    expect(await page.evaluate(() => [document.querySelectorAll('#decisions img').length, document.body.dataset['pwned'] ?? null])).toEqual([0, null]);
+
     // Revoke from the page; the capability is marked revoked, and the kernel agrees.
     await page.click(`[data-cap="${cap}"] button[data-action="revoke"]`);
     await page.waitForSelector(`[data-cap="${cap}"] .badge:text("revoked")`, { timeout: 15_000 });
