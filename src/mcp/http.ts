@@ -44,6 +44,8 @@ export interface McpHttpOptions {
   /** A session with no request for this long is ended, its sandbox with it (default 30 min). */
   idleTimeoutMs?: number;
   notice?: (line: string) => void;
+  /** Why a principal is quarantined by the sidecar's monitor (docs/monitoring.md), or undefined. */
+  quarantineOf?: (principal: string) => string | undefined;
 }
 
 interface LiveSession {
@@ -184,6 +186,17 @@ export class McpHttpFront {
     if (!client) {
       this.deny(entry.name, undefined, 'E_UNAUTHENTICATED', 'missing or unknown bearer token');
       return reply(res, 401, 'captrap: a bearer token for this server is required', { 'www-authenticate': 'Bearer realm="captrap"' });
+    }
+    const quarantine = this.o.quarantineOf?.(client.principal);
+    if (quarantine !== undefined) {
+      // Its sessions end with the first request refused: their sandboxes go with them.
+      for (const s of [...this.sessions.values()].filter((x) => x.principal === client.principal)) {
+        this.sessions.delete(s.id);
+        void s.transport.close().catch(() => undefined);
+        void s.session.close();
+      }
+      this.deny(entry.name, client.principal, 'E_QUARANTINED', `${client.principal} is quarantined by the monitor (${quarantine})`);
+      return reply(res, 403, `captrap: ${client.principal} is quarantined by the monitor (${quarantine}); an operator lifts it with 'captrap release'`);
     }
     let body: unknown;
     if (req.method === 'POST') {

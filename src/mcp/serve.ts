@@ -44,6 +44,7 @@ export async function startMcpHttp(sidecar: Sidecar, notice: (line: string) => v
     maxSessions: config.mcpHttp?.maxSessions ?? 64,
     ...(config.mcpHttp?.idleTimeout !== undefined ? { idleTimeoutMs: Math.ceil(config.mcpHttp.idleTimeout) } : {}),
     notice,
+    quarantineOf: (principal) => sidecar.monitoring?.monitor.quarantineOf(principal)?.type,
   });
   return {
     front,
