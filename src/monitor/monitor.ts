@@ -108,12 +108,13 @@ export class ViolationMonitor {
     return undefined;
   }
 
-  /** Lifts a quarantine; false if `principal` was not quarantined. Its violation windows restart empty. */
+  /** Lifts a quarantine; false if `principal` was not quarantined. Its violation windows and cooldowns restart empty. */
   release(principal: string, by = 'operator'): boolean {
     const q = this.quarantines.get(principal);
     if (!q) return false;
     this.quarantines.delete(principal);
     for (const key of [...this.windows.keys()]) if (key.endsWith(`\u0000${principal}`)) this.windows.delete(key);
+    for (const key of [...this.cooldownUntil.keys()]) if (key.endsWith(`\u0000${principal}`)) this.cooldownUntil.delete(key);
     this.hooks.audit?.({ type: 'principal_released', principal, details: { by, quarantinedSince: q.since, alertId: q.alertId } });
     this.notice(`monitor: released ${principal} (quarantined since ${q.since})`);
     return true;
@@ -168,7 +169,10 @@ export class ViolationMonitor {
     }
     if (w.causes.length > 10) w.causes.splice(0, w.causes.length - 10);
     if (w.at.length < rule.threshold) return;
-    if ((this.cooldownUntil.get(key) ?? 0) > v.at) return;
+    // The cooldown spaces alerts out; it never spares a principal its quarantine.
+    const quarantines = rule.actions.includes('quarantine') && !this.isQuarantined(v.principal);
+    if ((this.cooldownUntil.get(key) ?? 0) > v.at && !quarantines) return;
+    if (this.cooldownUntil.size >= MAX_KEYS) for (const [k, until] of this.cooldownUntil) if (until <= v.at) this.cooldownUntil.delete(k);
     this.cooldownUntil.set(key, v.at + rule.cooldownMs);
     this.raise(v, rule.severity, rule.actions, w.at.length, rule.windowMs, w.at[0]!, [...w.causes]);
   }

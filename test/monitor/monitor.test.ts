@@ -111,6 +111,19 @@ describe('quarantine', () => {
     expect(h.m.isQuarantined('planner/sub-1')).toBe(false);
     expect(h.audit.at(-1)).toMatchObject({ type: 'principal_released', principal: 'planner' });
     expect(h.m.release('planner')).toBe(false);
+    // Released, it tries again at once: quarantined again, cooldown or not.
+    h.m.observe(SAMPLE['escape-attempt']('planner'));
+    expect(h.m.isQuarantined('planner')).toBe(true);
+    expect(h.quarantined).toEqual(['planner', 'planner']);
+  });
+
+  it('a quarantine rule quarantines again after a release, however long its alert cooldown', () => {
+    const h = harness({ rules: { 'forged-token': { threshold: 2, actions: ['alert', 'quarantine'], cooldown: '1h' } } });
+    for (let i = 0; i < 2; i++) h.m.observe(SAMPLE['forged-token']('x'));
+    expect(h.quarantined).toEqual(['x']);
+    h.m.release('x');
+    for (let i = 0; i < 2; i++) h.m.observe(SAMPLE['forged-token']('x'));
+    expect(h.quarantined).toEqual(['x', 'x']);
   });
 
   it('stays quarantined even if revoking or killing fails, and says so', () => {
