@@ -57,6 +57,10 @@ interface LiveSession {
   lastSeen: number;
   /** Requests (and open streams) being handled: a session busy with one is never idle. */
   inflight: number;
+  /** Of inflight, the requests proper (POST, DELETE): a GET is the long-lived server-to-client stream. */
+  requests: number;
+  /** Ended (endSessionsOf) while a request was in flight: closed when that request is answered. */
+  ending?: boolean;
 }
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
@@ -136,6 +140,24 @@ export class McpHttpFront {
     return [...this.sessions.values()].map((s) => ({ id: s.id, server: s.server, principal: s.principal, pid: s.session.upstream.sandbox?.pid, cgroup: s.session.upstream.sandbox?.cgroupName }));
   }
 
+  /** Ends every session of `principal` (and of its sub-principals `<principal>/...`), their upstream sandboxes with them. */
+  endSessionsOf(principal: string): number {
+    const mine = [...this.sessions.values()].filter((x) => x.principal === principal || x.principal.startsWith(`${principal}/`));
+    for (const s of mine) {
+      // Gone for every new request at once; a request being answered (often the very one that
+      // caused this) gets its answer first.
+      this.sessions.delete(s.id);
+      if (s.requests > 0) s.ending = true;
+      else this.closeSession(s);
+    }
+    return mine.length;
+  }
+
+  private closeSession(s: LiveSession): void {
+    void s.transport.close().catch(() => undefined);
+    void s.session.close();
+  }
+
   private reapIdle(idleMs: number): void {
     const now = Date.now();
     for (const s of this.sessions.values()) {
@@ -147,14 +169,17 @@ export class McpHttpFront {
     }
   }
 
-  private async track(live: LiveSession, fn: () => Promise<void>): Promise<void> {
+  private async track(live: LiveSession, fn: () => Promise<void>, stream = false): Promise<void> {
     live.inflight++;
+    if (!stream) live.requests++;
     live.lastSeen = Date.now();
     try {
       await fn();
     } finally {
       live.inflight--;
+      if (!stream) live.requests--;
       live.lastSeen = Date.now();
+      if (live.ending && live.requests === 0) this.closeSession(live);
     }
   }
 
@@ -189,12 +214,7 @@ export class McpHttpFront {
     }
     const quarantine = this.o.quarantineOf?.(client.principal);
     if (quarantine !== undefined) {
-      // Its sessions end with the first request refused: their sandboxes go with them.
-      for (const s of [...this.sessions.values()].filter((x) => x.principal === client.principal)) {
-        this.sessions.delete(s.id);
-        void s.transport.close().catch(() => undefined);
-        void s.session.close();
-      }
+      this.endSessionsOf(client.principal);
       this.deny(entry.name, client.principal, 'E_QUARANTINED', `${client.principal} is quarantined by the monitor (${quarantine})`);
       return reply(res, 403, `captrap: ${client.principal} is quarantined by the monitor (${quarantine}); an operator lifts it with 'captrap release'`);
     }
@@ -212,7 +232,7 @@ export class McpHttpFront {
         this.deny(entry.name, client.principal, 'E_WRONG_PRINCIPAL', `session ${sid} belongs to another principal`);
         return reply(res, 403, 'captrap: this session belongs to another client');
       }
-      return this.track(live, () => live.transport.handleRequest(req, res, body));
+      return this.track(live, () => live.transport.handleRequest(req, res, body), req.method === 'GET');
     }
     if (req.method !== 'POST' || !isInitializeRequest(body)) return reply(res, 400, 'captrap: no session: send initialize first (without Mcp-Session-Id)');
     if (this.closing) return reply(res, 503, 'captrap: shutting down');
@@ -231,7 +251,7 @@ export class McpHttpFront {
     const transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       onsessioninitialized: (id) => {
-        live = { id, server: entry.name, principal: client.principal, transport, session, lastSeen: Date.now(), inflight: 1 };
+        live = { id, server: entry.name, principal: client.principal, transport, session, lastSeen: Date.now(), inflight: 1, requests: 1 };
         this.sessions.set(id, live);
       },
     });
@@ -241,7 +261,9 @@ export class McpHttpFront {
     } finally {
       if (live) {
         live.inflight--;
+        live.requests--;
         live.lastSeen = Date.now();
+        if (live.ending && live.requests === 0) this.closeSession(live);
       }
     }
     // An initialize that failed (the upstream did not start) leaves no session behind.

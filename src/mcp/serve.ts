@@ -46,10 +46,15 @@ export async function startMcpHttp(sidecar: Sidecar, notice: (line: string) => v
     notice,
     quarantineOf: (principal) => sidecar.monitoring?.monitor.quarantineOf(principal)?.type,
   });
+  // A quarantine ends the principal's sessions at once, not only at its next request.
+  const unsubscribe = sidecar.monitoring?.monitor.subscribe((alert) => {
+    if (alert.actions.includes('quarantine')) front.endSessionsOf(alert.principal);
+  });
   return {
     front,
     gateway,
     async close() {
+      unsubscribe?.();
       await front.close();
       gateway.close();
     },

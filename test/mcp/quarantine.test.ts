@@ -1,6 +1,6 @@
 // The monitor's quarantine reaches the MCP HTTP front: an in-process sidecar with an mcpServers
-// entry, whose client crosses a (lowered) threshold, is refused from then on and its session's
-// upstream sandbox is gone; `release` lets it in again.
+// entry, whose client crosses a (lowered) threshold: its session and the session's upstream
+// sandbox end at once, it is refused from then on, and `release` lets it in again.
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -56,9 +56,10 @@ describe.skipIf(!host.isRoot)('quarantine and the MCP HTTP front', () => {
     expect(alive(upstream)).toBe(true);
     for (let i = 0; i < 2; i++) expect((await a.client.callTool({ name: 'crash', arguments: {} })).isError).toBe(true);
     expect(sidecar.monitoring?.monitor.isQuarantined('remote')).toBe(true);
-    // The next request is refused and the session's sandbox goes.
-    await expect(a.client.callTool({ name: 'echo', arguments: { text: 'again' } })).rejects.toThrow(/403|quarantined/);
+    // Its session ends at once, the upstream sandbox with it; any further request is refused.
     await waitFor('the quarantined session to end', () => mcp!.front.liveSessions().length === 0 && !alive(upstream), 10_000);
+    const c = connect(url);
+    await expect(c.client.connect(c.transport)).rejects.toThrow(/403|quarantined/);
     // Released: a new session works.
     expect(sidecar.monitoring!.monitor.release('remote')).toBe(true);
     const b = connect(url);
