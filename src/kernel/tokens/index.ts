@@ -5,3 +5,4 @@ export { issueToken, attenuate, seal, inspectToken, type IssueOptions, type Toke
 export { verifyToken, type PublicKeySet, type TokenRequest, type VerifyTokenOptions, type VerifiedToken } from './verify.js';
 export { toJwks, publicKeysFromJwks, type Jwks } from './jwks.js';
 export { TokenKeyStore, TOKEN_KEYS_DIR, tokenKeyDir } from './keys.js';
+export { TokenVerifier, DEFAULT_CACHE_ENTRIES, type TokenVerifierOptions, type TokenVerifierStats, type CacheLevelStats } from './cache.js';

@@ -163,16 +163,43 @@ function checkBlock(b: BlockBody, i: number, type: ResourceType, r: PreparedRequ
  * E_TOKEN_DENIED (details.block and details.reason say which block refused and why).
  */
 export function verifyToken(token: string, o: VerifyTokenOptions): VerifiedToken {
-  const { env, blocks } = verifyChain(token, o.publicKeys);
-  const authority = blocks[0] as AuthorityBody;
-  const revocationIds = env.blocks.map((b) => revocationId(b.sig));
+  return checkVerifiedChain(verifyTokenChain(token, o.publicKeys), o);
+}
+
+/** What the signatures of a token establish; depends only on the token and the public keys (cache.ts keeps it). */
+export interface VerifiedChain {
+  rootKeyId: string;
+  blocks: readonly BlockBody[];
+  revocationIds: readonly string[];
+  sealed: boolean;
+}
+
+/** The signature half of verifyToken: decode, every signature, the proof or seal. */
+export function verifyTokenChain(token: string, publicKeys: PublicKeySet): VerifiedChain {
+  const { env, blocks } = verifyChain(token, publicKeys);
+  return { rootKeyId: env.key, blocks, revocationIds: env.blocks.map((b) => revocationId(b.sig)), sealed: 'seal' in env.proof };
+}
+
+/** Throws E_TOKEN_REVOKED when any id is revoked or the check itself fails (fail closed). */
+export function checkNotRevoked(revocationIds: readonly string[], isRevoked: VerifyTokenOptions['isRevoked']): void {
   let revoked: boolean;
   try {
-    revoked = o.isRevoked(revocationIds);
+    revoked = isRevoked(revocationIds);
   } catch (err) {
     throw new TokenError('E_TOKEN_REVOKED', `revocation check failed, refusing: ${(err as Error).message}`, { revocationIds }, { cause: err });
   }
   if (revoked) throw new TokenError('E_TOKEN_REVOKED', 'the token or one of its blocks is revoked', { revocationIds });
+}
+
+export function checkNotExpired(expiresAt: number, now: number): void {
+  if (now >= expiresAt) throw new TokenError('E_TOKEN_EXPIRED', `the token expired at ${new Date(expiresAt).toISOString()}`, { expiresAt });
+}
+
+/** The rest of verifyToken, run on every call: revocation, depth, expiry, and the request against every block. */
+export function checkVerifiedChain(chain: VerifiedChain, o: Omit<VerifyTokenOptions, 'publicKeys'>): VerifiedToken {
+  const { blocks, revocationIds } = chain;
+  const authority = blocks[0] as AuthorityBody;
+  checkNotRevoked(revocationIds, o.isRevoked);
   const now = o.now ?? Date.now();
   let expiresAt = authority.expiresAt;
   let principal: string | null = null;
@@ -184,7 +211,7 @@ export function verifyToken(token: string, o: VerifyTokenOptions): VerifiedToken
       throw new TokenError('E_TOKEN_DENIED', `block ${i} allows at most ${d} attenuations; the token has ${blocks.length - 1}`, { block: i, reason: 'E_DEPTH_EXCEEDED' });
     }
   }
-  if (now >= expiresAt) throw new TokenError('E_TOKEN_EXPIRED', `the token expired at ${new Date(expiresAt).toISOString()}`, { expiresAt });
+  checkNotExpired(expiresAt, now);
   const type = authority.resourceType;
   let checked: CheckedArguments | undefined;
   if (o.request) {
@@ -228,14 +255,14 @@ export function verifyToken(token: string, o: VerifyTokenOptions): VerifiedToken
   let constraints: Constraints | undefined;
   return {
     tokenId: authority.tokenId,
-    rootKeyId: env.key,
+    rootKeyId: chain.rootKeyId,
     issuedAt: authority.issuedAt,
     expiresAt,
     resourceType: type,
     principal,
     blocks,
     revocationIds,
-    sealed: 'seal' in env.proof,
+    sealed: chain.sealed,
     get constraints(): Constraints {
       constraints ??= blocks.reduce<Constraints>((acc, b) => (b.constraints ? intersectConstraints(acc, b.constraints) : acc), {});
       return constraints;

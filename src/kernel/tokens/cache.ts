@@ -1,0 +1,279 @@
+// A validation cache for ct2 tokens. verifyToken spends most of its time in Ed25519 checks whose
+// outcome depends only on the token's bytes and the public keys, so a long-lived verifier can keep
+// it. Two levels, each a bounded LRU:
+//   1. chain: token -> what its signatures establish (blocks, revocation ids). Only successes are
+//      kept; a token that fails is verified in full every time. Cleared when the keys change.
+//   2. decision: (token, request) -> the allowed result, for requests whose answer is a pure
+//      function of the token and the request (see decisionKey). Denials are never kept.
+// Revocation, expiry and delegation depth are checked on every call, hit or miss, exactly as
+// verifyToken checks them, so a cached entry never outlives a revocation or the token's expiry.
+import { createHash } from 'node:crypto';
+import { hostname } from 'node:os';
+import { TokenError } from './errors.js';
+import { checkNotExpired, checkNotRevoked, checkVerifiedChain, verifyTokenChain, type PublicKeySet, type TokenRequest, type VerifiedChain, type VerifiedToken, type VerifyTokenOptions } from './verify.js';
+
+export const DEFAULT_CACHE_ENTRIES = 10_000;
+
+export interface TokenVerifierOptions {
+  publicKeys: PublicKeySet;
+  /** Asked on every call, cached or not; a throw refuses the token (as in verifyToken). */
+  isRevoked: VerifyTokenOptions['isRevoked'];
+  /** Entries per level; default 10 000. */
+  maxEntries?: number;
+  /** The clock, in ms since the epoch; default Date.now. Read on every call. */
+  now?: () => number;
+}
+
+export interface CacheLevelStats {
+  hits: number;
+  misses: number;
+  /** hits / (hits + misses), 0 before any lookup. */
+  hitRatio: number;
+  size: number;
+  maxEntries: number;
+}
+
+export interface TokenVerifierStats {
+  chain: CacheLevelStats;
+  /** `uncacheable` counts requests that went past this level by rule (file access, `now` in a `when`), not counted as misses. */
+  decision: CacheLevelStats & { uncacheable: number };
+}
+
+/** A Map in insertion order used as an LRU: a hit moves the key to the end, the oldest goes first. */
+class Lru<V> {
+  private readonly map = new Map<string, V>();
+  hits = 0;
+  misses = 0;
+  constructor(readonly maxEntries: number) {}
+
+  get(key: string): V | undefined {
+    const v = this.map.get(key);
+    if (v === undefined) {
+      this.misses++;
+      return undefined;
+    }
+    this.hits++;
+    this.map.delete(key);
+    this.map.set(key, v);
+    return v;
+  }
+
+  set(key: string, v: V): void {
+    this.map.delete(key);
+    this.map.set(key, v);
+    if (this.map.size > this.maxEntries) this.map.delete(this.map.keys().next().value!);
+  }
+
+  delete(key: string): void {
+    this.map.delete(key);
+  }
+
+  clear(): void {
+    this.map.clear();
+  }
+
+  stats(): CacheLevelStats {
+    const total = this.hits + this.misses;
+    return { hits: this.hits, misses: this.misses, hitRatio: total === 0 ? 0 : this.hits / total, size: this.map.size, maxEntries: this.maxEntries };
+  }
+}
+
+interface ChainEntry {
+  /**
+   * Stands for the token in decision keys (cheaper than the token's characters). Never reused, so
+   * decisions of an evicted entry are never served to a later one; they age out of the LRU.
+   */
+  id: number;
+  chain: VerifiedChain;
+  /** Level 2 is off for this token: some block's `when` may read the clock. */
+  readsClock: boolean;
+  hasWhen: boolean;
+}
+
+/**
+ * Conservative: any `now` token in the text, even inside a string literal, counts. CEL has no way
+ * to reach a variable other than by its name, so an expression without the word cannot read it.
+ */
+const READS_NOW = /(^|[^A-Za-z0-9_])now([^A-Za-z0-9_]|$)/;
+
+/**
+ * Deterministic JSON with object keys sorted, so `{a,b}` and `{b,a}` share a key; undefined for a
+ * value JSON would spell like another (NaN like null, a Date or Map like {}): such a request is
+ * not cached rather than risk two requests sharing a decision.
+ */
+function canonicalJson(v: unknown): string | undefined {
+  switch (typeof v) {
+    case 'string':
+    case 'boolean':
+      return JSON.stringify(v);
+    case 'number':
+      return Number.isFinite(v) && !Object.is(v, -0) ? JSON.stringify(v) : undefined;
+    case 'object': {
+      if (v === null) return 'null';
+      const parts: string[] = [];
+      if (Array.isArray(v)) {
+        for (const x of v) {
+          const s = canonicalJson(x);
+          if (s === undefined) return undefined;
+          parts.push(s);
+        }
+        return '[' + parts.join(',') + ']';
+      }
+      const proto = Object.getPrototypeOf(v) as unknown;
+      if (proto !== Object.prototype && proto !== null) return undefined;
+      const o = v as Record<string, unknown>;
+      for (const k of Object.keys(o).sort()) {
+        if (o[k] === undefined) continue;
+        const s = canonicalJson(o[k]);
+        if (s === undefined) return undefined;
+        parts.push(JSON.stringify(k) + ':' + s);
+      }
+      return '{' + parts.join(',') + '}';
+    }
+    default:
+      return undefined; // bigint, function, symbol, undefined inside an array
+  }
+}
+
+/** Tokens up to this many characters are their own key; longer ones are keyed by their SHA-256. */
+const KEY_BY_VALUE_CHARS = 4096;
+
+/**
+ * The token itself when short (a Map compares the whole string, and hashing it costs more than
+ * the rest of a hit), else its SHA-256, so a level holds at most maxEntries × 4 KiB of keys. The
+ * two kinds cannot meet: a ct2 token starts with "ct2.", a digest is "#" and base64.
+ */
+function tokenKey(token: string): string {
+  return token.length <= KEY_BY_VALUE_CHARS ? token : '#' + createHash('sha256').update(token).digest('base64');
+}
+
+/** Every later caller receives the same blocks: none may change them for the others. */
+function deepFreeze<T>(v: T): T {
+  if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const x of Object.values(v)) deepFreeze(x);
+  }
+  return v;
+}
+
+/**
+ * Verifies ct2 tokens like verifyToken, with the same results and the same TokenErrors, caching
+ * signature checks and allowed decisions. See docs/tokens.md, "Validation cache".
+ */
+export class TokenVerifier {
+  private publicKeys: PublicKeySet;
+  private readonly isRevoked: TokenVerifierOptions['isRevoked'];
+  private readonly clock: () => number;
+  private readonly chains: Lru<ChainEntry>;
+  private readonly decisions: Lru<VerifiedToken>;
+  private uncacheable = 0;
+  private nextId = 0;
+
+  constructor(o: TokenVerifierOptions) {
+    const max = o.maxEntries ?? DEFAULT_CACHE_ENTRIES;
+    if (!Number.isInteger(max) || max < 1) throw new RangeError(`maxEntries must be a positive integer, not ${max}`);
+    this.publicKeys = o.publicKeys;
+    this.isRevoked = o.isRevoked;
+    this.clock = o.now ?? Date.now;
+    this.chains = new Lru(max);
+    this.decisions = new Lru(max);
+  }
+
+  /** Installs a new key set (after a rotation or a retirement) and forgets everything verified under the old one. */
+  setPublicKeys(publicKeys: PublicKeySet): void {
+    this.publicKeys = publicKeys;
+    this.clear();
+  }
+
+  /** Forgets every cached chain and decision; the counters keep running. */
+  clear(): void {
+    this.chains.clear();
+    this.decisions.clear();
+  }
+
+  /** Same contract as verifyToken(token, { publicKeys, isRevoked, now, request }). */
+  verify(token: string, request?: TokenRequest): VerifiedToken {
+    if (typeof token !== 'string') return this.verifyFresh(token, request);
+    const key = tokenKey(token);
+    let entry = this.chains.get(key);
+    if (entry === undefined) {
+      // Throws for a malformed, unknown-key or badly signed token: nothing is cached for it.
+      const chain = deepFreeze(verifyTokenChain(token, this.publicKeys));
+      entry = { id: this.nextId++, chain, readsClock: chain.blocks.some((b) => b.when !== undefined && READS_NOW.test(b.when)), hasWhen: chain.blocks.some((b) => b.when !== undefined) };
+      this.chains.set(key, entry);
+    }
+    const now = this.clock();
+    const dKey = request === undefined ? undefined : this.decisionKey(entry, request);
+    if (dKey !== undefined) {
+      const hit = this.decisions.get(dKey);
+      if (hit !== undefined) {
+        // The allowed answer is kept; revocation and expiry are not: they run here with
+        // verifyToken's own checks, in its order (the depth check passed when this was cached
+        // and depends on the blocks alone).
+        try {
+          checkNotRevoked(hit.revocationIds, this.isRevoked);
+          checkNotExpired(hit.expiresAt, now);
+        } catch (err) {
+          this.forgetIfDead(key, err);
+          throw err;
+        }
+        return hit;
+      }
+    } else if (request !== undefined) this.uncacheable++;
+    let result: VerifiedToken;
+    try {
+      result = checkVerifiedChain(entry.chain, { isRevoked: this.isRevoked, now, ...(request ? { request } : {}) });
+    } catch (err) {
+      this.forgetIfDead(key, err);
+      throw err;
+    }
+    if (dKey !== undefined) {
+      // Served to every later caller with this request: frozen, so one caller cannot alter what the next is told.
+      if (result.checked) {
+        Object.freeze(result.checked.realPaths);
+        Object.freeze(result.checked.canonicalUrls);
+        Object.freeze(result.checked);
+      }
+      this.decisions.set(dKey, Object.freeze(result));
+    }
+    return result;
+  }
+
+  stats(): TokenVerifierStats {
+    return { chain: this.chains.stats(), decision: { ...this.decisions.stats(), uncacheable: this.uncacheable } };
+  }
+
+  private verifyFresh(token: unknown, request?: TokenRequest): VerifiedToken {
+    // Not a string: let verifyToken's decoder refuse it with its own error.
+    return checkVerifiedChain(verifyTokenChain(token as string, this.publicKeys), { isRevoked: this.isRevoked, now: this.clock(), ...(request ? { request } : {}) });
+  }
+
+  /** A revoked or expired token cannot come back (expiry only moves forward), so its chain entry is dropped. */
+  private forgetIfDead(key: string, err: unknown): void {
+    if (err instanceof TokenError && (err.code === 'E_TOKEN_EXPIRED' || err.code === 'E_TOKEN_REVOKED')) this.chains.delete(key);
+  }
+
+  /**
+   * The decision key, or undefined when the answer may depend on more than the token and the
+   * request: a `when` that may read `now`, a file token (its resource is judged by real path) or
+   * file arguments (real paths and sizes), since the filesystem can change between two calls.
+   */
+  private decisionKey(entry: ChainEntry, r: TokenRequest): string | undefined {
+    if (entry.readsClock) return undefined;
+    if ((entry.chain.blocks[0]?.resourceType ?? 'file') === 'file') return undefined;
+    if (r.access?.files?.length) return undefined;
+    // Everything verifyToken reads from the request, host included (a `when` may read it; the
+    // default is this host's name, read now in case it changed).
+    const host = r.host ?? (entry.hasWhen ? hostname() : undefined);
+    if (typeof r.principal !== 'string' || typeof r.operation !== 'string' || typeof r.resource !== 'string') return undefined;
+    if ((r.tool !== undefined && typeof r.tool !== 'string') || (host !== undefined && typeof host !== 'string')) return undefined;
+    // The fields are strings (or absent) in a fixed order; only args and access need the sorted encoding.
+    const args = canonicalJson(r.args ?? {});
+    const access = r.access === undefined ? '' : canonicalJson(r.access);
+    if (args === undefined || access === undefined) return undefined;
+    const request = JSON.stringify([r.principal, r.operation, r.resource, r.tool ?? null, host ?? null]) + args + '\n' + access;
+    // Large arguments are keyed by digest so that a level's memory stays bounded ('#' cannot start JSON).
+    // Unambiguous: the array ends at its matching ']', args is one JSON value, access follows the newline.
+    return entry.id + '\n' + (request.length <= KEY_BY_VALUE_CHARS ? request : '#' + createHash('sha256').update(request).digest('base64'));
+  }
+}
