@@ -273,7 +273,9 @@ describe('sidecar', () => {
     expect((narrowed.data as { code: string }).code).toBe('E_TOOL_NOT_ALLOWED');
 
     // A long tool call of the child and of the parent are running when the parent dies.
-    // Both channels close when their agents die, so both calls end in a channel error.
+    // Both channels close when their agents die, so both calls end in a channel error,
+    // unless the revocation kills a tool before its agent's channel is gone: then the call
+    // is answered with the tool's end, reason 'revoked'. Either way no call completes.
     const childCall = c.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '30' }, capability: childCap }).catch((e: unknown) => e);
     const parentCall = p.conn.call('tools.invoke', { tool: 'sleep', args: { seconds: '30' }, capability: cap }).catch((e: unknown) => e);
     await until(() => s.runner.running === 2);
@@ -284,8 +286,9 @@ describe('sidecar', () => {
     // Revoked at the first exit signal: the parent's and, by cascade, the child's.
     expect(s.kernel.isRevoked(cap)).toBe(true);
     expect(s.book.isRevoked(s.book.get(childCap)!)).toBe(true);
-    expect(await parentCall).toBeInstanceOf(RpcError);
-    expect(await childCall).toBeInstanceOf(RpcError);
+    for (const ended of [await parentCall, await childCall]) {
+      if (!(ended instanceof RpcError)) expect(ended).toMatchObject({ reason: 'revoked' });
+    }
     await childAgent.done;
     await parentAgent.done;
     expect(isSameProcess(childAgent.ref)).toBe(false);
