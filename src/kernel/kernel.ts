@@ -24,7 +24,7 @@ import { compilePattern, patternCovers } from './pattern.js';
 import { IssuanceGate, type IssuancePolicy } from './issuance.js';
 import { filePatternFromSpelling } from './paths.js';
 import { effectiveLimits, TOOL_OPERATIONS, type Tool, type ToolArgs, type ToolPolicy } from './policy.js';
-import { RevocationStore } from './revocations.js';
+import { RevocationStore, type Durability } from './revocations.js';
 
 /** A capability given by id (`cap_...`), as a token (`ct1....`) or as the signed object. */
 export type CapabilityRef = string | Capability;
@@ -120,6 +120,8 @@ export interface KernelStats {
   verifyCacheHits: number;
   auditFailures: number;
   audit?: AuditStats;
+  /** The last background fdatasync of the revocation file failed (a holder death's cascade may not be on disk). */
+  revocationSyncError?: string;
 }
 
 const refKey = (r: ProcessRef): string => `${r.pid}:${r.startTime}`;
@@ -548,7 +550,7 @@ export class SecurityKernel {
    * Revokes `roots` and all their descendants with one write and one fsync: revoke-on-death
    * latency must not grow with the number of capabilities a process held.
    */
-  private revokeSubtrees(roots: readonly string[], reason: string): string[] {
+  private revokeSubtrees(roots: readonly string[], reason: string, durable: Durability = 'now'): string[] {
     const rootSet = new Set(roots);
     // One walk over every subtree, roots first: no per-root arrays.
     const all = new Set<string>(roots);
@@ -562,7 +564,7 @@ export class SecurityKernel {
         stack.push(k);
       }
     }
-    const fresh = this.revocations.add(all, reason, this.clock(), (id) => this.expiryOf(id));
+    const fresh = this.revocations.add(all, reason, this.clock(), (id) => this.expiryOf(id), durable);
     if (fresh.length > 0 && this.auditing) this.auditRevoked(fresh, rootSet, reason);
     return fresh;
   }
@@ -632,13 +634,19 @@ export class SecurityKernel {
     return bound;
   }
 
-  /** The process is gone: revoke everything bound to it and every descendant; audit the cleanup. */
+  /**
+   * The process is gone: revoke everything bound to it and every descendant; audit the cleanup.
+   * The revocation holds in memory and is in the revocation file when this returns; its
+   * fdatasync runs in the background (whenRevocationsSynced), because a dead holder's own
+   * capabilities can never be presented again anyway (its pid and start time never return) and
+   * the event loop must go on killing its tools and answering the others.
+   */
   processExited(ref: ProcessRef, reason = 'holder process exited'): string[] {
     const k = refKey(ref);
     const ids = [...(this.bindings.get(k) ?? [])];
     this.bindings.delete(k);
     const principals = [...new Set(ids.map((i) => this.store.get(i)?.principal).filter((p): p is string => p !== undefined))];
-    const revoked = this.revokeSubtrees(ids, reason);
+    const revoked = this.revokeSubtrees(ids, reason, 'soon');
     this.emit({ type: 'principal_cleanup', process: { pid: ref.pid, startTime: ref.startTime }, ...(principals.length === 1 ? { principal: principals[0]! } : {}), details: { principals, revoked: revoked.length, ids: revoked } });
     return revoked;
   }
@@ -849,12 +857,18 @@ export class SecurityKernel {
       }
     }
     const s: KernelStats = { ...this.counters, revoked: this.revocations.size, live, bound };
+    if (this.revocations.lastSyncError) s.revocationSyncError = this.revocations.lastSyncError.message;
     const audit = this.audit.stats?.();
     if (audit) s.audit = audit;
     return s;
   }
 
-  /** Stops the prune timer and closes the revocation file. */
+  /** Resolves once the revocations of holder deaths are fdatasync'd too (see processExited). */
+  whenRevocationsSynced(): Promise<void> {
+    return this.revocations.whenSynced();
+  }
+
+  /** Stops the prune timer and closes the revocation file (syncing what a death left unsynced). */
   close(): void {
     this.stopPruning();
     this.revocations.close();

@@ -1,10 +1,12 @@
 // The revocation store: an append-only file of revoked capability ids, fsynced before a
 // revocation is reported done, so a revoked capability never comes back because captrap
-// restarted. One line per id: {"id":"cap_...","at":<ms>,"reason":"...","expiresAt":<ms>}.
+// restarted. The one exception is a holder's death (`durable: 'soon'`): its cascade is in
+// memory and in the file (the page cache: it survives a captrap crash) at once, and the
+// fdatasync runs off the event loop, so the next death, call or kill is not held up by the disk. One line per id: {"id":"cap_...","at":<ms>,"reason":"...","expiresAt":<ms>}.
 // `expiresAt` (the capability's own expiry, when known) lets `compact` drop a line once the
 // capability could not be valid anyway; lines without it (older files, ids revoked on someone
 // else's word) are kept for ever.
-import { closeSync, fdatasyncSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, truncateSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, fdatasyncSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, truncateSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { RevocationStoreError } from './errors.js';
 
@@ -16,10 +18,25 @@ interface RevocationRecord {
   expiresAt: number | undefined;
 }
 
+/** Characters JSON.stringify leaves as they are: an id made of them needs only its quotes. */
+const PLAIN_JSON = /^[A-Za-z0-9_.:~+=/-]*$/;
+
+function quote(s: string): string {
+  return PLAIN_JSON.test(s) ? '"' + s + '"' : JSON.stringify(s);
+}
+
+/** `,"at":…,"reason":…`: the same for every id of one revocation, encoded once. */
+function encodeMiddle(at: number, reason: string): string {
+  return ',"at":' + JSON.stringify(at) + ',"reason":' + JSON.stringify(reason);
+}
+
+// The same bytes JSON.stringify of { id, at, reason, expiresAt? } gives, without building the object.
+function encodeLineWith(id: string, middle: string, expiresAt: number | undefined): string {
+  return '{"id":' + quote(id) + middle + (expiresAt === undefined ? '}\n' : ',"expiresAt":' + JSON.stringify(expiresAt) + '}\n');
+}
+
 function encodeLine(id: string, r: RevocationRecord): string {
-  // The same bytes JSON.stringify of { id, at, reason, expiresAt? } gives, without building the object.
-  const head = '{"id":' + JSON.stringify(id) + ',"at":' + JSON.stringify(r.at) + ',"reason":' + JSON.stringify(r.reason);
-  return (r.expiresAt === undefined ? head : head + ',"expiresAt":' + JSON.stringify(r.expiresAt)) + '}\n';
+  return encodeLineWith(id, encodeMiddle(r.at, r.reason), r.expiresAt);
 }
 
 /** The fields of a line we rely on; undefined when it is not a revocation record. */
@@ -41,10 +58,25 @@ function decodeLine(line: string): { id: string; record: RevocationRecord } | un
   };
 }
 
+/**
+ * 'now': the ids are on disk (write + fdatasync) before add returns. 'soon': written at once,
+ * fdatasync'd in the background (coalesced); a later 'now' add or close syncs them too.
+ */
+export type Durability = 'now' | 'soon';
+
 export class RevocationStore {
   private readonly revoked = new Map<string, RevocationRecord>();
   private fd: number | undefined;
   readonly path: string | undefined;
+  /** A background fdatasync is running / another is wanted after it / bytes not yet synced. */
+  private syncing = false;
+  private syncAgain = false;
+  private unsynced = false;
+  /** Descriptors replaced while a background sync used them: closed when it ends (never reused under it). */
+  private retired: number[] = [];
+  private waiters: (() => void)[] = [];
+  /** The last background fdatasync failure, until a later sync succeeds. */
+  lastSyncError: Error | undefined;
 
   /** Without `stateDir` revocations live in memory only (tests, benchmarks, embedding). */
   constructor(stateDir?: string) {
@@ -122,29 +154,80 @@ export class RevocationStore {
    * Records ids as revoked: in memory at once, on disk with one write and one fsync. Returns
    * the newly revoked. `expiresAtOf` gives each capability's own expiry, when known.
    */
-  add(ids: Iterable<string>, reason: string, at: number, expiresAtOf: (id: string) => number | undefined = () => undefined): string[] {
+  add(ids: Iterable<string>, reason: string, at: number, expiresAtOf: (id: string) => number | undefined = () => undefined, durable: Durability = 'now'): string[] {
     const fresh: string[] = [];
     const persist = this.fd !== undefined;
     let text = '';
+    const middle = persist ? encodeMiddle(at, reason) : '';
     // One pass: memory first (even if the disk write fails, this process stops honouring them), the line text alongside.
     for (const id of ids) {
       if (this.revoked.has(id)) continue; // also skips an id given twice
       const r: RevocationRecord = { at, reason, expiresAt: expiresAtOf(id) };
       this.revoked.set(id, r);
       fresh.push(id);
-      if (persist) text += encodeLine(id, r);
+      if (persist) text += encodeLineWith(id, middle, r.expiresAt);
     }
     if (fresh.length === 0) return fresh;
     if (this.fd !== undefined) {
       try {
         writeSync(this.fd, text);
-        // Appends only: fdatasync also makes the new file size durable, and skips the timestamps fsync would add.
-        fdatasyncSync(this.fd);
+        if (durable === 'now') {
+          // Appends only: fdatasync also makes the new file size durable, and skips the timestamps fsync would add.
+          fdatasyncSync(this.fd);
+          this.synced();
+        } else {
+          this.unsynced = true;
+          this.syncSoon();
+        }
       } catch (err) {
         throw new RevocationStoreError(`cannot persist revocation to ${this.path}: ${(err as Error).message}`, { path: this.path, ids: fresh }, err);
       }
     }
     return fresh;
+  }
+
+  /** Everything written so far is synced (a sync in flight started before these bytes may still be running: it syncs nothing new). */
+  private synced(): void {
+    if (this.syncing) this.syncAgain = false;
+    else this.unsynced = false;
+    this.lastSyncError = undefined;
+  }
+
+  private syncSoon(): void {
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    const fd = this.fd;
+    if (fd === undefined) return;
+    this.syncing = true;
+    this.unsynced = false;
+    fdatasync(fd, (err) => {
+      this.syncing = false;
+      if (err) {
+        this.lastSyncError = err;
+        this.unsynced = true;
+      }
+      for (const old of this.retired.splice(0)) closeSync(old);
+      if (this.syncAgain && this.fd !== undefined) {
+        this.syncAgain = false;
+        this.syncSoon();
+        return;
+      }
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  /** Resolves when no background fdatasync is running or wanted (a failed one stays in lastSyncError). */
+  whenSynced(): Promise<void> {
+    if (!this.syncing) return Promise.resolve();
+    return new Promise((r) => this.waiters.push(r));
+  }
+
+  /** Closes a descriptor now, or after the background sync that may be using it. */
+  private retire(fd: number): void {
+    if (this.syncing) this.retired.push(fd);
+    else closeSync(fd);
   }
 
   /**
@@ -185,8 +268,11 @@ export class RevocationStore {
       }
       // The old descriptor points at the replaced file: append to the new one from now on.
       if (this.fd !== undefined) {
-        closeSync(this.fd);
+        this.retire(this.fd);
         this.fd = undefined;
+        // The new file was written and fsynced whole: nothing of the old one needs a sync.
+        this.unsynced = false;
+        this.syncAgain = false;
         try {
           this.fd = openSync(this.path, 'a', 0o600);
         } catch (err) {
@@ -199,8 +285,20 @@ export class RevocationStore {
     return drop.length;
   }
 
+  /** Syncs what a death cascade left unsynced, then closes. */
   close(): void {
-    if (this.fd !== undefined) closeSync(this.fd);
+    if (this.fd !== undefined) {
+      if (this.unsynced || this.syncing) {
+        try {
+          fdatasyncSync(this.fd);
+        } catch {
+          // Closing anyway: the bytes are in the page cache, and lastSyncError already said so.
+        }
+      }
+      this.retire(this.fd);
+    }
     this.fd = undefined;
+    this.unsynced = false;
+    this.syncAgain = false;
   }
 }

@@ -314,6 +314,29 @@ describe('revocation', () => {
     writeFileSync(file, 'garbage\n' + readFileSync(file, 'utf8'));
     expect(codeOf(() => new SecurityKernel({ keys, stateDir: t.dir }))).toBe('E_REVOCATION_STORE');
   });
+
+  it("a holder's death is in the file at once and synced in the background; revokes and compaction meanwhile keep every line", async () => {
+    const { kernel, keys } = makeKernel({ stateDir: t.dir });
+    const root = rootCap(kernel);
+    const held = kernel.delegate(root.id, 'agent', { holder: P1 });
+    const sub = kernel.delegate(held.id, 'helper');
+    const other = kernel.delegate(root.id, 'agent2');
+    const file = join(t.dir, REVOCATIONS_FILE);
+    expect(new Set(kernel.processExited(P1))).toEqual(new Set([held.id, sub.id]));
+    // Written before processExited returned (a captrap crash now loses nothing), fdatasync pending or done.
+    const ids = () => readFileSync(file, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { id: string }).id);
+    expect(new Set(ids())).toEqual(new Set([held.id, sub.id]));
+    // An explicit revoke and a compaction while that sync may still run: both complete, nothing is lost or doubled.
+    kernel.revokeCapability(other.id, 'admin');
+    kernel.pruneExpired();
+    await kernel.whenRevocationsSynced();
+    expect(kernel.stats().revocationSyncError).toBeUndefined();
+    expect(new Set(ids())).toEqual(new Set([held.id, sub.id, other.id]));
+    kernel.close();
+    const again = new SecurityKernel({ keys, stateDir: t.dir });
+    for (const id of [held.id, sub.id, other.id]) expect(again.isRevoked(id)).toBe(true);
+    again.close();
+  });
 });
 
 describe('process binding', () => {
