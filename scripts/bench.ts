@@ -15,6 +15,7 @@ const SECTIONS: Record<string, () => Promise<{ bench(): Promise<BenchSection> }>
   egress: () => import('./bench/egress.js'),
   tokens: () => import('./bench/tokens.js'),
   mcp: () => import('./bench/mcp.js'),
+  revocations: () => import('./bench/revocations.js'),
 };
 
 function fmt(n: number | undefined, digits = 1): string {

@@ -296,7 +296,7 @@ export class AuditLog implements AuditSink {
   private pendingEvents = 0;
   private flushChain: Promise<void> = Promise.resolve();
   private flushSoon = false;
-  private readonly taps = new Set<(seq: number, event: AuditEvent) => void>();
+  private readonly taps = new Set<(seq: number, event: AuditEvent, mac: string) => void>();
   private timer: NodeJS.Timeout | undefined;
   private fh: FileHandle | undefined;
   private fhSegment = 0;
@@ -539,7 +539,7 @@ export class AuditLog implements AuditSink {
     if (this.taps.size > 0) {
       for (const t of this.taps) {
         try {
-          t(seq, event);
+          t(seq, event, this.head);
         } catch (err) {
           oplog.error({ err: (err as Error)?.message, type: event.type }, 'audit log: a tap threw');
         }
@@ -550,9 +550,10 @@ export class AuditLog implements AuditSink {
   /**
    * Calls `fn` with every record's sequence number and event as it is appended to the chain
    * (before it is on disk), in chain order: the sidecar's monitor and dashboard. A record `fn`
-   * itself records is appended, and tapped, before `fn` returns. Returns the way to stop.
+   * itself records is appended, and tapped, before `fn` returns. `mac` is the record's chain MAC,
+   * unique per record (what a shipped copy is de-duplicated by). Returns the way to stop.
    */
-  tap(fn: (seq: number, event: AuditEvent) => void): () => void {
+  tap(fn: (seq: number, event: AuditEvent, mac: string) => void): () => void {
     this.taps.add(fn);
     return () => this.taps.delete(fn);
   }

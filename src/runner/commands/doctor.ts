@@ -1,31 +1,64 @@
-// `captrap doctor [--json] [--backend B] [--require g1,g2]`: what this host provides and, per
-// guarantee and confinement property, whether it holds and how. Exits 1 when a required one does
-// not hold (default: tree-kill, die-with-parent, join-before-exec, memory, pids, cpu, confinement).
+// `captrap doctor [--json] [--backend B] [--require g1,g2] [--config FILE]`: what this host provides
+// and, per guarantee and confinement property, whether it holds and how. Exits 1 when a required one
+// does not hold (default: tree-kill, die-with-parent, join-before-exec, memory, pids, cpu,
+// confinement), or when the config's nats revocation feed cannot be reached (ct2 calls would be refused).
 import { confinementStatus } from '../../isolation/confine-report.js';
 import { probeHost } from '../../isolation/host.js';
 import { chooseLauncher } from '../../isolation/launcher/launcher.js';
 import { BACKEND_NAMES, type BackendName } from '../../isolation/limits.js';
 import { GUARANTEE_NAMES, hostReport, type GuaranteeName } from '../../isolation/report.js';
+import { loadConfig } from '../config.js';
+import type { RevocationsConfig } from '../token-revocations.js';
 
 /** Every confinement property but seccomp (not implemented) is part of the default sandbox. */
 type Requirable = GuaranteeName | 'confinement';
 const REQUIRABLE: readonly Requirable[] = [...GUARANTEE_NAMES, 'confinement'];
 const DEFAULT_REQUIRED: Requirable[] = ['join-before-exec', 'tree-kill', 'die-with-parent', 'memory', 'pids', 'cpu', 'confinement'];
-const HELP = `usage: captrap doctor [--json] [--backend auto|${BACKEND_NAMES.join('|')}] [--require ${REQUIRABLE.join(',')}]
+const HELP = `usage: captrap doctor [--json] [--backend auto|${BACKEND_NAMES.join('|')}] [--require ${REQUIRABLE.join(',')}] [--config FILE]
 Reports the cgroup layout, writable controllers, cgroup.kill, setpriv, namespaces and systemd-run,
 and whether each guarantee holds. Exit 1 if a required guarantee (default: ${DEFAULT_REQUIRED.join(',')}) does not.
+With --config, also checks the config's revocation source (backend nats: the server and bucket are
+reachable); exit 1 if it is not, since every ct2 call would be refused.
 `;
+
+interface RevocationsCheck {
+  backend: RevocationsConfig['backend'];
+  url?: string;
+  bucket?: string;
+  ok: boolean;
+  revoked: number | null;
+  detail: string;
+}
+
+async function checkRevocations(cfg: RevocationsConfig): Promise<RevocationsCheck> {
+  if (cfg.backend !== 'nats') return { backend: cfg.backend, ok: true, revoked: null, detail: 'file in the state dir (this host only)' };
+  // Loaded only when asked for: the nats client is not needed by every doctor run.
+  const { probeNatsRevocations } = await import('../nats-revocations.js');
+  const p = await probeNatsRevocations(cfg);
+  return {
+    backend: 'nats',
+    url: p.url,
+    bucket: p.bucket,
+    ok: p.ok,
+    revoked: p.revoked,
+    detail: p.ok ? p.detail : `UNREACHABLE: ${p.detail}; ct2 calls will be refused (fail closed) until it is reachable`,
+  };
+}
 
 export async function main(argv: string[]): Promise<number> {
   let json = false;
   let backend: BackendName | undefined;
   let required: Requirable[] = DEFAULT_REQUIRED;
+  let configFile: string | undefined;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--json') json = true;
     else if (a === '--help' || a === '-h') {
       process.stdout.write(HELP);
       return 0;
+    } else if (a === '--config') {
+      configFile = argv[++i];
+      if (configFile === undefined) return usageError('--config needs a file');
     } else if (a === '--backend' || a === '--require') {
       const v = argv[++i];
       if (v === undefined) return usageError(`${a} needs a value`);
@@ -41,6 +74,16 @@ export async function main(argv: string[]): Promise<number> {
       }
     } else return usageError(`unknown option '${a}'`);
   }
+  let revocations: RevocationsCheck | undefined;
+  if (configFile !== undefined) {
+    let cfg: RevocationsConfig | undefined;
+    try {
+      cfg = loadConfig(configFile).revocations;
+    } catch (err) {
+      return usageError((err as Error).message);
+    }
+    if (cfg) revocations = await checkRevocations(cfg);
+  }
   const host = probeHost();
   const report = hostReport(host, backend);
   let launcher;
@@ -53,8 +96,9 @@ export async function main(argv: string[]): Promise<number> {
   const failing: string[] = report.guarantees.filter((g) => required.includes(g.name) && !g.holds).map((g) => g.name);
   const unconfined = confinement.filter((p) => !p.holds && p.name !== 'seccomp');
   if (required.includes('confinement') && unconfined.length > 0) failing.push(`confinement (${unconfined.map((p) => p.name).join(', ')})`);
+  if (revocations && !revocations.ok) failing.push('revocations (ct2 calls will be refused)');
   if (json) {
-    process.stdout.write(JSON.stringify({ ...report, confinement, required, ok: failing.length === 0 }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ ...report, confinement, ...(revocations ? { revocations } : {}), required, ok: failing.length === 0 }, null, 2) + '\n');
   } else {
     const lines = [
       `backend:          ${report.backend}`,
@@ -78,6 +122,10 @@ export async function main(argv: string[]): Promise<number> {
       `confinement (the default for every sandbox${required.includes('confinement') ? '' : '; not required'}):`,
       ...confinement.map((p) => `  ${p.holds ? 'yes' : 'NO '}  ${p.name.padEnd(21)} ${p.how}${p.note ? `\n         ${''.padEnd(21)} ${p.note}` : ''}`),
     );
+    if (revocations) {
+      const where = revocations.backend === 'nats' ? `nats ${revocations.url} bucket ${revocations.bucket}` : revocations.backend;
+      lines.push('', `revocations:      ${where}: ${revocations.detail}`);
+    }
     if (report.guarantees.find((g) => g.name === 'tree-kill' && !g.holds)) {
       lines.push('', 'WARNING: without a cgroup, a process that calls setsid (or double-forks) escapes the kill and is NOT contained.');
     }
