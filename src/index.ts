@@ -31,7 +31,11 @@ export { WatchdogError } from './isolation/watchdog.js';
 export type { LauncherKind } from './isolation/launcher/launcher.js';
 
 export { Sidecar, publicKeyFileFor, type SidecarOptions } from './runner/sidecar.js';
-export { loadConfig, parseConfig, ConfigError, type SidecarConfig } from './runner/config.js';
+export { loadConfig, parseConfig, ConfigError, revocationsConfig, type SidecarConfig, type TokensConfig } from './runner/config.js';
+// ct2 in the sidecar: revocation sources (docs/tokens.md, "In the sidecar").
+export { RevocationsUnavailableError, type TokenRevocations, type RevocationsConfig, type RevocationEntry, type RevocationStatus, type RevocationBackend } from './runner/token-revocations.js';
+export { FileTokenRevocations, TokenRevocationsFileError, TOKEN_REVOCATIONS_FILE } from './runner/token-revocations-file.js';
+export { TokenGate, DEFAULT_EXPORT_TTL_MS, type IssuedToken, type TokenGateStats } from './runner/token-gate.js';
 export type { CapView } from './runner/supervisor.js';
 export { AdminClient, AdminClientError, AdminCallError, resolveSocketPath, type AgentRow, type SidecarStats } from './runner/admin-client.js';
 

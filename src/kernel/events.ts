@@ -32,6 +32,9 @@ export const AUDIT_EVENT_TYPES = [
   'violation_alert',
   'principal_quarantined',
   'principal_released',
+  // ct2 block revocation ids added to the sidecar's revocation set: by this host (origin local)
+  // or learned from another host through the shared set (origin remote).
+  'token_revoked',
 ] as const;
 
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];

@@ -40,6 +40,13 @@ const BY_CODE: Record<string, ViolationType> = {
   E_ANCESTOR_REVOKED: 'revoked-or-expired',
   E_EXPIRED: 'revoked-or-expired',
   E_RATE_LIMITED: 'rate-limited',
+  // ct2 tokens (E_TOKEN_DENIED is classified by the block's own check, details.reason).
+  E_TOKEN_MALFORMED: 'forged-token',
+  E_TOKEN_SIGNATURE: 'forged-token',
+  E_TOKEN_UNKNOWN_KEY: 'forged-token',
+  E_TOKEN_REVOKED: 'revoked-or-expired',
+  E_TOKEN_EXPIRED: 'revoked-or-expired',
+  E_WHEN_FALSE: 'argument-outside-constraints',
 };
 
 const BY_EXIT: Record<string, ViolationType> = { oom: 'sandbox-oom', 'pids-limit': 'sandbox-pids-limit', timeout: 'sandbox-timeout' };
@@ -66,7 +73,12 @@ export function classify(event: AuditEvent, now = Date.now()): Violation | undef
   switch (event.type) {
     case 'access_denied':
     case 'capability_denied':
-      if (code !== undefined) [type, cause] = [BY_CODE[code], code];
+      if (code === 'E_TOKEN_DENIED') {
+        const reason = typeof details['reason'] === 'string' ? details['reason'] : undefined;
+        if (reason !== undefined) [type, cause] = [BY_CODE[reason], `${code}/${reason}`];
+      } else if (code === 'E_TOKEN_REVOKED' && details['revocationCheckFailed'] === true) {
+        // The revocation set could not be trusted (a stale feed): refused, but not the caller's doing.
+      } else if (code !== undefined) [type, cause] = [BY_CODE[code], code];
       break;
     case 'sandbox_exited': {
       const reason = typeof details['reason'] === 'string' ? details['reason'] : undefined;

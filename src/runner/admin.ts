@@ -6,6 +6,12 @@ import { z } from 'zod';
 import { CaptrapError } from '../errors.js';
 import type { AuditStats } from '../kernel/events.js';
 import type { KernelStats } from '../kernel/kernel.js';
+import { RESOURCE_TYPES } from '../kernel/capability.js';
+import { ConstraintsSchema } from '../kernel/constraints.js';
+import { InvalidRequestError } from '../kernel/errors.js';
+import { isTokenV2 } from '../kernel/tokens/index.js';
+import { TokenGate, type TokenGateStats } from './token-gate.js';
+import type { RevocationStatus } from './token-revocations.js';
 import { RPC_ERROR, RpcConnection, RpcError, type RpcHandler } from './jsonrpc.js';
 import type { SandboxCounters } from './runner.js';
 import { paginate, parseParams, toAnswerError, type SidecarContext } from './server.js';
@@ -33,6 +39,8 @@ export interface AdminContext extends SidecarContext {
   startedAt: number;
   auditStats(): SidecarAuditStats | null;
   metricsText(): Promise<string>;
+  /** With revocations.shipAudit: the shipper's counters. */
+  auditShipping?(): Record<string, unknown> | undefined;
 }
 
 export interface AgentRow {
@@ -57,6 +65,12 @@ export interface SidecarStats {
   agents: { running: number; exited: number };
   uptimeMs: number;
   rssBytes: number;
+  /** ct2 tool calls allowed and refused, and the validation cache's figures. */
+  tokens?: TokenGateStats;
+  /** The ct2 revocation source: backend, ids known, whether it can be trusted now. */
+  revocations?: RevocationStatus;
+  /** With revocations.shipAudit: records shipped, duplicates, queued, dropped, connected. */
+  auditShipping?: Record<string, unknown>;
 }
 
 const Empty = z.object({}).strict().or(z.null()).or(z.undefined());
@@ -68,6 +82,27 @@ const CapsParams = z
 const RevokeParams = z.union([z.object({ id: z.string().min(1).max(64 * 1024) }).strict(), z.object({ principal: z.string().min(1).max(256) }).strict()]);
 const KillParams = z.object({ id: z.string().min(1).max(256) }).strict();
 const ReleaseParams = z.object({ principal: z.string().min(1).max(256) }).strict();
+const Ops = z.array(z.string().min(1).max(256)).min(1).max(64);
+/** The options of `captrap token issue`, with the ttl in ms. */
+const TokenIssueParams = z
+  .object({
+    resourceType: z.enum(RESOURCE_TYPES),
+    resource: z.string().min(1).max(4096),
+    operations: Ops,
+    ttlMs: z.number().int().positive().max(10 * 365 * 24 * 3_600_000),
+    principal: z.string().min(1).max(512).optional(),
+    constraints: ConstraintsSchema.optional(),
+    when: z.string().min(1).max(4096).optional(),
+  })
+  .strict();
+const TokenRevokeParams = z
+  .object({
+    ids: z.array(z.string().regex(/^[0-9a-f]{64}$/, 'a revocation id: 64 hex characters')).max(1024).optional(),
+    token: z.string().max(64 * 1024).refine(isTokenV2, 'a ct2 token (ct2....)').optional(),
+    reason: z.string().min(1).max(1024).optional(),
+  })
+  .strict()
+  .refine((p) => (p.ids?.length ?? 0) > 0 || p.token !== undefined, 'give ids or a token');
 
 export function adminHandlers(ctx: AdminContext): Record<string, RpcHandler> {
   const { kernel, book, runner, supervisor } = ctx;
@@ -162,7 +197,42 @@ export function adminHandlers(ctx: AdminContext): Record<string, RpcHandler> {
         agents: { running, exited: all.length - running },
         uptimeMs: Date.now() - ctx.startedAt,
         rssBytes: process.memoryUsage.rss(),
+        ...(ctx.tokens ? { tokens: ctx.tokens.stats(), revocations: ctx.tokens.revocationStatus() } : {}),
+        ...(() => {
+          const shipping = ctx.auditShipping?.();
+          return shipping ? { auditShipping: shipping } : {};
+        })(),
       };
+    }),
+    'tokens.issue': wrap(TokenIssueParams, (p) => {
+      runner.auditGate('tokens.issue');
+      return tokensOf(ctx).issue({
+        resourceType: p.resourceType,
+        resource: p.resource,
+        operations: p.operations,
+        ttlMs: p.ttlMs,
+        ...(p.principal !== undefined ? { principal: p.principal } : {}),
+        ...(p.constraints !== undefined ? { constraints: p.constraints } : {}),
+        ...(p.when !== undefined ? { when: p.when } : {}),
+      });
+    }),
+    'tokens.revoke': wrap(TokenRevokeParams, async (p) => {
+      runner.auditGate('tokens.revoke');
+      // A presented token is revoked by its last block's id: that copy and whatever is attenuated
+      // from it, never its parent or siblings (revoke block 0's id, from --json, for the family).
+      const ids = [...(p.ids ?? []), ...(p.token !== undefined ? [TokenGate.lastBlockId(p.token)] : [])];
+      let revoked;
+      try {
+        revoked = await tokensOf(ctx).revoke([...new Set(ids)], p.reason ?? 'revoked by the administrator');
+      } catch (err) {
+        // Not durable (a file that cannot be written, a NATS server away): refused on this host
+        // from now on, but say so; the E_* code tells which.
+        if (err instanceof CaptrapError && !(err instanceof RpcError) && !(err instanceof InvalidRequestError)) {
+          throw new RpcError(RPC_ERROR.UNAVAILABLE, `${err.message} (the ids are refused on this host)`, { code: err.code, reason: err.message, ids });
+        }
+        throw err;
+      }
+      return { revoked };
     }),
     metrics: wrap(Empty, async () => ({ text: await ctx.metricsText() })),
   };
@@ -238,4 +308,9 @@ export class AdminServer {
       // already gone (server.close removes it on some platforms)
     }
   }
+}
+
+function tokensOf(ctx: AdminContext): TokenGate {
+  if (!ctx.tokens) throw new RpcError(RPC_ERROR.UNAVAILABLE, 'ct2 tokens are not open on this sidecar', { code: 'E_TOKEN_UNSUPPORTED', reason: 'ct2 tokens are not open' });
+  return ctx.tokens;
 }

@@ -3,6 +3,7 @@
 // directory, sizes and durations ('256M', '30s') become plain numbers here, so nothing past this
 // module parses user strings.
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { dirname, extname, isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -13,6 +14,7 @@ import { parseCatalogue, type Catalogue } from '../kernel/policy.js';
 import { MonitorInput, monitorConfig, type MonitorConfig } from '../monitor/config.js';
 import { parseListen } from '../monitor/dashboard.js';
 import type { DashboardConfig } from './monitoring.js';
+import type { RevocationsConfig } from './token-revocations.js';
 import { parseBytes, parseCpu, parseDuration, type NamespaceName } from '../isolation/limits.js';
 
 export class ConfigError extends CaptrapError {
@@ -172,6 +174,36 @@ const McpServerInput = z
   })
   .strict();
 
+/** ct2 tokens the sidecar accepts on agent channels (docs/tokens.md, "In the sidecar"). */
+const TokensInput = z
+  .object({
+    /** JWKS files of other issuers; the sidecar's own keys (<stateDir>/token-keys) are always trusted. */
+    trust: z.array(z.string().min(1)).max(64).default([]),
+    cacheEntries: PositiveInt.max(10_000_000).default(10_000),
+  })
+  .strict();
+
+const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+const RevocationsInput = z
+  .object({
+    backend: z.enum(['file', 'nats']).default('file'),
+    url: z
+      .string()
+      .regex(/^(nats|tls|ws|wss):\/\/\S+$/, 'expected a NATS server URL such as nats://127.0.0.1:4222')
+      .optional(),
+    bucket: z.string().regex(NAME, 'expected a bucket name of letters, digits, _ and -').default('captrap-revocations'),
+    maxStaleness: Duration.default(5000),
+    host: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/, 'expected a host name (letters, digits, _ . -)').optional(),
+    shipAudit: z.boolean().default(false),
+    auditStream: z.string().regex(NAME, 'expected a stream name of letters, digits, _ and -').default('CAPTRAP_AUDIT'),
+  })
+  .strict()
+  .superRefine((r, ctx) => {
+    if (r.backend === 'nats' && r.url === undefined) ctx.addIssue({ code: 'custom', path: ['url'], message: 'backend nats needs url (e.g. nats://127.0.0.1:4222)' });
+    if (r.backend === 'file' && r.url !== undefined) ctx.addIssue({ code: 'custom', path: ['url'], message: 'url is for backend nats; the file backend keeps <stateDir>/token-revocations.jsonl' });
+    if (r.backend === 'file' && r.shipAudit) ctx.addIssue({ code: 'custom', path: ['shipAudit'], message: 'shipAudit needs backend nats' });
+  });
+
 const ConfigInput = z
   .object({
     stateDir: z.string().min(1).optional(),
@@ -244,6 +276,8 @@ const ConfigInput = z
       .strict()
       .optional(),
     mcpServers: z.record(z.string().regex(AGENT_ID, 'expected a server name of letters, digits, _ . - starting with a letter'), McpServerInput).default({}),
+    tokens: TokensInput.default({ trust: [], cacheEntries: 10_000 }),
+    revocations: RevocationsInput.default({ backend: 'file', bucket: 'captrap-revocations', maxStaleness: 5000, shipAudit: false, auditStream: 'CAPTRAP_AUDIT' }),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -358,6 +392,30 @@ export interface SidecarConfig {
   /** MCP servers behind the gateway (absent in configs built in code before issue 12). */
   mcpServers?: McpServerConfig[];
   mcpHttp?: { port: number; allowedHosts: string[]; allowedOrigins: string[]; maxSessions: number; idleTimeout?: number };
+  /** ct2 tokens on agent channels; absent in configs built in code: defaults (own keys only, 10 000 entries). */
+  tokens?: TokensConfig;
+  /** Where ct2 revocations live; absent in configs built in code: the file backend. */
+  revocations?: RevocationsConfig;
+}
+
+export interface TokensConfig {
+  /** Absolute paths of JWKS files whose keys are trusted besides the sidecar's own. */
+  trust: string[];
+  /** Entries per level of the validation cache. */
+  cacheEntries: number;
+}
+
+/** The revocations section with every default filled in (what a config built in code gets). */
+export function revocationsConfig(r: Partial<RevocationsConfig> = {}): RevocationsConfig {
+  return {
+    backend: r.backend ?? 'file',
+    ...(r.url !== undefined ? { url: r.url } : {}),
+    bucket: r.bucket ?? 'captrap-revocations',
+    maxStalenessMs: r.maxStalenessMs ?? 5000,
+    host: r.host ?? hostname(),
+    shipAudit: r.shipAudit ?? false,
+    auditStream: r.auditStream ?? 'CAPTRAP_AUDIT',
+  };
 }
 
 function formatPath(path: readonly PropertyKey[]): string {
@@ -452,6 +510,16 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
       requestable: a.requestable.map(template),
     })),
     ...(c.mcpHttp ? { mcpHttp: c.mcpHttp } : {}),
+    tokens: { trust: c.tokens.trust.map((p) => abs(p)), cacheEntries: c.tokens.cacheEntries },
+    revocations: revocationsConfig({
+      backend: c.revocations.backend,
+      ...(c.revocations.url !== undefined ? { url: c.revocations.url } : {}),
+      bucket: c.revocations.bucket,
+      maxStalenessMs: c.revocations.maxStaleness,
+      ...(c.revocations.host !== undefined ? { host: c.revocations.host } : {}),
+      shipAudit: c.revocations.shipAudit,
+      auditStream: c.revocations.auditStream,
+    }),
     mcpServers: Object.entries(c.mcpServers).map(([name, m]) => ({
       name,
       command: m.command,

@@ -1,12 +1,16 @@
 // Prometheus metrics of one sidecar. A private registry (not prom-client's global one), so two
 // sidecars in one process (tests, embedding) never share or clash over metric names.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { TokenGateStats } from './token-gate.js';
+import type { RevocationStatus } from './token-revocations.js';
 
 export interface MetricsSource {
   agentsRunning(): number;
   sandboxesRunning(): number;
   kernel(): { live: number; bound: number; revoked: number; validations: number; denials: number };
   audit(): { eventsLogged: number; bufferDepth: number; available?: boolean; droppedRecords?: number; failedWrites?: number } | null;
+  /** ct2 tokens, once the sidecar has opened them. */
+  tokens?(): { stats: TokenGateStats; revocations: RevocationStatus } | undefined;
 }
 
 export class SidecarMetrics {
@@ -71,6 +75,38 @@ export class SidecarMetrics {
     gauge('captrap_audit_available', '1 while the audit log writes, 0 while it cannot (an outage, a permanent failure, or closed)', () => (source.audit()?.available === false ? 0 : 1));
     gauge('captrap_audit_dropped_records', 'Audit records dropped because the buffer was full during an outage', () => source.audit()?.droppedRecords ?? 0);
     gauge('captrap_audit_failed_writes', 'Audit log write attempts that failed since start', () => source.audit()?.failedWrites ?? 0);
+    const tokens = () => source.tokens?.();
+    const labelled = (name: string, help: string, labelNames: string[], read: (set: (labels: Record<string, string>, v: number) => void) => void) =>
+      new Gauge({
+        name,
+        help,
+        labelNames,
+        registers,
+        collect() {
+          this.reset();
+          read((labels, v) => this.set(labels, v));
+        },
+      });
+    labelled('captrap_token_calls', 'Tool calls presented with a ct2 token since start, by result (allowed|denied)', ['result'], (set) => {
+      const t = tokens();
+      if (!t) return;
+      set({ result: 'allowed' }, t.stats.verified);
+      set({ result: 'denied' }, t.stats.denied);
+    });
+    labelled('captrap_token_cache_hit_ratio', 'ct2 validation cache hits / lookups since start, by level (chain: signatures, decision: whole allowed calls)', ['level'], (set) => {
+      const t = tokens();
+      if (!t) return;
+      set({ level: 'chain' }, t.stats.cache.chain.hitRatio);
+      set({ level: 'decision' }, t.stats.cache.decision.hitRatio);
+    });
+    labelled('captrap_token_cache_entries', 'Entries in the ct2 validation cache, by level', ['level'], (set) => {
+      const t = tokens();
+      if (!t) return;
+      set({ level: 'chain' }, t.stats.cache.chain.size);
+      set({ level: 'decision' }, t.stats.cache.decision.size);
+    });
+    gauge('captrap_token_revocations_healthy', '1 while the ct2 revocation set can be trusted, 0 while ct2 calls are refused for want of it (stale feed, closed)', () => (tokens()?.revocations.healthy === false ? 0 : 1));
+    gauge('captrap_token_revocations', 'ct2 revocation ids known revoked', () => tokens()?.revocations.revoked ?? 0);
   }
 
   text(): Promise<string> {

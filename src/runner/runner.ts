@@ -8,13 +8,12 @@ import type { Capability, ProcessRef } from '../kernel/capability.js';
 import { mkdtempSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { effectiveLimits, redactArgs } from '../kernel/policy.js';
+import { effectiveLimits, redactArgs, type Tool, type ToolArgs } from '../kernel/policy.js';
 import { entryMatches, parseDomainEntry, type DomainEntry } from '../kernel/domains.js';
-import type { ToolAuthorization } from '../kernel/kernel.js';
 import { startEgressProxy, type EgressDecision, type EgressProxy } from './egress.js';
 import type { Identity } from './identity.js';
 import { log } from '../log.js';
-import type { Limits } from '../kernel/constraints.js';
+import type { Constraints, Limits } from '../kernel/constraints.js';
 import { runSandboxed, type KillReason, type Sandbox, type SandboxResult } from '../isolation/sandbox.js';
 import type { SandboxOptions } from '../isolation/limits.js';
 import type { SandboxGroup } from '../isolation/group.js';
@@ -185,10 +184,40 @@ export interface ToolRunnerOptions {
   groupFor?: (caller: ToolCaller) => SandboxGroup | undefined;
 }
 
+/**
+ * What a ct2 token established for one call (token-gate.ts builds it after verifying the token
+ * against the call): the tool, its arguments as checked, and what the sandbox needs.
+ */
+export interface TokenGrant {
+  tokenId: string;
+  keyId: string;
+  /** One per block, root first: revoking any of them stops the call. */
+  revocationIds: readonly string[];
+  expiresAt: number;
+  /** The intersection of every block's constraints (roots for the view, domains for egress). */
+  constraints: Constraints;
+  tool: Tool;
+  args: ToolArgs;
+  argv: string[];
+  /** The tighter of the tool's defaults and the token's limits. */
+  limits: Limits;
+  realPaths: Record<string, string>;
+  /** True once any of the token's ids is known revoked (asked after the awaits before the start, and by egress). */
+  revoked(): boolean;
+}
+
+/** A call ready to run: authorised by a ct1 capability or by a ct2 token. */
+type Grant =
+  | { kind: 'ct1'; capability: Capability; tool: Tool; argv: string[]; limits: Limits; realPaths: Record<string, string> }
+  | ({ kind: 'ct2' } & TokenGrant);
+
 interface InFlight {
   sandbox: Sandbox;
   agentId: string;
-  capability: Capability;
+  /** ct1: stopped when it or an ancestor is revoked. */
+  capability: Capability | undefined;
+  /** ct2: stopped when any of these revocation ids is revoked. */
+  tokenIds: readonly string[] | undefined;
   tool: string;
   group: SandboxGroup | undefined;
 }
@@ -227,7 +256,7 @@ export class ToolRunner {
   }
 
   /** The filesystem a tool sees: the capability's roots (writable if the tool writes), or just the files it was given. */
-  private viewFor(auth: ToolAuthorization): SandboxOptions['view'] {
+  private viewFor(auth: { tool: Tool; realPaths: Record<string, string> }, roots: readonly string[] | undefined): SandboxOptions['view'] {
     const { sandbox: defaults } = this.o;
     const files = auth.tool.spec.resources.filter((r) => r.kind === 'file');
     const writes = files.some((r) => r.kind === 'file' && r.access === 'write');
@@ -242,7 +271,6 @@ export class ToolRunner {
     };
     const readOnly = (defaults.view?.readOnly ?? []).map(real);
     const readWrite = (defaults.view?.readWrite ?? []).map(real);
-    const roots = auth.capability.constraints.paths;
     if (roots) (writes ? readWrite : readOnly).push(...roots);
     else {
       for (const r of files) {
@@ -255,17 +283,20 @@ export class ToolRunner {
     return { readOnly, readWrite, hide: [...(this.o.secrets ?? []), ...(defaults.view?.hide ?? [])] };
   }
 
-  /** A proxy of this call's own, when its capability names domains: the only way out of its network namespace. */
-  private async egressFor(caller: ToolCaller, auth: ToolAuthorization): Promise<EgressProxy | undefined> {
-    const domains = auth.capability.constraints.allowedDomains;
+  /** A proxy of this call's own, when its capability (or token) names domains: the only way out of its network namespace. */
+  private async egressFor(caller: ToolCaller, grant: Grant): Promise<EgressProxy | undefined> {
+    const ct1 = grant.kind === 'ct1';
+    const domains = ct1 ? grant.capability.constraints.allowedDomains : grant.constraints.allowedDomains;
     if (!domains || domains.length === 0 || !this.o.sandbox.confine) return undefined;
     const entries = domains.map(parseDomainEntry).filter((e): e is DomainEntry => e !== null);
-    const cap = auth.capability;
     const { kernel, audit } = this.o;
     this.egressDir ??= mkdtempSync(join(tmpdir(), 'captrap-egress-'));
+    const revoked = (): boolean => (ct1 ? kernel.isRevoked(grant.capability.id) || grant.capability.ancestors.some((a) => kernel.isRevoked(a)) : grant.revoked());
+    const expiresAt = ct1 ? grant.capability.expiresAt : grant.expiresAt;
+    const what = ct1 ? 'capability' : 'token';
     const authorize = (host: string, port: number): EgressDecision => {
-      if (kernel.isRevoked(cap.id) || cap.ancestors.some((a) => kernel.isRevoked(a))) return { allowed: false, code: 'E_REVOKED', reason: 'the capability was revoked' };
-      if (Date.now() >= cap.expiresAt) return { allowed: false, code: 'E_EXPIRED', reason: 'the capability expired' };
+      if (revoked()) return { allowed: false, code: ct1 ? 'E_REVOKED' : 'E_TOKEN_REVOKED', reason: `the ${what} was revoked` };
+      if (Date.now() >= expiresAt) return { allowed: false, code: ct1 ? 'E_EXPIRED' : 'E_TOKEN_EXPIRED', reason: `the ${what} expired` };
       if (entries.some((e) => entryMatches(e, { host, port }))) return { allowed: true };
       return { allowed: false, code: 'E_DOMAIN_NOT_ALLOWED', reason: `${host}:${port} is not in allowedDomains` };
     };
@@ -276,8 +307,8 @@ export class ToolRunner {
         audit.record({
           type: 'egress',
           principal: caller.principal,
-          capabilityId: cap.id,
-          details: { tool: auth.tool.name, agent: caller.agentId, host: e.host, port: e.port, method: e.method, allowed: e.allowed, ...(e.code ? { code: e.code } : {}), bytesUp: e.bytesUp, bytesDown: e.bytesDown, durationMs: Math.round(e.durationMs), ...(e.error ? { error: e.error } : {}) },
+          ...grantRef(grant),
+          details: { ...grantDetails(grant), tool: grant.tool.name, agent: caller.agentId, host: e.host, port: e.port, method: e.method, allowed: e.allowed, ...(e.code ? { code: e.code } : {}), bytesUp: e.bytesUp, bytesDown: e.bytesDown, durationMs: Math.round(e.durationMs), ...(e.error ? { error: e.error } : {}) },
         }),
     });
   }
@@ -293,7 +324,7 @@ export class ToolRunner {
    * spawned), or an isolation error when the sandbox cannot start. Resolves with the result.
    */
   async invoke(caller: ToolCaller, req: InvokeRequest): Promise<ToolResult> {
-    const { kernel, audit, sandbox: defaults, metrics, gate } = this.o;
+    const { kernel, metrics, gate } = this.o;
     // Before the kernel is asked: a refused call leaves no record it could not write anyway.
     gate?.check('tools.invoke');
     const group = caller.group ?? this.o.groupFor?.(caller);
@@ -305,6 +336,27 @@ export class ToolRunner {
       metrics?.toolDenials.inc({ code: (err as { code?: string }).code ?? 'E_INTERNAL' });
       throw err;
     }
+    return this.run(caller, group, { kind: 'ct1', capability: auth.capability, tool: auth.tool, argv: auth.argv, limits: auth.limits, realPaths: auth.realPaths });
+  }
+
+  /**
+   * Runs one call a ct2 token authorised (token-gate.ts verified it against this very call), in
+   * a sandbox built exactly as for a ct1 capability: the token's roots are the view, its limits
+   * join the tightest set, the checked real paths and URLs are in `argv`.
+   */
+  async invokeWithToken(caller: ToolCaller, grant: TokenGrant): Promise<ToolResult> {
+    this.o.gate?.check('tools.invoke');
+    const group = caller.group ?? this.o.groupFor?.(caller);
+    if (this.o.groupFor && !group) throw new RpcError(RPC_ERROR.UNAVAILABLE, `agent ${caller.agentId} has exited`);
+    return this.run(caller, group, { kind: 'ct2', ...grant });
+  }
+
+  private async run(caller: ToolCaller, group: SandboxGroup | undefined, grant: Grant): Promise<ToolResult> {
+    const { kernel, audit, sandbox: defaults, metrics, gate } = this.o;
+    const auth = grant;
+    // ct1 records name the capability; ct2 records name the token in their details.
+    const ref = grantRef(grant);
+    const tokenDetails = grantDetails(grant);
     if (gate) {
       try {
         // The authorisation is on disk before the process exists (deny mode).
@@ -315,9 +367,9 @@ export class ToolRunner {
         audit.record({
           type: 'access_denied',
           principal: caller.principal,
-          capabilityId: auth.capability.id,
+          ...ref,
           process: caller.process,
-          details: { code: AUDIT_UNAVAILABLE, message: (err as Error).message, operation: 'invoke', tool: auth.tool.name },
+          details: { code: AUDIT_UNAVAILABLE, message: (err as Error).message, operation: 'invoke', tool: auth.tool.name, ...tokenDetails },
         });
         throw err;
       }
@@ -335,7 +387,7 @@ export class ToolRunner {
       env: {},
       confine: defaults.confine,
       allowRoot: caller.identity?.allowRoot ?? defaults.allowRoot,
-      view: this.viewFor(auth),
+      view: this.viewFor(auth, grant.kind === 'ct1' ? grant.capability.constraints.paths : grant.constraints.paths),
     };
     const id = caller.identity;
     if (id?.uid !== undefined) opts.uid = id.uid;
@@ -346,7 +398,7 @@ export class ToolRunner {
     if (defaults.uid !== undefined) opts.uid = defaults.uid;
     if (defaults.gid !== undefined) opts.gid = defaults.gid;
     const [command, ...args] = auth.argv;
-    const egress = await this.egressFor(caller, auth);
+    const egress = await this.egressFor(caller, grant);
     if (egress) opts.egress = { proxySocket: egress.socketPath };
     let sb: Sandbox;
     try {
@@ -356,17 +408,24 @@ export class ToolRunner {
       throw err;
     }
     this.o.counters.start();
-    const entry: InFlight = { sandbox: sb, agentId: caller.agentId, capability: auth.capability, tool: auth.tool.name, group };
+    const entry: InFlight = {
+      sandbox: sb,
+      agentId: caller.agentId,
+      capability: grant.kind === 'ct1' ? grant.capability : undefined,
+      tokenIds: grant.kind === 'ct2' ? grant.revocationIds : undefined,
+      tool: auth.tool.name,
+      group,
+    };
     this.inFlight.add(entry);
     // Revoked (its agent exited, an administrator revoked it) while the write-ahead or the egress
     // proxy was awaited: the revocation's kill has already run, so stop this one here.
-    if (kernel.isRevoked(auth.capability.id) || auth.capability.ancestors.some((a) => kernel.isRevoked(a))) sb.kill('revoked');
+    if (grant.kind === 'ct1' ? kernel.isRevoked(grant.capability.id) || grant.capability.ancestors.some((a) => kernel.isRevoked(a)) : grant.revoked()) sb.kill('revoked');
     audit.record({
       type: 'sandbox_started',
       principal: caller.principal,
-      capabilityId: auth.capability.id,
+      ...ref,
       ...(sb.ref ? { process: { pid: sb.ref.pid, startTime: sb.ref.startTime } } : {}),
-      details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, cgroup: sb.cgroupName, limits, argv: redactArgs(auth.tool, auth.argv), confinement: sb.confinement },
+      details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, cgroup: sb.cgroupName, limits, argv: redactArgs(auth.tool, auth.argv), confinement: sb.confinement, ...tokenDetails },
     });
     // The call stays in flight until its exit is audited: whenIdle() (the sidecar's stop, which
     // then closes the audit log) must not resolve before the sandbox_exited record is written.
@@ -392,8 +451,8 @@ export class ToolRunner {
       audit.record({
         type: 'sandbox_escape',
         principal: caller.principal,
-        capabilityId: auth.capability.id,
-        details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, cgroup: sb.cgroupName, pids: r.escaped },
+        ...ref,
+        details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, cgroup: sb.cgroupName, pids: r.escaped, ...tokenDetails },
       });
     }
     this.o.counters.end(r.reason.kind);
@@ -402,9 +461,9 @@ export class ToolRunner {
     audit.record({
       type: 'sandbox_exited',
       principal: caller.principal,
-      capabilityId: auth.capability.id,
+      ...ref,
       process: { pid: r.pid, startTime: sb.ref?.startTime ?? 0 },
-      details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, reason: r.reason.kind, exitCode: r.exitCode, signal: r.signal, durationMs: Math.round(r.durationMs), memoryPeakBytes: r.usage.memoryPeakBytes ?? null, cleanedUp: r.cleanedUp },
+      details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, reason: r.reason.kind, exitCode: r.exitCode, signal: r.signal, durationMs: Math.round(r.durationMs), memoryPeakBytes: r.usage.memoryPeakBytes ?? null, cleanedUp: r.cleanedUp, ...tokenDetails },
     });
     settle();
     return {
@@ -469,7 +528,20 @@ export class ToolRunner {
     for (const f of this.inFlight) {
       if (f.agentId === sparedAgent) continue;
       const c = f.capability;
+      if (c === undefined) continue;
       if (kernel.isRevoked(c.id) || c.ancestors.some((a) => kernel.isRevoked(a))) {
+        f.sandbox.kill('revoked');
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Stops every ct2 call whose token carries one of `ids` (revoked here or learned from another host). */
+  killRevokedTokens(ids: ReadonlySet<string>): number {
+    let n = 0;
+    for (const f of this.inFlight) {
+      if (f.tokenIds?.some((id) => ids.has(id))) {
         f.sandbox.kill('revoked');
         n++;
       }
@@ -486,4 +558,16 @@ export class ToolRunner {
     if (this.inFlight.size === 0) return Promise.resolve();
     return new Promise((r) => this.idleWaiters.push(r));
   }
+}
+
+/** The audit record's capabilityId for a ct1 call; ct2 calls name their token in the details. */
+function grantRef(g: Grant): { capabilityId?: string } {
+  return g.kind === 'ct1' ? { capabilityId: g.capability.id } : {};
+}
+
+const NO_DETAILS: Record<string, unknown> = Object.freeze({});
+
+/** What a ct2 call's records carry about its token (nothing for ct1). */
+function grantDetails(g: Grant): Record<string, unknown> {
+  return g.kind === 'ct2' ? { tokenId: g.tokenId, keyId: g.keyId, revocationIds: g.revocationIds } : NO_DETAILS;
 }

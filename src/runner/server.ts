@@ -6,6 +6,7 @@ import { CaptrapError } from '../errors.js';
 import { isToken, parseToken, RESOURCE_TYPES, type Capability } from '../kernel/capability.js';
 import { checkNarrowing, ConstraintsSchema, intersectConstraints, normalizeConstraints, type Constraints, type Limits } from '../kernel/constraints.js';
 import { AccessDeniedError, DelegationError, InvalidRequestError } from '../kernel/errors.js';
+import { isTokenV2, TokenError } from '../kernel/tokens/index.js';
 import type { AuditSink } from '../kernel/events.js';
 import type { Caller, SecurityKernel } from '../kernel/kernel.js';
 import { compilePattern, matchPattern, patternCovers } from '../kernel/pattern.js';
@@ -16,6 +17,7 @@ import { RPC_ERROR, RpcError, type RpcHandler } from './jsonrpc.js';
 import type { SidecarMetrics } from './metrics.js';
 import { AgentRateLimiter, DEFAULT_RATE_LIMIT } from './ratelimit.js';
 import type { ToolRunner } from './runner.js';
+import type { TokenGate } from './token-gate.js';
 import { SandboxSpawnError } from '../isolation/errors.js';
 import { resolveAgentCommand, type AgentHandle, type CapabilityBook, type CapView, type Supervisor } from './supervisor.js';
 
@@ -31,6 +33,8 @@ export interface SidecarContext {
   isStopping(): boolean;
   /** Why `principal` (or an ancestor) is quarantined by the monitor, or undefined if it is not. */
   quarantineOf?(principal: string): string | undefined;
+  /** ct2 tokens (keys, validation cache, revocations); absent: ct2 tokens are refused. */
+  tokens?: TokenGate;
 }
 
 const ISOLATION_CODES = new Set(['E_SANDBOX_OPTION', 'E_COMMAND_NOT_FOUND', 'E_CWD', 'E_UID', 'E_SPAWN', 'E_LIMIT_UNENFORCEABLE', 'E_CGROUP']);
@@ -42,6 +46,14 @@ export function toAnswerError(err: unknown): RpcError {
   if (err instanceof InvalidRequestError) {
     const path = (err.details?.['path'] as unknown[] | undefined) ?? [];
     return new RpcError(RPC_ERROR.INVALID_PARAMS, err.message, { code: err.code, path, expected: err.message });
+  }
+  if (err instanceof TokenError) {
+    // A ct2 refusal: its code, and what the token error says (which block refused; `cause` is
+    // that block's own check, e.g. E_TOOL_NOT_ALLOWED, kept apart from `reason`, the message).
+    const { reason: cause, ...details } = err.details ?? {};
+    const data: Record<string, unknown> = { ...details, code: err.code, reason: err.message };
+    if (cause !== undefined) data['cause'] = cause;
+    return new RpcError(RPC_ERROR.ACCESS_DENIED, err.message, data);
   }
   if (err instanceof AccessDeniedError || err instanceof DelegationError) {
     const data: Record<string, unknown> = { code: err.code, reason: err.message };
@@ -100,6 +112,7 @@ const DelegateParams = z
   .strict();
 const RevokeParams = z.object({ capability: Id }).strict();
 const InvokeParams = z.object({ tool: z.string().min(1).max(256), args: z.record(z.string(), z.unknown()).default({}), capability: Id }).strict();
+const ExportParams = z.object({ capability: Id, ttlMs: Ttl.optional() }).strict();
 const SpawnParams = z
   .object({
     id: AgentId,
@@ -333,6 +346,19 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code: 'E_NOT_ISSUED_HERE', reason: message });
   };
 
+  /** tools.invoke with a ct2 token: verified for this channel's principal, then run as a ct1 call would be. */
+  const invokeWithToken = (tool: string, args: Record<string, unknown>, token: string) => {
+    const tokens = ctx.tokens;
+    if (!tokens) throw new RpcError(RPC_ERROR.ACCESS_DENIED, 'this sidecar does not accept ct2 tokens', { code: 'E_TOKEN_UNSUPPORTED', reason: 'this sidecar does not accept ct2 tokens' });
+    // Before the token is checked, as for ct1: a refused call leaves no record it could not write.
+    runner.auditGate('tools.invoke');
+    if (runner.runningFor(agent.id) >= ctx.config.maxToolCallsPerAgent) {
+      throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many tool calls in flight for ${agent.id} (maxToolCallsPerAgent ${ctx.config.maxToolCallsPerAgent})`);
+    }
+    const grant = tokens.authorize(agent.id, agent.ref, tool, args, token);
+    return runner.invokeWithToken({ principal: agent.id, process: agent.ref, agentId: agent.id, budget: agent.spec.limits, identity: agent.identity }, grant);
+  };
+
   const denyRequest = (code: string, message: string, details: Record<string, unknown>): never => {
     audit.record({ type: 'capability_denied', principal: agent.id, process: agent.ref, details: { code, message, ...details } });
     throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code, reason: message });
@@ -431,6 +457,30 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
       return { revoked };
     }),
 
+    'capabilities.export': wrap(ExportParams, (p) => {
+      runner.auditGate('capabilities.export');
+      const tokens = ctx.tokens;
+      if (!tokens) throw new RpcError(RPC_ERROR.ACCESS_DENIED, 'this sidecar does not issue ct2 tokens', { code: 'E_TOKEN_UNSUPPORTED', reason: 'this sidecar does not issue ct2 tokens' });
+      checkIssuedHere(p.capability, 'export');
+      const id = capabilityId(p.capability);
+      // A token given instead of an id must be genuine (the id alone would not need to be).
+      if (isToken(p.capability) && !kernel.isAuthentic(p.capability)) {
+        const message = `capability token for ${id} does not verify`;
+        audit.record({ type: 'access_denied', principal: agent.id, capabilityId: id, process: agent.ref, details: { code: 'E_BAD_SIGNATURE', message, operation: 'export' } });
+        throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code: 'E_BAD_SIGNATURE', reason: message });
+      }
+      const c = usable().find((x) => x.id === id);
+      if (!c) {
+        const known = book.get(id);
+        if (!known) throw new RpcError(RPC_ERROR.NOT_FOUND, `no capability ${id} is known to this sidecar`, { code: 'E_UNKNOWN_CAPABILITY', reason: 'unknown capability' });
+        const code = known.principal !== agent.id ? 'E_WRONG_PRINCIPAL' : !book.isLive(known, now()) ? (now() >= known.expiresAt ? 'E_EXPIRED' : 'E_REVOKED') : 'E_WRONG_HOLDER';
+        const message = `capability ${id} is not one '${agent.id}' can use now (${code})`;
+        audit.record({ type: 'access_denied', principal: agent.id, capabilityId: id, process: agent.ref, details: { code, message, operation: 'export' } });
+        throw new RpcError(RPC_ERROR.ACCESS_DENIED, message, { code, reason: message });
+      }
+      return tokens.exportCapability(c, agent.id, p.ttlMs);
+    }),
+
     'tools.list': wrap(Empty, () => {
       const caps = usable().filter((c) => c.resourceType === 'tool' && c.operations.includes('invoke'));
       const tools = policy
@@ -444,6 +494,7 @@ export function agentHandlers(ctx: SidecarContext, agent: AgentHandle): Record<s
     }),
 
     'tools.invoke': wrap(InvokeParams, async (p) => {
+      if (isTokenV2(p.capability)) return invokeWithToken(p.tool, p.args, p.capability);
       checkIssuedHere(p.capability, 'invoke');
       if (runner.runningFor(agent.id) >= ctx.config.maxToolCallsPerAgent) {
         throw new RpcError(RPC_ERROR.UNAVAILABLE, `too many tool calls in flight for ${agent.id} (maxToolCallsPerAgent ${ctx.config.maxToolCallsPerAgent})`);

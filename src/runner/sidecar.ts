@@ -25,6 +25,8 @@ import { agentHandlers, startMaintenance, type SidecarContext } from './server.j
 import { monitorConfig } from '../monitor/config.js';
 import { startMonitoring, type Monitoring } from './monitoring.js';
 import { checkCapabilityKeyFile, prepareStateDir } from './statedir.js';
+import { TokenGate } from './token-gate.js';
+import type { TokenRevocations } from './token-revocations.js';
 import { CapabilityBook, Supervisor, type AgentHandle } from './supervisor.js';
 
 export interface SidecarOptions {
@@ -35,6 +37,8 @@ export interface SidecarOptions {
    * the sidecar responsive, and the audit log going unavailable and writing again.
    */
   notice?: (line: string) => void;
+  /** Where ct2 revocations live, instead of the source config.revocations names (embedders, tests). Closed with the sidecar. */
+  revocations?: TokenRevocations;
 }
 
 const defaultNotice = (line: string) => {
@@ -70,6 +74,11 @@ export class Sidecar {
   private admin: AdminServer | undefined;
   /** The violation monitor and, with `dashboard:` in the config, the dashboard (docs/monitoring.md). */
   monitoring: Monitoring | undefined;
+  /** ct2 tokens: keys, validation cache, revocations (docs/tokens.md, "In the sidecar"). */
+  tokens: TokenGate | undefined;
+  /** With revocations.shipAudit: the copy of every audit record going to the JetStream stream. */
+  auditShipping: { status(): object; close(): Promise<void> } | undefined;
+  private untapTokens: (() => void) | undefined;
   private untap: (() => void) | undefined;
   private stopping = false;
   private stopped: Promise<void> | undefined;
@@ -87,6 +96,7 @@ export class Sidecar {
       sandboxesRunning: () => this.counters.running,
       kernel: () => this.kernel.stats(),
       audit: () => this.audit.stats(),
+      tokens: () => (this.tokens ? { stats: this.tokens.stats(), revocations: this.tokens.revocationStatus() } : undefined),
     });
     this.gate = new AuditGate({ audit, onFailure: config.audit.onFailure ?? 'deny', metrics: this.metrics });
     this.runner = new ToolRunner({
@@ -144,6 +154,9 @@ export class Sidecar {
       metrics: this.metrics,
       isStopping: () => this.stopping,
       quarantineOf: (principal) => self.monitoring?.monitor.quarantineOf(principal)?.type,
+      get tokens() {
+        return self.tokens;
+      },
     };
   }
 
@@ -182,6 +195,8 @@ export class Sidecar {
         }
         s.notice(describePriority(s.priority));
       }
+      // Before the first agent can present a token: keys, cache, revocation source.
+      await s.openTokens(opts);
       const adminCtx: AdminContext = {
         ...s.context(),
         supervisor: s.supervisor,
@@ -189,6 +204,7 @@ export class Sidecar {
         startedAt: s.startedAt,
         auditStats: () => ({ ...s.audit.stats(), onFailure: s.gate.onFailure, refusedCalls: s.gate.refused, unauditedCalls: s.gate.unaudited }),
         metricsText: () => s.metrics.text(),
+        auditShipping: () => s.auditShipping?.status() as Record<string, unknown> | undefined,
       };
       const handlers = adminHandlers(adminCtx);
       s.admin = await AdminServer.listen(config.adminSocket, handlers);
@@ -208,6 +224,37 @@ export class Sidecar {
       throw err;
     }
     return s;
+  }
+
+  private async openTokens(opts: SidecarOptions): Promise<void> {
+    const tokens = await TokenGate.open({
+      config: this.config,
+      audit: this.audit,
+      kernel: this.kernel,
+      policy: this.policy,
+      metrics: this.metrics,
+      ...(opts.revocations ? { revocations: opts.revocations } : {}),
+    });
+    this.tokens = tokens;
+    // A running ct2 call stops when one of its token's ids is revoked, here or on another host.
+    tokens.onRevoked((ids) => this.runner.killRevokedTokens(ids));
+    // Every ct1 revocation (an agent's, an administrator's, the cascade at a holder's death) is
+    // an audit record: the tokens exported from those capabilities are revoked with them.
+    this.untapTokens = this.audit.tap((_seq, event) => {
+      if (event.type !== 'capability_revoked') return;
+      const ids = event.details?.['ids'];
+      if (Array.isArray(ids)) tokens.capabilitiesRevoked(ids.filter((x): x is string => typeof x === 'string'));
+    });
+    this.kernel.onPruned((ids) => tokens.capabilitiesForgotten(ids));
+    const r = tokens.revocationStatus();
+    this.notice(`ct2 tokens: key ${tokens.store.activeId}, revocations ${r.backend} (${r.detail})`);
+    const rc = this.config.revocations;
+    if (rc?.backend === 'nats' && rc.shipAudit) {
+      // Loaded only when asked for: no NATS client in a sidecar that does not use one.
+      const { startAuditShipping } = await import('./nats-audit-ship.js');
+      this.auditShipping = startAuditShipping(this.audit, rc, { log });
+      this.notice(`audit shipping: every record also goes to stream ${rc.auditStream} on ${rc.url}`);
+    }
   }
 
   private launchConfigured(a: SidecarConfig['agents'][number]): AgentHandle {
@@ -258,6 +305,15 @@ export class Sidecar {
         log.error({ err, principal: p }, 'revocation at shutdown failed');
       }
     }
+    // After the revocations above (tokens exported from them are revoked through the source), before the log closes.
+    try {
+      await this.tokens?.close();
+    } catch (err) {
+      log.error({ err }, 'closing the ct2 token revocations failed');
+    }
+    this.untapTokens?.();
+    // Best effort by design: what is queued gets a moment to go out; the local chain is the authority.
+    await this.auditShipping?.close().catch((err: unknown) => log.error({ err }, 'stopping audit shipping failed'));
     // The monitor's last alerts are recorded before the log closes; the dashboard goes with it.
     this.untap?.();
     await this.monitoring?.stop();

@@ -1,7 +1,12 @@
 // `captrap stats [--prom] [--json]`: counters of a running sidecar — kernel (issued, revoked,
 // denials, ...), audit log, sandboxes by exit reason, agents, uptime and memory. --prom prints
 // the Prometheus exposition text instead.
-import { formatBytes, formatDuration, runAdminCommand, UsageError, type SidecarStats } from '../admin-client.js';
+import { formatBytes, formatDuration, runAdminCommand, UsageError, type SidecarStats as AdminStats } from '../admin-client.js';
+import type { TokenGateStats } from '../token-gate.js';
+import type { RevocationStatus } from '../token-revocations.js';
+
+/** What `stats` answers; ct2 figures from sidecars that have them. */
+type SidecarStats = AdminStats & { tokens?: TokenGateStats; revocations?: RevocationStatus; auditShipping?: Record<string, unknown> };
 
 const USAGE = `usage: captrap stats [--prom | --json] [--socket PATH]
 
@@ -24,10 +29,19 @@ function auditWarning(a: Record<string, unknown> | null): string {
   return `AUDIT LOG UNAVAILABLE${since}${err}\n  ${policy}; ${Number(a['droppedRecords'] ?? 0)} record(s) dropped\n`;
 }
 
+const pct = (r: number | undefined): string | undefined => (r === undefined ? undefined : `${(r * 100).toFixed(1)}%`);
+
+/** A warning first when ct2 calls are refused because the revocation set cannot be trusted. */
+function revocationsWarning(r: RevocationStatus | undefined): string {
+  if (!r || r.healthy) return '';
+  return `TOKEN REVOCATIONS UNAVAILABLE (${r.backend}): ${r.detail}\n  every tool call with a ct2 token is refused (E_TOKEN_REVOKED) until the set is trusted again\n`;
+}
+
 /** The human-readable summary (exported for tests). */
 export function renderStats(s: SidecarStats): string {
   const parts = [
     auditWarning(s.audit),
+    revocationsWarning(s.revocations),
     section('sidecar', [
       ['uptime', formatDuration(s.uptimeMs)],
       ['rss', formatBytes(s.rssBytes)],
@@ -44,6 +58,27 @@ export function renderStats(s: SidecarStats): string {
     ]),
     section('kernel', Object.entries(s.kernel ?? {})),
     s.audit ? section('audit', Object.entries(s.audit)) : 'audit\n  (no audit statistics)\n',
+    s.tokens
+      ? section('ct2 tokens', [
+          ['calls allowed', s.tokens.verified],
+          ['calls denied', s.tokens.denied],
+          ['chain cache hit ratio', pct(s.tokens.cache?.chain?.hitRatio)],
+          ['chain cache entries', s.tokens.cache?.chain ? `${s.tokens.cache.chain.size}/${s.tokens.cache.chain.maxEntries}` : undefined],
+          ['decision cache hit ratio', pct(s.tokens.cache?.decision?.hitRatio)],
+          ['decision cache entries', s.tokens.cache?.decision ? `${s.tokens.cache.decision.size}/${s.tokens.cache.decision.maxEntries}` : undefined],
+          ['decisions not cacheable', s.tokens.cache?.decision?.uncacheable],
+        ])
+      : '',
+    s.revocations
+      ? section('token revocations', [
+          ['backend', s.revocations.backend],
+          ['healthy', s.revocations.healthy ? 'yes' : 'NO'],
+          ['revoked ids', s.revocations.revoked],
+          ['last sync', s.revocations.lastSyncAt === null ? null : new Date(s.revocations.lastSyncAt).toISOString()],
+          ['detail', s.revocations.detail],
+        ])
+      : '',
+    s.auditShipping ? section('audit shipping', Object.entries(s.auditShipping)) : '',
   ];
   return parts.filter(Boolean).join('\n');
 }

@@ -1,6 +1,7 @@
-// `captrap token verify | attenuate | seal | inspect | issue`: ct2 tokens from the command line.
-// verify needs only the issuer's public key set (`captrap keys export`); attenuate and seal need
-// nothing but the token (a holder narrows offline); issue signs with the state dir's active key.
+// `captrap token verify | attenuate | seal | inspect | issue | revoke`: ct2 tokens from the command
+// line. verify needs only the issuer's public key set (`captrap keys export`); attenuate and seal
+// need nothing but the token (a holder narrows offline); issue signs with the state dir's active
+// key; revoke asks a running sidecar (its admin socket) to revoke ids in its revocation set.
 // A TOKEN argument of '-' is read from stdin (keeps tokens out of `ps` and shell history).
 // Exit codes: 0 valid / allowed / done, 1 refused (the E_* code is printed), 2 usage or bad input.
 import { readFileSync } from 'node:fs';
@@ -22,7 +23,10 @@ import {
   type TokenRequest,
   type VerifiedToken,
 } from '../../kernel/tokens/index.js';
+import { AdminCallError, AdminClient, resolveSocketPath } from '../admin-client.js';
 import { describeError } from '../cli.js';
+import { loadConfig } from '../config.js';
+import type { RevocationEntry } from '../token-revocations.js';
 import { openKeyStore, stateDirFrom } from './keys.js';
 
 const USAGE = `usage:
@@ -35,6 +39,7 @@ const USAGE = `usage:
   captrap token issue [--state-dir DIR | --config FILE] --resource-type tool|file|network|process
                        --resource PATTERN --operations a,b --ttl DURATION [--principal P]
                        [--constraints JSON] [--when CEL]
+  captrap token revoke [--config FILE | --socket PATH] [ID...] [--token TOKEN] [--reason TEXT] [--json]
 
 verify checks every signature, the seal or proof, expiry and (with --revoked, a file of revocation
 ids, one per line) revocation; with --tool it also checks that every block permits the call.
@@ -42,8 +47,12 @@ ids, one per line) revocation; with --tool it also checks that every block permi
 --resource to the tool. With --catalogue (the sidecar's tool catalogue) the arguments are mapped
 to files, URLs and commands and checked against each block's constraints; without it only the
 tool, the principal and the 'when' expressions see them.
+revoke adds revocation ids (from verify --json) to a running sidecar's revocation set (its own
+file, or the set every host shares); --token T revokes T's last block: that copy and whatever is
+attenuated from it. The sidecar is the one --config names (its adminSocket), else --socket, else
+$CAPTRAP_SOCKET, else ./.captrap/admin.sock.
 TOKEN '-' reads the token from stdin. DURATION: 90s, 10m, 2h, 7d.
-Exits 0 if valid (and allowed), 1 if refused, 2 on bad input.
+Exits 0 if valid (and allowed) or done, 1 if refused, 2 on bad input.
 `;
 
 class UsageError extends Error {}
@@ -251,6 +260,33 @@ function issueCmd(argv: string[]): number {
   return 0;
 }
 
+async function revokeCmd(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { config: { type: 'string', short: 'c' }, socket: { type: 'string' }, token: { type: 'string' }, reason: { type: 'string' }, json: { type: 'boolean' } },
+    strict: true,
+    allowPositionals: true,
+  });
+  if (values.config !== undefined && values.socket !== undefined) throw new UsageError('give --config or --socket, not both');
+  const token = values.token === undefined ? undefined : readToken(values.token);
+  if (positionals.length === 0 && token === undefined) throw new UsageError('revoke needs revocation ids or --token TOKEN');
+  for (const id of positionals) if (!/^[0-9a-f]{64}$/.test(id)) throw new UsageError(`'${id}' is not a revocation id (64 hex characters; captrap token verify --json prints them)`);
+  const socket = values.config !== undefined ? loadConfig(values.config).adminSocket : resolveSocketPath(values.socket);
+  const client = await AdminClient.connect(socket);
+  try {
+    const { revoked } = await client.call<{ revoked: RevocationEntry[] }>('tokens.revoke', {
+      ...(positionals.length > 0 ? { ids: positionals } : {}),
+      ...(token !== undefined ? { token } : {}),
+      ...(values.reason !== undefined ? { reason: values.reason } : {}),
+    });
+    if (values.json) process.stdout.write(JSON.stringify({ revoked }) + '\n');
+    else for (const e of revoked) process.stdout.write(`revoked ${e.id} (host ${e.host}, ${new Date(e.at).toISOString()}: ${e.reason})\n`);
+    return 0;
+  } finally {
+    client.close();
+  }
+}
+
 function inspectCmd(argv: string[]): number {
   const { values, positionals } = parseArgs({ args: argv, options: { json: { type: 'boolean' } }, strict: true, allowPositionals: true });
   if (positionals.length !== 1) throw new UsageError('inspect takes one TOKEN');
@@ -277,6 +313,8 @@ export async function main(argv: string[]): Promise<number> {
         return inspectCmd(rest);
       case 'issue':
         return issueCmd(rest);
+      case 'revoke':
+        return await revokeCmd(rest);
       case undefined:
       case '-h':
       case '--help':
@@ -292,7 +330,7 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     process.stderr.write(`captrap token: ${describeError(err)}\n`);
-    // A token the holder may not narrow that way, or a sealed one: refused. Anything else: bad input.
-    return err instanceof TokenError && err.code !== 'E_TOKEN_MALFORMED' ? 1 : 2;
+    // A token the holder may not narrow that way, or a sealed one, or the sidecar said no: refused. Anything else: bad input.
+    return (err instanceof TokenError && err.code !== 'E_TOKEN_MALFORMED') || err instanceof AdminCallError ? 1 : 2;
   }
 }
