@@ -296,6 +296,8 @@ export class AuditLog implements AuditSink {
   private pendingEvents = 0;
   private flushChain: Promise<void> = Promise.resolve();
   private flushSoon = false;
+  /** The flush not started yet that new flush() callers join (see flush). */
+  private nextFlush: Promise<void> | null = null;
   private readonly taps = new Set<(seq: number, event: AuditEvent, mac: string) => void>();
   private timer: NodeJS.Timeout | undefined;
   private fh: FileHandle | undefined;
@@ -646,11 +648,19 @@ export class AuditLog implements AuditSink {
    * stopped for good.
    */
   flush(): Promise<void> {
-    return this.chained(async () => {
+    // Group commit: every caller that arrives while a write is under way shares the next one,
+    // which takes the whole queue when it starts. One write + fdatasync per caller would
+    // serialise a burst of write-ahead calls behind hundreds of syncs.
+    if (this.nextFlush) return this.nextFlush;
+    const p = this.chained(async () => {
+      // Started: the queue is taken below, synchronously; a later caller needs another write.
+      this.nextFlush = null;
       if (this.failure) throw this.failure;
       if (this.outage) throw this.unavailableError();
       await this.attempt();
     });
+    this.nextFlush = p;
+    return p;
   }
 
   /** Runs fn after every write before it: one write at a time, in order. */

@@ -146,6 +146,43 @@ describe('audit log writer', () => {
     expect(verify().ok).toBe(true);
   });
 
+  it('shares one write among the flushes that wait on it (group commit): callers arriving during a sync do not each pay their own', async () => {
+    // Every segment sync lets 5 more callers arrive (record, then wait for it to be durable)
+    // while it is under way, as a burst of write-ahead tool calls does, up to 200 callers.
+    const callers: Promise<void>[] = [];
+    let syncs = 0;
+    let log: AuditLog | undefined;
+    // How many syncs a caller waited through: its write's, and the one under way when it came.
+    let maxWaited = 0;
+    const arrive = () => {
+      if (!log || callers.length >= 200) return;
+      log.record(event(callers.length));
+      const at = syncs;
+      callers.push(log.flush().then(() => void (maxWaited = Math.max(maxWaited, syncs - at))));
+    };
+    log = await AuditLog.open({
+      dir,
+      flushIntervalMs: 60_000,
+      flushEvents: Number.MAX_SAFE_INTEGER,
+      checkpointEvery: 1_000_000,
+      ioHook: (op) => {
+        if (op.op !== 'sync' || !op.file.startsWith('audit-')) return;
+        syncs++;
+        for (let k = 0; k < 5; k++) setImmediate(arrive);
+      },
+    });
+    arrive();
+    while (callers.length < 200) await new Promise((r) => setTimeout(r, 1));
+    await Promise.all(callers);
+    // Each flush resolved only once its own record was durable: everything is on disk, in one chain.
+    expect(log.stats().eventsFlushed).toBe(log.stats().eventsLogged);
+    // Without group commit every caller queues behind one sync per caller before it, and the
+    // wait grows with the burst (about 20 syncs here); with it, no caller waits more than two.
+    expect(maxWaited).toBeLessThanOrEqual(2);
+    await log.close();
+    expect(verify().ok).toBe(true);
+  });
+
   it('keeps one gapless chain for many concurrent async producers', async () => {
     const log = await AuditLog.open({ dir, flushIntervalMs: 2, flushEvents: 64, checkpointEvery: 100 });
     const producers = 40;
