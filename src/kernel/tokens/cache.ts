@@ -39,29 +39,47 @@ export interface TokenVerifierStats {
   decision: CacheLevelStats & { uncacheable: number };
 }
 
-/** A Map in insertion order used as an LRU: a hit moves the key to the end, the oldest goes first. */
+/**
+ * A bounded cache evicting roughly the least recently used (CLOCK, "second chance"): a hit only
+ * sets a flag, so the hot path never reorders the Map; when full, the oldest entries that were
+ * used since they last came round move to the back with the flag cleared, and the oldest unused
+ * one goes. Each entry moves at most once per eviction round, so eviction is O(1) amortised.
+ */
 class Lru<V> {
-  private readonly map = new Map<string, V>();
+  private readonly map = new Map<string, { v: V; used: boolean }>();
   hits = 0;
   misses = 0;
   constructor(readonly maxEntries: number) {}
 
   get(key: string): V | undefined {
-    const v = this.map.get(key);
-    if (v === undefined) {
+    const e = this.map.get(key);
+    if (e === undefined) {
       this.misses++;
       return undefined;
     }
     this.hits++;
-    this.map.delete(key);
-    this.map.set(key, v);
-    return v;
+    e.used = true;
+    return e.v;
   }
 
   set(key: string, v: V): void {
-    this.map.delete(key);
-    this.map.set(key, v);
-    if (this.map.size > this.maxEntries) this.map.delete(this.map.keys().next().value!);
+    const had = this.map.get(key);
+    if (had !== undefined) {
+      had.v = v;
+      had.used = true;
+      return;
+    }
+    while (this.map.size >= this.maxEntries) this.evictOne();
+    this.map.set(key, { v, used: false });
+  }
+
+  private evictOne(): void {
+    for (const [k, e] of this.map) {
+      this.map.delete(k);
+      if (!e.used) return;
+      e.used = false;
+      this.map.set(k, e);
+    }
   }
 
   delete(key: string): void {
