@@ -2,7 +2,8 @@
 // on every call; a key change clears it; a tampered token is never served from it; it is bounded;
 // a `when` that reads `now` and file access bypass the decision level. Real Ed25519 keys throughout.
 import { describe, expect, it } from 'vitest';
-import { generateEd25519KeyObjects } from '../../src/kernel/tokens/ed25519.js';
+import { generateEd25519KeyObjects, privateKeyFromSeed, signEd25519 } from '../../src/kernel/tokens/ed25519.js';
+import { blockMessage, decodeEnvelope, encodeBody, encodeEnvelope } from '../../src/kernel/tokens/format.js';
 import { attenuate, issueToken, TokenVerifier, verifyToken, type PublicKeySet, type TokenRequest } from '../../src/kernel/tokens/index.js';
 import { codeOf } from './helpers.js';
 
@@ -219,6 +220,37 @@ describe('TokenVerifier', () => {
     verifier.verify(t, withFile);
     verifier.verify(t, withFile);
     expect(verifier.stats().decision).toMatchObject({ hits: 0, misses: 0, size: 0, uncacheable: 2 });
+  });
+
+  it('a token crafted to end like another (same proof key) is verified in full, and neither evicts nor is mistaken for the other', () => {
+    const { verifier, revoked } = setup();
+    const a = attenuate(root(), { principal: 'planner/worker' });
+    // A holder of `a` appends a block signed with a's proof key and names that same key again,
+    // so the new token ends with a's proof; `when` padding lines the base64 up with a's.
+    const env = decodeEnvelope(a);
+    const seed = (env.proof as { secret: Buffer }).secret;
+    const last = env.blocks[env.blocks.length - 1]!;
+    const signer = privateKeyFromSeed(seed, last.next);
+    let b: string | undefined;
+    for (let pad = 0; pad < 3 && b === undefined; pad++) {
+      const payload = encodeBody({ when: 'true' + ' '.repeat(pad), constraints: { allowedTools: ['read_file'] } });
+      const sig = signEd25519(signer, blockMessage(env.key, env.blocks.length, last.sig, payload, last.next));
+      const t = encodeEnvelope({ key: env.key, blocks: [...env.blocks, { payload, next: last.next, sig }], proof: { secret: seed } });
+      if (t.slice(-43) === a.slice(-43)) b = t;
+    }
+    expect(b).toBeDefined();
+    const listDir = call({ resource: 'list_dir', tool: 'list_dir', args: {} });
+    expect(verifier.verify(a, listDir).tokenId).toBeDefined(); // a allows list_dir
+    expect(codeOf(() => verifier.verify(b!, listDir))).toBe('E_TOKEN_DENIED'); // b does not: never a's answer
+    expect(verifier.verify(b!, call()).blocks).toHaveLength(3);
+    expect(verifier.verify(a, listDir).blocks).toHaveLength(2); // still a's entry, served from the cache
+    expect(verifier.stats().chain.hits).toBeGreaterThanOrEqual(1);
+    // b revoked by its own block: refusing it does not drop a's entry.
+    revoked.add(verifier.verify(b!, call()).revocationIds[2]!);
+    expect(codeOf(() => verifier.verify(b!, call()))).toBe('E_TOKEN_REVOKED');
+    const hits = verifier.stats().chain.hits;
+    verifier.verify(a, listDir);
+    expect(verifier.stats().chain.hits).toBe(hits + 1);
   });
 
   it('holds at most maxEntries per level, dropping the least recently used', () => {

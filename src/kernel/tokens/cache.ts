@@ -62,6 +62,22 @@ class Lru<V> {
     return e.v;
   }
 
+  /** The value under key whose `full` is `full` (a miss otherwise): a slot compared whole. */
+  getFull(key: string, full: string): V | undefined {
+    const e = this.map.get(key);
+    if (e === undefined || (e.v as { full?: string }).full !== full) {
+      this.misses++;
+      return undefined;
+    }
+    this.hits++;
+    e.used = true;
+    return e.v;
+  }
+
+  has(key: string): boolean {
+    return this.map.has(key);
+  }
+
   set(key: string, v: V): void {
     const had = this.map.get(key);
     if (had !== undefined) {
@@ -82,8 +98,10 @@ class Lru<V> {
     }
   }
 
-  delete(key: string): void {
-    this.map.delete(key);
+  /** Deletes the entry under key if `matches` accepts its value. */
+  deleteIf(key: string, matches: (v: V) => boolean): void {
+    const e = this.map.get(key);
+    if (e !== undefined && matches(e.v)) this.map.delete(key);
   }
 
   clear(): void {
@@ -102,6 +120,8 @@ interface ChainEntry {
    * decisions of an evicted entry are never served to a later one; they age out of the LRU.
    */
   id: number;
+  /** The token (or its digest) this entry verified: a slot holds one token, compared whole on every hit. */
+  full: string;
   chain: VerifiedChain;
   /** Level 2 is off for this token: some block's `when` may read the clock. */
   readsClock: boolean;
@@ -122,47 +142,72 @@ const READS_NOW = /(^|[^A-Za-z0-9_])now([^A-Za-z0-9_]|$)/;
 function canonicalJson(v: unknown): string | undefined {
   switch (typeof v) {
     case 'string':
+      return quote(v);
     case 'boolean':
-      return JSON.stringify(v);
+      return v ? 'true' : 'false';
     case 'number':
       return Number.isFinite(v) && !Object.is(v, -0) ? JSON.stringify(v) : undefined;
     case 'object': {
       if (v === null) return 'null';
-      const parts: string[] = [];
       if (Array.isArray(v)) {
-        for (const x of v) {
-          const s = canonicalJson(x);
+        let out = '[';
+        for (let i = 0; i < v.length; i++) {
+          const s = canonicalJson(v[i]);
           if (s === undefined) return undefined;
-          parts.push(s);
+          out += (i > 0 ? ',' : '') + s;
         }
-        return '[' + parts.join(',') + ']';
+        return out + ']';
       }
       const proto = Object.getPrototypeOf(v) as unknown;
       if (proto !== Object.prototype && proto !== null) return undefined;
       const o = v as Record<string, unknown>;
-      for (const k of Object.keys(o).sort()) {
+      const keys = Object.keys(o);
+      // Callers usually send keys in one order: sort only when they are not already sorted.
+      for (let i = 1; i < keys.length; i++) {
+        if (keys[i - 1]! > keys[i]!) {
+          keys.sort();
+          break;
+        }
+      }
+      let out = '{';
+      let first = true;
+      for (const k of keys) {
         if (o[k] === undefined) continue;
         const s = canonicalJson(o[k]);
         if (s === undefined) return undefined;
-        parts.push(JSON.stringify(k) + ':' + s);
+        out += (first ? '' : ',') + quote(k) + ':' + s;
+        first = false;
       }
-      return '{' + parts.join(',') + '}';
+      return out + '}';
     }
     default:
       return undefined; // bigint, function, symbol, undefined inside an array
   }
 }
 
-/** Tokens up to this many characters are their own key; longer ones are keyed by their SHA-256. */
+/** Characters JSON.stringify leaves alone inside a string (printable ASCII but `"` and `\`). */
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+
+/** JSON.stringify of a string, without the call for the common all-plain case. */
+function quote(s: string): string {
+  return s.length < 256 && PLAIN.test(s) ? '"' + s + '"' : JSON.stringify(s);
+}
+
+/** Tokens up to this many characters are compared whole; longer ones by their SHA-256. */
 const KEY_BY_VALUE_CHARS = 4096;
+/** How many trailing characters of a token name its slot: the proof or seal, fresh random bytes per token. */
+const SLOT_CHARS = 43;
 
 /**
- * The token itself when short (a Map compares the whole string, and hashing it costs more than
- * the rest of a hit), else its SHA-256, so a level holds at most maxEntries × 4 KiB of keys. The
- * two kinds cannot meet: a ct2 token starts with "ct2.", a digest is "#" and base64.
+ * How the chain level finds a token (in verify): `full` stands for the token and is compared on
+ * every hit; `slot` is the Map key. A short token is its own `full`, and its slot is its last
+ * characters (hashing a ~1 KB string that arrived in a fresh message costs more than the rest of
+ * a hit; comparing two is a memcmp). A long token is keyed by its SHA-256 (this function), so a
+ * level holds at most maxEntries × 4 KiB of keys. The kinds cannot meet: a token's characters are
+ * base64url, a digest starts with "#".
  */
-function tokenKey(token: string): string {
-  return token.length <= KEY_BY_VALUE_CHARS ? token : '#' + createHash('sha256').update(token).digest('base64');
+function tokenDigest(token: string): string {
+  return '#' + createHash('sha256').update(token).digest('base64');
 }
 
 /** Every later caller receives the same blocks: none may change them for the others. */
@@ -212,13 +257,18 @@ export class TokenVerifier {
   /** Same contract as verifyToken(token, { publicKeys, isRevoked, now, request }). */
   verify(token: string, request?: TokenRequest): VerifiedToken {
     if (typeof token !== 'string') return this.verifyFresh(token, request);
-    const key = tokenKey(token);
-    let entry = this.chains.get(key);
+    const long = token.length > KEY_BY_VALUE_CHARS;
+    const full = long ? tokenDigest(token) : token;
+    const slot = long || token.length <= SLOT_CHARS ? full : token.slice(-SLOT_CHARS);
+    const key = slot;
+    let entry = this.chains.getFull(slot, full);
     if (entry === undefined) {
       // Throws for a malformed, unknown-key or badly signed token: nothing is cached for it.
       const chain = deepFreeze(verifyTokenChain(token, this.publicKeys));
-      entry = { id: this.nextId++, chain, readsClock: chain.blocks.some((b) => b.when !== undefined && READS_NOW.test(b.when)), hasWhen: chain.blocks.some((b) => b.when !== undefined) };
-      this.chains.set(key, entry);
+      entry = { id: this.nextId++, full, chain, readsClock: chain.blocks.some((b) => b.when !== undefined && READS_NOW.test(b.when)), hasWhen: chain.blocks.some((b) => b.when !== undefined) };
+      // A slot already holding another token (a holder can pick the last bytes of a token it
+      // attenuates) keeps it: this one is verified in full each time rather than evict it.
+      if (!this.chains.has(slot)) this.chains.set(slot, entry);
     }
     const now = this.clock();
     const dKey = request === undefined ? undefined : this.decisionKey(entry, request);
@@ -232,7 +282,7 @@ export class TokenVerifier {
           checkNotRevoked(hit.revocationIds, this.isRevoked);
           checkNotExpired(hit.expiresAt, now);
         } catch (err) {
-          this.forgetIfDead(key, err);
+          this.forgetIfDead(key, entry, err);
           throw err;
         }
         return hit;
@@ -242,7 +292,7 @@ export class TokenVerifier {
     try {
       result = checkVerifiedChain(entry.chain, { isRevoked: this.isRevoked, now, ...(request ? { request } : {}) });
     } catch (err) {
-      this.forgetIfDead(key, err);
+      this.forgetIfDead(key, entry, err);
       throw err;
     }
     if (dKey !== undefined) {
@@ -267,8 +317,9 @@ export class TokenVerifier {
   }
 
   /** A revoked or expired token cannot come back (expiry only moves forward), so its chain entry is dropped. */
-  private forgetIfDead(key: string, err: unknown): void {
-    if (err instanceof TokenError && (err.code === 'E_TOKEN_EXPIRED' || err.code === 'E_TOKEN_REVOKED')) this.chains.delete(key);
+  private forgetIfDead(key: string, entry: ChainEntry, err: unknown): void {
+    // Only this token's own entry: a slot holding another token keeps it.
+    if (err instanceof TokenError && (err.code === 'E_TOKEN_EXPIRED' || err.code === 'E_TOKEN_REVOKED')) this.chains.deleteIf(key, (e) => e === entry);
   }
 
   /**
@@ -289,7 +340,8 @@ export class TokenVerifier {
     const args = canonicalJson(r.args ?? {});
     const access = r.access === undefined ? '' : canonicalJson(r.access);
     if (args === undefined || access === undefined) return undefined;
-    const request = JSON.stringify([r.principal, r.operation, r.resource, r.tool ?? null, host ?? null]) + args + '\n' + access;
+    const request =
+      '[' + quote(r.principal) + ',' + quote(r.operation) + ',' + quote(r.resource) + ',' + (r.tool === undefined ? 'null' : quote(r.tool)) + ',' + (host === undefined ? 'null' : quote(host)) + ']' + args + '\n' + access;
     // Large arguments are keyed by digest so that a level's memory stays bounded ('#' cannot start JSON).
     // Unambiguous: the array ends at its matching ']', args is one JSON value, access follows the newline.
     return entry.id + '\n' + (request.length <= KEY_BY_VALUE_CHARS ? request : '#' + createHash('sha256').update(request).digest('base64'));
