@@ -196,9 +196,31 @@ const RevocationsInput = z
     host: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/, 'expected a host name (letters, digits, _ . -)').optional(),
     shipAudit: z.boolean().default(false),
     auditStream: z.string().regex(NAME, 'expected a stream name of letters, digits, _ and -').default('CAPTRAP_AUDIT'),
+    auth: z
+      .object({
+        credentialsFile: z.string().min(1).optional(),
+        user: z.string().min(1).max(256).optional(),
+        passwordFile: z.string().min(1).optional(),
+        tokenFile: z.string().min(1).optional(),
+      })
+      .strict()
+      .superRefine((a, ctx) => {
+        const ways = [a.credentialsFile, a.user, a.tokenFile].filter((x) => x !== undefined).length;
+        if (ways !== 1) ctx.addIssue({ code: 'custom', message: 'give exactly one of credentialsFile, user (with passwordFile) or tokenFile' });
+        if ((a.user === undefined) !== (a.passwordFile === undefined)) ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: 'user and passwordFile go together' });
+      })
+      .optional(),
+    tls: z
+      .object({ caFile: z.string().min(1).optional(), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() })
+      .strict()
+      .superRefine((t, ctx) => {
+        if ((t.certFile === undefined) !== (t.keyFile === undefined)) ctx.addIssue({ code: 'custom', path: ['keyFile'], message: 'certFile and keyFile go together (a client certificate)' });
+      })
+      .optional(),
   })
   .strict()
   .superRefine((r, ctx) => {
+    if (r.backend === 'file' && (r.auth !== undefined || r.tls !== undefined)) ctx.addIssue({ code: 'custom', path: [r.auth !== undefined ? 'auth' : 'tls'], message: 'auth and tls are for backend nats' });
     if (r.backend === 'nats' && r.url === undefined) ctx.addIssue({ code: 'custom', path: ['url'], message: 'backend nats needs url (e.g. nats://127.0.0.1:4222)' });
     if (r.backend === 'file' && r.url !== undefined) ctx.addIssue({ code: 'custom', path: ['url'], message: 'url is for backend nats; the file backend keeps <stateDir>/token-revocations.jsonl' });
     if (r.backend === 'file' && r.shipAudit) ctx.addIssue({ code: 'custom', path: ['shipAudit'], message: 'shipAudit needs backend nats' });
@@ -415,6 +437,8 @@ export function revocationsConfig(r: Partial<RevocationsConfig> = {}): Revocatio
     host: r.host ?? hostname(),
     shipAudit: r.shipAudit ?? false,
     auditStream: r.auditStream ?? 'CAPTRAP_AUDIT',
+    ...(r.auth !== undefined ? { auth: r.auth } : {}),
+    ...(r.tls !== undefined ? { tls: r.tls } : {}),
   };
 }
 
@@ -519,6 +543,8 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
       ...(c.revocations.host !== undefined ? { host: c.revocations.host } : {}),
       shipAudit: c.revocations.shipAudit,
       auditStream: c.revocations.auditStream,
+      ...(c.revocations.auth !== undefined ? { auth: Object.fromEntries(Object.entries(c.revocations.auth).map(([k, v]) => [k, k === 'user' ? v : abs(v)])) } : {}),
+      ...(c.revocations.tls !== undefined ? { tls: Object.fromEntries(Object.entries(c.revocations.tls).map(([k, v]) => [k, abs(v)])) } : {}),
     }),
     mcpServers: Object.entries(c.mcpServers).map(([name, m]) => ({
       name,

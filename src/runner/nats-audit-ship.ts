@@ -7,6 +7,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { AuditLog } from '../kernel/audit.js';
 import type { AuditEvent } from '../kernel/events.js';
+import { natsConnectOptions } from './nats-connect.js';
 import { natsTimings, type NatsRevocationsLog } from './nats-revocations.js';
 import type { RevocationsConfig } from './token-revocations.js';
 
@@ -110,6 +111,7 @@ export function startAuditShipping(audit: AuditLog, cfg: RevocationsConfig, opts
       let c: NatsConnection | null = null;
       try {
         c = await connect({
+          ...natsConnectOptions(cfg),
           servers: url,
           name: `captrap-audit-${cfg.host}`,
           timeout,

@@ -11,6 +11,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { CaptrapError } from '../errors.js';
+import { natsConnectOptions, natsExposure } from './nats-connect.js';
 import {
   RevocationsUnavailableError,
   type RevocationEntry,
@@ -109,6 +110,8 @@ class NatsRevocations implements TokenRevocations {
   private readonly revoked = new Map<string, RevocationEntry>();
   /** Revoked here while the bucket could not be reached: re-put after every resync. */
   private readonly unpropagated = new Map<string, RevocationEntry>();
+  /** Deletes and purges of ids this host knows revoked, ignored (revocations are not withdrawn). */
+  private deletesIgnored = 0;
   private readonly listeners = new Set<(entries: RevocationEntry[]) => void>();
   private readonly timings: ReturnType<typeof natsTimings>;
   private readonly url: string;
@@ -185,7 +188,9 @@ class NatsRevocations implements TokenRevocations {
     const where = `nats ${this.url} bucket ${this.cfg.bucket}`;
     if (this.closed) return `${where}: closed`;
     const iso = (t: number) => new Date(t).toISOString();
-    const pending = this.unpropagated.size > 0 ? `; ${this.unpropagated.size} local revocation(s) not yet in the bucket` : '';
+    const pending =
+      (this.unpropagated.size > 0 ? `; ${this.unpropagated.size} local revocation(s) not yet in the bucket` : '') +
+      (this.deletesIgnored > 0 ? `; ${this.deletesIgnored} delete(s) of revoked ids in the bucket ignored` : '');
     if (this.lastSyncAt === null) {
       return `${where}: never synced (${this.lostReason}, since ${iso(this.lostSince ?? Date.now())}); ct2 calls are refused${pending}`;
     }
@@ -260,6 +265,7 @@ class NatsRevocations implements TokenRevocations {
       let nc: NatsConnection | null = null;
       try {
         nc = await connect({
+          ...natsConnectOptions(this.cfg),
           servers: this.url,
           name: `captrap-revocations-${this.cfg.host}`,
           timeout: this.timings.requestTimeoutMs,
@@ -402,9 +408,11 @@ class NatsRevocations implements TokenRevocations {
       } else {
         this.unpropagated.delete(e.key);
       }
-    } else if (this.revoked.delete(e.key)) {
-      // Deleting a key is how an operator withdraws a revocation; the bucket is the authority.
-      this.log.warn({ id: e.key, op: e.operation }, 'revocations: an id was removed from the bucket and is no longer revoked');
+    } else if (this.revoked.has(e.key)) {
+      // A revocation is never withdrawn: a delete or purge in the bucket (a mistake, or someone
+      // with write access keeping a token alive) is ignored by every host that has seen the id.
+      this.deletesIgnored++;
+      this.log.warn({ id: e.key, op: e.operation }, 'revocations: an id was deleted from the bucket; it stays revoked here (revocations are not withdrawn)');
     }
     const p = this.pendingSync;
     if (p && p.gen === this.watchGen && this.watchMaxRev >= p.seq) {
@@ -527,6 +535,10 @@ class NatsRevocations implements TokenRevocations {
  */
 export async function openNatsRevocations(cfg: RevocationsConfig, opts: NatsRevocationsOptions = {}): Promise<TokenRevocations> {
   const log = opts.log ?? SILENT_LOG;
+  // A credentials, password or key file that cannot be used stops the start here, not in a retry loop.
+  natsConnectOptions(cfg);
+  const exposure = natsExposure(cfg);
+  if (exposure) log.warn({ url: cfg.url }, exposure);
   const source = new NatsRevocations(cfg, log);
   source.start();
   const waitMs = opts.openWaitMs ?? Math.min(cfg.maxStalenessMs, 5_000);
@@ -554,7 +566,7 @@ export async function probeNatsRevocations(cfg: RevocationsConfig, timeoutMs = 3
   let nc: NatsConnection | undefined;
   try {
     checkConfig(cfg);
-    nc = await connect({ servers: url, timeout: timeoutMs, reconnect: false, name: 'captrap-doctor' });
+    nc = await connect({ ...natsConnectOptions(cfg), servers: url, timeout: timeoutMs, reconnect: false, name: 'captrap-doctor' });
     const js = jetstream(nc, { timeout: timeoutMs });
     const jsm = await js.jetstreamManager();
     try {

@@ -20,6 +20,26 @@ export interface RevocationsConfig {
   shipAudit: boolean;
   /** nats only: the JetStream stream audit records are shipped to. */
   auditStream: string;
+  /** nats only: how to authenticate to the server (at most one way; the files are read at connect and never logged). */
+  auth?: NatsAuthConfig;
+  /** nats only: TLS to the server: the CA that signs its certificate, and a client certificate if it asks for one. */
+  tls?: NatsTlsConfig;
+}
+
+export interface NatsAuthConfig {
+  /** A NATS user credentials file (JWT + NKey seed), as `nsc` writes it. */
+  credentialsFile?: string;
+  /** A user name, with its password in passwordFile. */
+  user?: string;
+  passwordFile?: string;
+  /** A file holding an authorization token. */
+  tokenFile?: string;
+}
+
+export interface NatsTlsConfig {
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
 }
 
 export interface RevocationEntry {

@@ -28,10 +28,12 @@ export class NatsServer {
     readonly bin: string,
     readonly port: number,
     readonly dir: string,
+    /** More nats-server flags: --user/--pass, --tls/--tlscert/--tlskey... */
+    readonly extraArgs: readonly string[] = [],
   ) {}
 
-  static async start(bin: string): Promise<NatsServer> {
-    const s = new NatsServer(bin, await freePort(), mkdtempSync(join(tmpdir(), 'captrap-nats-')));
+  static async start(bin: string, extraArgs: readonly string[] = []): Promise<NatsServer> {
+    const s = new NatsServer(bin, await freePort(), mkdtempSync(join(tmpdir(), 'captrap-nats-')), extraArgs);
     await s.restart();
     return s;
   }
@@ -48,7 +50,7 @@ export class NatsServer {
   async restart(): Promise<void> {
     if (this.proc) throw new Error('nats-server already running');
     for (let attempt = 0; ; attempt++) {
-      const proc = spawn(this.bin, ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const proc = spawn(this.bin, ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.dir, ...this.extraArgs], { stdio: ['ignore', 'ignore', 'pipe'] });
       let log = '';
       const ready = await new Promise<boolean>((resolve) => {
         const timer = setTimeout(() => resolve(false), 10_000);

@@ -2,7 +2,8 @@
 // three hosts in this process, each reaching the server through its own TCP proxy so one can be
 // partitioned away (silently: no reset) while the others keep going. Audit shipping at the end.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
@@ -312,5 +313,99 @@ describe.skipIf(!NATS)('audit shipping to a JetStream stream', () => {
       await audit.close();
     }
     expect(ship.status().dropped).toBe(25); // what was queued at close is counted too
+  }, 30_000);
+});
+
+
+describe.skipIf(!NATS)('revocations are monotonic', () => {
+  let server: NatsServer;
+  let a: TokenRevocations;
+  let b: TokenRevocations;
+  let seenB: ReturnType<typeof collect>;
+  beforeAll(async () => {
+    server = await NatsServer.start(NATS!);
+    a = await openNatsRevocations(cfg('A', server.url));
+    b = await openNatsRevocations(cfg('B', server.url));
+    seenB = collect(b);
+  }, 30_000);
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+    await server?.stop();
+  });
+
+  it('a revocation is never withdrawn: a delete or purge in the bucket is ignored by hosts that saw the id', async () => {
+    const id = newId();
+    await a.revoke([id], 'leaked');
+    await waitFor('B to learn it', () => seenB.has(id), 5_000);
+    // Someone with write access to the bucket tries to keep the token alive.
+    const nc = await connect({ servers: server.url });
+    try {
+      const kv = await new Kvm(jetstream(nc)).open(BUCKET);
+      await kv.delete(id);
+      await kv.purge(id);
+    } finally {
+      await nc.close();
+    }
+    await waitFor('B to see the delete', () => /delete\(s\) of revoked ids in the bucket ignored/.test(b.status().detail), 5_000);
+    for (const h of [a, b]) expect(refuses(h, id)).toBe('revoked');
+  });
+
+});
+
+describe.skipIf(!NATS)('securing the feed: authentication and TLS', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'captrap-nats-auth-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const secretFile = (name: string, text: string) => {
+    const f = join(dir, name);
+    writeFileSync(f, text, { mode: 0o600 });
+    return f;
+  };
+
+  it('a server that requires a user refuses a host without it (which fails closed); with user and passwordFile it syncs', async () => {
+    const server = await NatsServer.start(NATS!, ['--user', 'captrap', '--pass', 'p4ss-w0rd']);
+    const opened: TokenRevocations[] = [];
+    try {
+      const anonymous = await openNatsRevocations(cfg('anon', server.url), { openWaitMs: 600 });
+      opened.push(anonymous);
+      expect(anonymous.status().healthy).toBe(false);
+      expect(refuses(anonymous, newId())).toBe('unavailable');
+      const wrong = await openNatsRevocations(cfg('wrong', server.url, { auth: { user: 'captrap', passwordFile: secretFile('wrong.pass', 'nope\n') } }), { openWaitMs: 600 });
+      opened.push(wrong);
+      expect(wrong.status().healthy).toBe(false);
+      const good = await openNatsRevocations(cfg('good', server.url, { auth: { user: 'captrap', passwordFile: secretFile('good.pass', 'p4ss-w0rd\n') } }));
+      opened.push(good);
+      expect(good.status().healthy, good.status().detail).toBe(true);
+      const id = newId();
+      await good.revoke([id], 'x');
+      expect(refuses(good, id)).toBe('revoked');
+      // A password file others can read is refused at open, with its own code.
+      const loose = secretFile('loose.pass', 'p4ss-w0rd');
+      chmodSync(loose, 0o644);
+      await expect(openNatsRevocations(cfg('loose', server.url, { auth: { user: 'captrap', passwordFile: loose } }))).rejects.toMatchObject({ code: 'E_REVOCATIONS_AUTH' });
+    } finally {
+      for (const o of opened) await o.close();
+      await server.stop();
+    }
+  }, 30_000);
+
+  it.skipIf(spawnSync('openssl', ['version']).error !== undefined)('over TLS: with the CA that signed the server it syncs; a server it cannot verify is refused', async () => {
+    const key = join(dir, 'server.key');
+    const cert = join(dir, 'server.pem');
+    const made = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']);
+    expect(made.status, made.stderr.toString()).toBe(0);
+    const server = await NatsServer.start(NATS!, ['--tls', '--tlscert', cert, '--tlskey', key]);
+    const opened: TokenRevocations[] = [];
+    try {
+      const untrusting = await openNatsRevocations(cfg('untrusting', server.url, { tls: {} }), { openWaitMs: 600 });
+      opened.push(untrusting);
+      expect(untrusting.status().healthy).toBe(false);
+      const trusting = await openNatsRevocations(cfg('trusting', server.url, { tls: { caFile: cert } }));
+      opened.push(trusting);
+      expect(trusting.status().healthy, trusting.status().detail).toBe(true);
+    } finally {
+      for (const o of opened) await o.close();
+      await server.stop();
+    }
   }, 30_000);
 });

@@ -491,6 +491,14 @@ describe('tokens and revocations config', () => {
     expect(() => parseConfig({ revocations: { maxStaleness: 'soon' } }, 'c.yaml', '/')).toThrow(/revocations\.maxStaleness: expected a duration/);
     expect(thrown(() => parseConfig({ tokens: { cacheEntries: 0 } }, 'c.yaml', '/'))).toMatchObject({ code: 'E_CONFIG' });
     expect(() => parseConfig({ tokens: { trusted: [] } }, 'c.yaml', '/')).toThrow(/tokens/);
+    // Securing the nats feed: paths resolved against the config's directory; exactly one way to authenticate.
+    const nats = { backend: 'nats', url: 'tls://nats.internal:4222' };
+    const sec = parseConfig({ revocations: { ...nats, auth: { user: 'captrap', passwordFile: 'nats.pass' }, tls: { caFile: 'ca.pem' } } }, 'c.yaml', '/etc/captrap');
+    expect(sec.revocations).toMatchObject({ auth: { user: 'captrap', passwordFile: '/etc/captrap/nats.pass' }, tls: { caFile: '/etc/captrap/ca.pem' } });
+    expect(() => parseConfig({ revocations: { ...nats, auth: { user: 'captrap' } } }, 'c.yaml', '/')).toThrow(/user and passwordFile go together/);
+    expect(() => parseConfig({ revocations: { ...nats, auth: { tokenFile: 't', credentialsFile: 'c' } } }, 'c.yaml', '/')).toThrow(/exactly one of/);
+    expect(() => parseConfig({ revocations: { ...nats, tls: { certFile: 'c.pem' } } }, 'c.yaml', '/')).toThrow(/certFile and keyFile go together/);
+    expect(() => parseConfig({ revocations: { tls: { caFile: 'ca.pem' } } }, 'c.yaml', '/')).toThrow(/auth and tls are for backend nats/);
   });
 
   it('refuses to start with a trusted key set that does not parse', async () => {

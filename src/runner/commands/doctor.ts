@@ -28,20 +28,25 @@ interface RevocationsCheck {
   ok: boolean;
   revoked: number | null;
   detail: string;
+  /** Revocations cross the network without TLS or authentication. */
+  warning?: string;
 }
 
 async function checkRevocations(cfg: RevocationsConfig): Promise<RevocationsCheck> {
   if (cfg.backend !== 'nats') return { backend: cfg.backend, ok: true, revoked: null, detail: 'file in the state dir (this host only)' };
   // Loaded only when asked for: the nats client is not needed by every doctor run.
   const { probeNatsRevocations } = await import('../nats-revocations.js');
+  const { natsExposure } = await import('../nats-connect.js');
   const p = await probeNatsRevocations(cfg);
+  const exposure = natsExposure(cfg);
   return {
     backend: 'nats',
     url: p.url,
     bucket: p.bucket,
     ok: p.ok,
     revoked: p.revoked,
-    detail: p.ok ? p.detail : `UNREACHABLE: ${p.detail}; ct2 calls will be refused (fail closed) until it is reachable`,
+    detail: (p.ok ? p.detail : `UNREACHABLE: ${p.detail}; ct2 calls will be refused (fail closed) until it is reachable`) + (exposure ? `; WARNING: ${exposure}` : ''),
+    ...(exposure ? { warning: exposure } : {}),
   };
 }
 
