@@ -10,6 +10,9 @@ import { CaptrapError } from './errors.js';
 import { RPC_ERROR, RpcConnection, RpcError } from './runner/jsonrpc.js';
 
 export { RPC_ERROR };
+// Narrowing a ct2 token needs no secret and no sidecar: an agent does it offline before handing a
+// copy to a sub-agent or another host (docs/tokens.md).
+export { attenuate, seal, inspectToken, type TokenNarrowing, type InspectedToken } from './kernel/tokens/sign.js';
 
 // ---------------------------------------------------------------------------------------------
 // What goes over the wire
@@ -67,6 +70,18 @@ export interface Narrowing {
   operations?: string[];
   constraints?: ConstraintsView;
   ttlMs?: number;
+}
+
+/** What `capabilities.export` answers. */
+export interface ExportedToken {
+  token: string;
+  tokenId: string;
+  keyId: string;
+  revocationIds: string[];
+  expiresAt: number;
+  principal: string | null;
+  /** The capability it was exported from. */
+  capability: string;
 }
 
 export interface ToolInfo {
@@ -233,6 +248,16 @@ export class AgentClient {
   /** Revokes one of this agent's capabilities (or one delegated from them) and all its descendants; returns every id revoked. */
   async revoke(capability: CapabilityRef): Promise<string[]> {
     return (await this.call<{ revoked: string[] }>('capabilities.revoke', { capability: capId(capability) })).revoked;
+  }
+
+  /**
+   * A ct2 token for what `capability` grants this agent, signed by the sidecar: verifiable on any
+   * host with its public keys, narrowable offline with `attenuate`, and revoked with the
+   * capability (its holder's death included). It expires at the earlier of the capability's
+   * expiry and now + `ttlMs` (default 1 h).
+   */
+  exportCapability(capability: CapabilityRef, ttlMs?: number): Promise<ExportedToken> {
+    return this.call<ExportedToken>('capabilities.export', { capability: capId(capability), ...(ttlMs !== undefined ? { ttlMs } : {}) });
   }
 
   /** The tools some live capability of this agent allows. */

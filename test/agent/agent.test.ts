@@ -73,6 +73,7 @@ describe('AgentClient', () => {
       'tools.list': () => ({ tools: [{ name: 'read_file', args: { path: { type: 'string' } } }] }),
       'tools.invoke': () => toolResult,
       'agents.spawn': () => ({ id: 'sub', pid: 42, startTime: 7, capabilities: [child] }),
+      'capabilities.export': () => ({ token: 'ct2.x', tokenId: 'tok_x', keyId: 'k', revocationIds: ['ab'], expiresAt: 9, principal: 'agent', capability: cap.id }),
     });
     open.push(client);
 
@@ -83,6 +84,7 @@ describe('AgentClient', () => {
     expect((await client.listTools())[0]!.name).toBe('read_file');
     expect(await client.invoke('read_file', { path: '/srv/a/x' }, cap)).toEqual(toolResult);
     expect((await client.spawnAgent({ id: 'sub', capability: cap.token, command: 'node', args: ['sub.js'], limits: { memory: '64M' }, capabilities: [{ capability: cap, operations: ['invoke'] }] })).pid).toBe(42);
+    expect((await client.exportCapability(cap, 60_000)).token).toBe('ct2.x');
 
     expect(seen).toEqual([
       { method: 'capabilities.list', params: {} },
@@ -95,6 +97,7 @@ describe('AgentClient', () => {
         method: 'agents.spawn',
         params: { id: 'sub', capability: cap.token, command: 'node', args: ['sub.js'], limits: { memory: '64M' }, capabilities: [{ capability: cap.id, operations: ['invoke'] }] },
       },
+      { method: 'capabilities.export', params: { capability: cap.id, ttlMs: 60_000 } },
     ]);
   });
 
