@@ -289,6 +289,11 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
     check(has(pw, 'planner', /^read_file workspace\/notes\.txt -> allowed, exited\(0\): "ship the sidecar/), 'a tool allowed by the capability ran and read the file under its root');
     check(has(pw, 'planner', /^write_file .* -> denied E_TOOL_NOT_ALLOWED/), 'a tool outside allowedTools was denied (E_TOOL_NOT_ALLOWED)');
     check(has(pw, 'planner', /^read_file workspace\/\.\.\/secrets\.env -> denied E_PATH_OUTSIDE_ROOTS/), 'a path outside the root was denied, `..` and all (E_PATH_OUTSIDE_ROOTS)');
+    check(
+      has(pw, 'planner', /^word_count workspace\/notes\.txt with the narrowed ct2 token -> allowed, exited\(0\)/) &&
+        has(pw, 'planner', /^read_file workspace\/notes\.txt with the narrowed ct2 token -> denied E_TOKEN_DENIED/),
+      'a ct2 token exported from the capability and narrowed offline by the agent allows word_count only (E_TOKEN_DENIED for read_file)',
+    );
     check(has(pw, WORKER, /^read_file workspace\/reports\/summary\.txt -> allowed/) && has(pw, WORKER, /^read_file workspace\/notes\.txt -> denied E_PATH_OUTSIDE_ROOTS/), 'the sub-agent got only the narrower share: reports/ yes, the rest of the workspace no');
 
     say('The worker is SIGKILLed. Its capabilities were bound to its process, so they die with it.');
@@ -353,7 +358,7 @@ async function run(dir: string, cgroupBase: string, serveRef: ServeRef): Promise
   const toolStarts = records.filter((r) => r.type === 'sandbox_started' && r.details?.['kind'] === 'tool');
   const denials = records.filter((r) => r.type === 'access_denied');
   note(`${records.length} records; tool sandboxes started: ${toolStarts.map((r) => String(r.details?.['tool'])).join(', ')}; calls denied: ${denials.length}`);
-  check(toolStarts.length === 4 && !toolStarts.some((r) => r.details?.['tool'] === 'write_file'), 'only the 4 allowed tool calls started a sandbox; the denied ones spawned nothing');
+  check(toolStarts.length === 5 && !toolStarts.some((r) => r.details?.['tool'] === 'write_file'), 'only the 5 allowed tool calls started a sandbox; the denied ones spawned nothing');
   const cleanups = records.filter((r) => r.type === 'principal_cleanup').map((r) => r.principal);
   check(cleanups.includes(WORKER), `principal_cleanup recorded for the dead worker (cleanups: ${[...new Set(cleanups)].join(', ')})`);
 

@@ -1,10 +1,11 @@
 // The demo's planner: a TypeScript agent using the `captrap/agent` client. Everything it prints
 // goes to its stdout, which `captrap serve` forwards to its own stderr as `[planner] ...` lines.
-// It uses a file under its root, is denied a tool and a path it was not given, and launches a
-// sub-agent ("worker") with a narrower share of its capability, then waits to be stopped.
+// It uses a file under its root, is denied a tool and a path it was not given, narrows its
+// capability as a ct2 token, and launches a sub-agent ("worker") with a narrower share of its
+// capability, then waits to be stopped.
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AgentCallError, connectAgent, type ToolResult } from 'captrap/agent';
+import { AgentCallError, attenuate, connectAgent, type ToolResult } from 'captrap/agent';
 
 const workspace = process.env.DEMO_WORKSPACE!;
 const agent = connectAgent();
@@ -31,6 +32,15 @@ console.log(`tools.list -> ${(await agent.listTools()).map((t) => t.name).join('
 await attempt('read_file workspace/notes.txt', () => agent.invoke('read_file', { path: join(workspace, 'notes.txt') }, cap));
 await attempt('write_file workspace/notes.txt', () => agent.invoke('write_file', { path: join(workspace, 'notes.txt'), content: 'overwritten' }, cap));
 await attempt('read_file workspace/../secrets.env', () => agent.invoke('read_file', { path: `${workspace}/../secrets.env` }, cap));
+
+// The same capability as a ct2 token, which any host with the sidecar's public keys can verify,
+// narrowed here, offline and without any secret, to word_count for 5 minutes, as an agent does
+// before handing a token on. Every block of the token must allow a call.
+const exported = await agent.exportCapability(cap, 600_000);
+const narrowed = attenuate(exported.token, { constraints: { allowedTools: ['word_count'] }, ttlMs: 300_000 });
+console.log(`exported ${exported.tokenId} (${exported.token.length} chars), narrowed offline to word_count (+1 block)`);
+await attempt('word_count workspace/notes.txt with the narrowed ct2 token', () => agent.invoke('word_count', { path: join(workspace, 'notes.txt') }, narrowed));
+await attempt('read_file workspace/notes.txt with the narrowed ct2 token', () => agent.invoke('read_file', { path: join(workspace, 'notes.txt') }, narrowed));
 
 // The worker runs the same way this agent does (node + tsx), with a share of `cap` narrowed to
 // read_file under workspace/reports, and tighter limits than ours.
