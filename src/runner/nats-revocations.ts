@@ -174,6 +174,10 @@ class NatsRevocations implements TokenRevocations {
     return false;
   }
 
+  snapshot(): RevocationEntry[] {
+    return [...this.revoked.values()];
+  }
+
   status(): RevocationStatus {
     return {
       backend: 'nats',

@@ -39,6 +39,7 @@ import { ConfigError, revocationsConfig, type SidecarConfig } from './config.js'
 import type { SidecarMetrics } from './metrics.js';
 import type { TokenGrant } from './runner.js';
 import { checkOwnedPath } from './statedir.js';
+import { MirroredRevocations } from './token-revocations-mirror.js';
 import { FileTokenRevocations, REVOCATION_ID } from './token-revocations-file.js';
 import type { RevocationEntry, RevocationStatus, RevocationsConfig, TokenRevocations } from './token-revocations.js';
 
@@ -91,7 +92,22 @@ export async function openRevocations(cfg: RevocationsConfig, stateDir: string):
   }
   // Loaded only for this backend: no NATS client in a sidecar that does not use one.
   const { openNatsRevocations } = await import('./nats-revocations.js');
-  return openNatsRevocations(cfg, { log });
+  checkOwnedPath(`${stateDir}/token-revocations.jsonl`, 'file', { role: 'token revocation list (local copy)' });
+  const local = await FileTokenRevocations.open(stateDir, cfg.host);
+  let remote: TokenRevocations;
+  try {
+    remote = await openNatsRevocations(cfg, { log });
+  } catch (err) {
+    await local.close();
+    throw err;
+  }
+  try {
+    return await MirroredRevocations.open(remote, local, log);
+  } catch (err) {
+    await remote.close();
+    await local.close();
+    throw err;
+  }
 }
 
 function readTrusted(files: readonly string[], own: ReadonlySet<string>): Map<string, KeyObject> {

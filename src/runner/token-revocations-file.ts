@@ -139,8 +139,33 @@ export class FileTokenRevocations implements TokenRevocations {
       fresh.push(e);
       out.push(e);
     }
+    return this.append(fresh, out);
+  }
+
+  /**
+   * Keeps entries revoked elsewhere (their host, time and reason as given): the nats backend's
+   * local copy, so a host never forgets an id it has seen. Resolves once they are on disk.
+   */
+  record(entries: readonly RevocationEntry[]): Promise<RevocationEntry[]> {
+    if (this.closed || !this.fh) return Promise.reject(new RevocationsUnavailableError(`the token revocation file ${this.path} is closed`));
+    const fresh: RevocationEntry[] = [];
+    for (const e of entries) {
+      if (!REVOCATION_ID.test(e.id) || this.revoked.has(e.id)) continue;
+      const copy: RevocationEntry = { id: e.id, host: e.host, at: e.at, reason: e.reason };
+      this.revoked.set(e.id, copy);
+      fresh.push(copy);
+    }
+    return this.append(fresh, fresh);
+  }
+
+  /** Every id this file holds. */
+  ids(): string[] {
+    return [...this.revoked.keys()];
+  }
+
+  private append(fresh: RevocationEntry[], out: RevocationEntry[]): Promise<RevocationEntry[]> {
     if (fresh.length === 0) return Promise.resolve(out);
-    const fh = this.fh;
+    const fh = this.fh!;
     const write = this.chain.then(async () => {
       try {
         await fh.appendFile(fresh.map(encodeLine).join(''));

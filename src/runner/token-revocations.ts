@@ -78,5 +78,7 @@ export interface TokenRevocations {
   /** Calls fn with ids learned from elsewhere (another host), after they are in the set. */
   onRevoked(fn: (entries: RevocationEntry[]) => void): () => void;
   status(): RevocationStatus;
+  /** Every entry known revoked now (the nats backend's local copy starts from it). */
+  snapshot?(): RevocationEntry[];
   close(): Promise<void>;
 }

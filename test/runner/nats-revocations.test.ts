@@ -15,6 +15,7 @@ import { AuditLog } from '../../src/kernel/audit.js';
 import { auditSubject, startAuditShipping } from '../../src/runner/nats-audit-ship.js';
 import { openNatsRevocations, probeNatsRevocations, RevocationNotPropagatedError } from '../../src/runner/nats-revocations.js';
 import { RevocationsUnavailableError, type RevocationEntry, type RevocationsConfig, type TokenRevocations } from '../../src/runner/token-revocations.js';
+import { openRevocations } from '../../src/runner/token-gate.js';
 import { findNatsServer, NatsServer, TcpProxy, waitFor } from './nats-harness.js';
 
 const NATS = findNatsServer();
@@ -351,6 +352,50 @@ describe.skipIf(!NATS)('revocations are monotonic', () => {
     for (const h of [a, b]) expect(refuses(h, id)).toBe('revoked');
   });
 
+});
+
+describe.skipIf(!NATS)('a local copy: a host never forgets an id it has seen, and puts back what the bucket lost', () => {
+  it('keeps learned ids across a restart after their keys were purged, and restores them to the bucket', async () => {
+    const server = await NatsServer.start(NATS!);
+    const stateDir = mkdtempSync(join(tmpdir(), 'captrap-nats-mirror-'));
+    const opened: TokenRevocations[] = [];
+    try {
+      const other = await openNatsRevocations(cfg('other', server.url));
+      opened.push(other);
+      const before = newId();
+      await other.revoke([before], 'before the host started');
+      const host = await openRevocations(cfg('host', server.url), stateDir);
+      const seen = collect(host);
+      const after = newId();
+      await other.revoke([after], 'while the host ran');
+      await waitFor('the host to learn it', () => seen.has(after), 5_000);
+      // Both are on the host's disk, the one loaded at start included.
+      await waitFor('the local copy', () => /local copy .* \(2 ids/.test(host.status().detail), 5_000);
+      await host.close();
+      // The bucket loses both keys; a host that saw them must not forget them.
+      const nc = await connect({ servers: server.url });
+      try {
+        const kv = await new Kvm(jetstream(nc)).open(BUCKET);
+        for (const id of [before, after]) await kv.purge(id);
+      } finally {
+        await nc.close();
+      }
+      const fresh = await openNatsRevocations(cfg('fresh', server.url));
+      opened.push(fresh);
+      expect(refuses(fresh, after)).toBe('allowed'); // the purge did remove them from the bucket
+      const again = await openRevocations(cfg('host', server.url), stateDir);
+      opened.push(again);
+      expect(refuses(again, before)).toBe('revoked');
+      expect(refuses(again, after)).toBe('revoked');
+      expect(again.status().detail).toMatch(/2 put back into the bucket at start/);
+      // Put back: hosts that never saw them learn them again.
+      await waitFor('the other hosts to learn them again', () => refuses(fresh, before) === 'revoked' && refuses(fresh, after) === 'revoked', 5_000);
+    } finally {
+      for (const o of opened) await o.close();
+      await server.stop();
+      rmSync(stateDir, { recursive: true, force: true });
+    }
+  }, 30_000);
 });
 
 describe.skipIf(!NATS)('securing the feed: authentication and TLS', () => {
