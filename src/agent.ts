@@ -8,6 +8,7 @@ import net from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { CaptrapError } from './errors.js';
 import { RPC_ERROR, RpcConnection, RpcError } from './runner/jsonrpc.js';
+import type { IssuedToken } from './runner/token-gate.js';
 
 export { RPC_ERROR };
 // Narrowing a ct2 token needs no secret and no sidecar: an agent does it offline before handing a
@@ -72,17 +73,8 @@ export interface Narrowing {
   ttlMs?: number;
 }
 
-/** What `capabilities.export` answers. */
-export interface ExportedToken {
-  token: string;
-  tokenId: string;
-  keyId: string;
-  revocationIds: string[];
-  expiresAt: number;
-  principal: string | null;
-  /** The capability it was exported from. */
-  capability: string;
-}
+/** What `capabilities.export` answers: the token and, in `capability`, the capability it was exported from. */
+export type ExportedToken = IssuedToken & { capability: string };
 
 export interface ToolInfo {
   name: string;
