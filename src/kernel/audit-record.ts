@@ -7,6 +7,7 @@
 import { createHash, createHmac, hash, sign, verify as verifySignature, type KeyObject } from 'node:crypto';
 import { CaptrapError } from '../errors.js';
 import { AUDIT_EVENT_TYPES, type AuditEvent, type AuditEventType } from './events.js';
+import { quoteJson } from './json-quote.js';
 
 export const AUDIT_FORMAT_VERSION = 1;
 export const MAC_HEX_LEN = 64;
@@ -137,18 +138,6 @@ export function canonicalJson(value: unknown): string {
 
 /** Nesting deeper than this is cut. */
 const MAX_DEPTH = 32;
-// Characters JSON.stringify would escape (quote, backslash, controls, lone surrogates).
-const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
-
-export function quoteJson(s: string): string {
-  // Short strings (most names and values) are checked by hand: a regex call costs more than the scan.
-  if (s.length > 32) return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"';
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return JSON.stringify(s);
-  }
-  return '"' + s + '"';
-}
 
 /**
  * Small memo of encoded pieces that repeat from record to record (detail keys, principals,

@@ -9,6 +9,7 @@
 import { closeSync, fdatasync, fdatasyncSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, truncateSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { RevocationStoreError } from './errors.js';
+import { quoteJson } from './json-quote.js';
 
 export const REVOCATIONS_FILE = 'revocations.jsonl';
 
@@ -18,13 +19,6 @@ interface RevocationRecord {
   expiresAt: number | undefined;
 }
 
-/** Characters JSON.stringify leaves as they are: an id made of them needs only its quotes. */
-const PLAIN_JSON = /^[A-Za-z0-9_.:~+=/-]*$/;
-
-function quote(s: string): string {
-  return PLAIN_JSON.test(s) ? '"' + s + '"' : JSON.stringify(s);
-}
-
 /** `,"at":…,"reason":…`: the same for every id of one revocation, encoded once. */
 function encodeMiddle(at: number, reason: string): string {
   return ',"at":' + JSON.stringify(at) + ',"reason":' + JSON.stringify(reason);
@@ -32,7 +26,7 @@ function encodeMiddle(at: number, reason: string): string {
 
 // The same bytes JSON.stringify of { id, at, reason, expiresAt? } gives, without building the object.
 function encodeLineWith(id: string, middle: string, expiresAt: number | undefined): string {
-  return '{"id":' + quote(id) + middle + (expiresAt === undefined ? '}\n' : ',"expiresAt":' + JSON.stringify(expiresAt) + '}\n');
+  return '{"id":' + quoteJson(id) + middle + (expiresAt === undefined ? '}\n' : ',"expiresAt":' + JSON.stringify(expiresAt) + '}\n');
 }
 
 function encodeLine(id: string, r: RevocationRecord): string {

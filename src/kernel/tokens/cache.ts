@@ -9,6 +9,7 @@
 // verifyToken checks them, so a cached entry never outlives a revocation or the token's expiry.
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
+import { quoteJson } from '../json-quote.js';
 import { TokenError } from './errors.js';
 import { checkNotExpired, checkNotRevoked, checkVerifiedChain, verifyTokenChain, type PublicKeySet, type TokenRequest, type VerifiedChain, type VerifiedToken, type VerifyTokenOptions } from './verify.js';
 
@@ -142,7 +143,7 @@ const READS_NOW = /(^|[^A-Za-z0-9_])now([^A-Za-z0-9_]|$)/;
 function canonicalJson(v: unknown): string | undefined {
   switch (typeof v) {
     case 'string':
-      return quote(v);
+      return quoteJson(v);
     case 'boolean':
       return v ? 'true' : 'false';
     case 'number':
@@ -175,7 +176,7 @@ function canonicalJson(v: unknown): string | undefined {
         if (o[k] === undefined) continue;
         const s = canonicalJson(o[k]);
         if (s === undefined) return undefined;
-        out += (first ? '' : ',') + quote(k) + ':' + s;
+        out += (first ? '' : ',') + quoteJson(k) + ':' + s;
         first = false;
       }
       return out + '}';
@@ -185,13 +186,6 @@ function canonicalJson(v: unknown): string | undefined {
   }
 }
 
-/** Characters JSON.stringify leaves alone inside a string (printable ASCII but `"` and `\`). */
-const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
-
-/** JSON.stringify of a string, without the call for the common all-plain case. */
-function quote(s: string): string {
-  return s.length < 256 && PLAIN.test(s) ? '"' + s + '"' : JSON.stringify(s);
-}
 
 /** Tokens up to this many characters are compared whole; longer ones by their SHA-256. */
 const KEY_BY_VALUE_CHARS = 4096;
@@ -341,7 +335,7 @@ export class TokenVerifier {
     const access = r.access === undefined ? '' : canonicalJson(r.access);
     if (args === undefined || access === undefined) return undefined;
     const request =
-      '[' + quote(r.principal) + ',' + quote(r.operation) + ',' + quote(r.resource) + ',' + (r.tool === undefined ? 'null' : quote(r.tool)) + ',' + (host === undefined ? 'null' : quote(host)) + ']' + args + '\n' + access;
+      '[' + quoteJson(r.principal) + ',' + quoteJson(r.operation) + ',' + quoteJson(r.resource) + ',' + (r.tool === undefined ? 'null' : quoteJson(r.tool)) + ',' + (host === undefined ? 'null' : quoteJson(host)) + ']' + args + '\n' + access;
     // Large arguments are keyed by digest so that a level's memory stays bounded ('#' cannot start JSON).
     // Unambiguous: the array ends at its matching ']', args is one JSON value, access follows the newline.
     return entry.id + '\n' + (request.length <= KEY_BY_VALUE_CHARS ? request : '#' + createHash('sha256').update(request).digest('base64'));
