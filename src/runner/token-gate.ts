@@ -36,6 +36,7 @@ import {
 import { CaptrapError } from '../errors.js';
 import { log } from '../log.js';
 import { ConfigError, revocationsConfig, type SidecarConfig } from './config.js';
+import { RPC_ERROR, RpcError } from './jsonrpc.js';
 import type { SidecarMetrics } from './metrics.js';
 import type { TokenGrant } from './runner.js';
 import { checkOwnedPath } from './statedir.js';
@@ -45,6 +46,8 @@ import type { RevocationEntry, RevocationStatus, RevocationsConfig, TokenRevocat
 
 /** An exported token's lifetime when the agent names none (never beyond its capability's). */
 export const DEFAULT_EXPORT_TTL_MS = 3_600_000;
+/** Live ct2 tokens one capability may have been exported as (capabilities.export beyond it: E_TOO_MANY_EXPORTS). */
+export const MAX_EXPORTS_PER_CAPABILITY = 64;
 
 export interface TokenGateOptions {
   config: SidecarConfig;
@@ -414,6 +417,13 @@ export class TokenGate {
     const now = Date.now();
     const expiresAt = Math.min(cap.expiresAt, now + (ttlMs ?? DEFAULT_EXPORT_TTL_MS));
     if (expiresAt <= now) throw new AccessDeniedError('E_EXPIRED', `capability ${cap.id} has expired`, { id: cap.id });
+    // Each export costs a line on disk and memory until its capability goes: bounded per capability.
+    const live = this.exportsOf.get(cap.id)?.size ?? 0;
+    if (live >= MAX_EXPORTS_PER_CAPABILITY) {
+      const reason = `capability ${cap.id} has ${live} live exported tokens; the limit is ${MAX_EXPORTS_PER_CAPABILITY} (reuse or attenuate one)`;
+      this.o.audit.record({ type: 'capability_denied', principal, capabilityId: cap.id, details: { code: 'E_TOO_MANY_EXPORTS', message: reason, operation: 'export', live, max: MAX_EXPORTS_PER_CAPABILITY } });
+      throw new RpcError(RPC_ERROR.ACCESS_DENIED, reason, { code: 'E_TOO_MANY_EXPORTS', reason });
+    }
     const constraints: Constraints = { ...cap.constraints };
     // ct1 counts depth from the root; a token counts the blocks after block 0.
     if (constraints.maxDelegationDepth !== undefined) constraints.maxDelegationDepth = Math.max(0, constraints.maxDelegationDepth - cap.depth);

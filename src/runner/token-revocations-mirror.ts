@@ -88,7 +88,7 @@ export class MirroredRevocations implements TokenRevocations {
 
   status(): RevocationStatus {
     const r = this.remote.status();
-    const kept = this.local.ids().length;
+    const kept = this.local.status().revoked;
     return { ...r, revoked: Math.max(r.revoked, kept), detail: `${r.detail}; local copy ${this.local.path} (${kept} ids${this.restored > 0 ? `, ${this.restored} put back into the bucket at start` : ''})` };
   }
 

@@ -12,7 +12,7 @@ import { main as tokenCli } from '../../src/runner/commands/token.js';
 import { parseConfig } from '../../src/runner/config.js';
 import { RPC_ERROR, RpcError } from '../../src/runner/jsonrpc.js';
 import { publicKeyFileFor, type Sidecar } from '../../src/runner/sidecar.js';
-import { TOKEN_EXPORTS_FILE } from '../../src/runner/token-gate.js';
+import { MAX_EXPORTS_PER_CAPABILITY, TOKEN_EXPORTS_FILE } from '../../src/runner/token-gate.js';
 import { FileTokenRevocations, TOKEN_REVOCATIONS_FILE } from '../../src/runner/token-revocations-file.js';
 import { RevocationsUnavailableError, type RevocationEntry, type RevocationStatus, type TokenRevocations } from '../../src/runner/token-revocations.js';
 import { removeCgroupBase } from '../../src/isolation/cgroup.js';
@@ -164,6 +164,20 @@ describe('ct2 tokens on the agent channel', () => {
     expect(types).toEqual(expect.arrayContaining(['forged-token', 'wrong-holder', 'tool-not-allowed', 'path-outside-roots']));
     // The export is audited against the ct1 capability.
     expect(readAuditRecords(dir, (r) => r.type === 'capability_granted' && r.capabilityId === cap && r.details?.['tokenId'] === ex.tokenId)).toHaveLength(1);
+  });
+
+  it('a hostile agent exporting one capability over and over is bounded (E_TOO_MANY_EXPORTS) and the sidecar keeps serving', async () => {
+    const ca = h.control('a');
+    const s = await h.start(config([{ id: 'a', control: ca, capabilities: [toolCap(['echo'])] }]));
+    const a = await ca.next();
+    const cap = await firstCap(a.conn);
+    const tokens: string[] = [];
+    for (let i = 0; i < MAX_EXPORTS_PER_CAPABILITY; i++) tokens.push(((await a.conn.call('capabilities.export', { capability: cap, ttlMs: 60_000 })) as Exported).token);
+    expect(new Set(tokens).size).toBe(MAX_EXPORTS_PER_CAPABILITY);
+    expect(denial(await rpcError(a.conn.call('capabilities.export', { capability: cap })))).toMatchObject({ code: 'E_TOO_MANY_EXPORTS' });
+    // The ones it has still work.
+    expect(await a.conn.call('tools.invoke', { tool: 'echo', args: { text: 'still' }, capability: tokens[0] })).toMatchObject({ stdout: 'still\n' });
+    await s.stop();
   });
 
   it('admin revocation refuses the next call and kills a running ct2 tool; a presented token revokes its last block only', async () => {
