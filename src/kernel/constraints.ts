@@ -3,11 +3,10 @@
 // because a delegated capability carries the intersected set). Delegation never widens:
 // `checkNarrowing` refuses a request that would, naming the dimension, and `intersectConstraints`
 // computes what the child actually gets.
-import { statSync } from 'node:fs';
 import { z } from 'zod';
 import { destinationOf, destinationOfHost, entryCovers, entryMatches, parseDomainEntry, type Destination, type DomainEntry } from './domains.js';
 import { AccessDeniedError, DelegationError, InvalidRequestError, type Dimension } from './errors.js';
-import { checkPathInRoots, isWithin, resolveRealPath } from './paths.js';
+import { checkPathInRootsSized, isWithin, resolveRealPath, resolveRealPathSized } from './paths.js';
 import { checkUrlSpelling, effectiveSchemes, normalizeScheme, schemeAllowed } from './urls.js';
 
 const nonNegInt = z.number().int().nonnegative();
@@ -297,19 +296,13 @@ export function checkArguments(c: Constraints, a: AccessArguments): CheckedArgum
   const realPaths: Record<string, string> = {};
   for (const f of a.files ?? []) {
     const arg = f.arg ?? f.path;
-    const v = c.paths ? checkPathInRoots(f.path, c.paths) : resolveRealPath(f.path);
+    const v = c.paths ? checkPathInRootsSized(f.path, c.paths) : resolveRealPathSized(f.path);
     if (!v.ok) deny(v.malformed ? 'E_INVALID_ARGUMENTS' : 'E_PATH_OUTSIDE_ROOTS', `argument ${arg}: ${v.reason}`, { arg, path: f.path });
-    const real = v.realPath;
-    realPaths[arg] = real;
+    realPaths[arg] = v.realPath;
     if (c.maxFileSize !== undefined) {
       let size = f.size;
       if (f.access === 'read' || size === undefined) {
-        try {
-          const st = statSync(real);
-          size = f.access === 'read' ? st.size : Math.max(st.size, size ?? 0);
-        } catch {
-          size = size ?? 0;
-        }
+        size = v.size === undefined ? size ?? 0 : f.access === 'read' ? v.size : Math.max(v.size, size ?? 0);
       }
       if (size > c.maxFileSize) {
         deny('E_FILE_TOO_LARGE', `argument ${arg}: ${size} bytes exceeds maxFileSize ${c.maxFileSize}`, { arg, size, max: c.maxFileSize });

@@ -1,6 +1,6 @@
 // Real-path checks for path arguments. A path is judged by where the kernel would actually
 // land after following every symlink and `..`, never by its spelling.
-import { lstatSync, realpathSync } from 'node:fs';
+import { lstatSync, realpathSync, statSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { checkUrlSpelling } from './urls.js';
@@ -93,7 +93,67 @@ export function isWithin(p: string, root: string): boolean {
 /** Resolves `path` and checks it against real-path roots; returns the real path on success. */
 export function checkPathInRoots(path: string, roots: readonly string[]): PathVerdict {
   const v = resolveRealPath(path);
-  if (!v.ok) return v;
+  return v.ok ? inRoots(path, v, roots) : v;
+}
+
+function inRoots<V extends { ok: true; realPath: string }>(path: string, v: V, roots: readonly string[]): V | { ok: false; reason: string } {
   for (const root of roots) if (isWithin(v.realPath, root)) return v;
   return { ok: false, reason: `${path} resolves to ${v.realPath}, outside the allowed roots` };
+}
+
+/** A resolved path argument, with the size of the file it names when it exists. */
+export type SizedPathVerdict = { ok: true; realPath: string; size: number | undefined } | { ok: false; reason: string; malformed?: true };
+
+// realpath(3) costs one readlink per component, each a full syscall: on the hot path of every
+// tool call that takes a path. A spelling resolved before is reused while stat() of the spelling
+// still lands on the very file (device and inode) that its real path named then. Reuse cannot
+// widen access: the real path handed on is one that was checked, is checked against the caller's
+// roots again on every call, and names the same file the spelling names now; a swap after this
+// check is the same race an uncached check has. Paths that do not exist are never memoized.
+const REAL_PATH_MEMO_MAX = 4096;
+type Memo = { dev: number; ino: number; realPath: string };
+const realPathMemo = new Map<string, Memo>();
+
+function remember(spelling: string, m: Memo): void {
+  if (realPathMemo.size >= REAL_PATH_MEMO_MAX) realPathMemo.delete(realPathMemo.keys().next().value as string);
+  realPathMemo.set(spelling, m);
+}
+
+/** `resolveRealPath` plus the size of an existing file, from one stat() when the spelling was resolved before. */
+export function resolveRealPathSized(spelling: string): SizedPathVerdict {
+  if (typeof spelling === 'string' && spelling.length > 0 && spelling.charCodeAt(0) === 47 /* '/' */ && !spelling.includes('\0')) {
+    let st;
+    try {
+      st = statSync(spelling, { throwIfNoEntry: false });
+    } catch {
+      st = undefined;
+    }
+    if (st !== undefined) {
+      const m = realPathMemo.get(spelling);
+      if (m !== undefined && m.dev === st.dev && m.ino === st.ino) return { ok: true, realPath: m.realPath, size: st.size };
+      try {
+        const realPath = realpathSync.native(spelling);
+        const rst = statSync(realPath);
+        if (rst.dev === st.dev && rst.ino === st.ino) remember(spelling, { dev: rst.dev, ino: rst.ino, realPath });
+        return { ok: true, realPath, size: rst.size };
+      } catch {
+        // Changed under us: judge it afresh below.
+      }
+    }
+  }
+  const v = resolveRealPath(spelling);
+  if (!v.ok) return v;
+  let size: number | undefined;
+  try {
+    size = statSync(v.realPath, { throwIfNoEntry: false })?.size;
+  } catch {
+    size = undefined;
+  }
+  return { ok: true, realPath: v.realPath, size };
+}
+
+/** `checkPathInRoots` with the size of an existing file (see `resolveRealPathSized`). */
+export function checkPathInRootsSized(path: string, roots: readonly string[]): SizedPathVerdict {
+  const v = resolveRealPathSized(path);
+  return v.ok ? inRoots(path, v, roots) : v;
 }

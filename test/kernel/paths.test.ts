@@ -1,9 +1,9 @@
 // Path checks on a real temporary tree: a root, an outside directory, and symlinks that try
 // to leave the root in every way we know.
-import { mkdirSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkPathInRoots, resolveRealPath } from '../../src/kernel/paths.js';
+import { checkPathInRoots, checkPathInRootsSized, resolveRealPath, resolveRealPathSized } from '../../src/kernel/paths.js';
 import { tempDir } from './helpers.js';
 
 let t: { dir: string; cleanup: () => void };
@@ -27,9 +27,20 @@ beforeAll(() => {
 });
 afterAll(() => t.cleanup());
 
-const inRoot = (p: string) => checkPathInRoots(p, [root]);
+// Both checks, the plain one and the memoized one the kernel uses for tool arguments, must give
+// the same verdicts; the sized one is asked twice so the second answer comes from its memo.
+const checks = {
+  plain: (p: string) => checkPathInRoots(p, [root]),
+  memoized: (p: string) => {
+    const first = checkPathInRootsSized(p, [root]);
+    const again = checkPathInRootsSized(p, [root]);
+    expect(again).toEqual(first);
+    if (!again.ok) return again;
+    return { ok: true as const, realPath: again.realPath };
+  },
+};
 
-describe('paths stay inside their roots', () => {
+describe.each(Object.entries(checks))('paths stay inside their roots (%s)', (_name, inRoot) => {
   it('accepts plain paths inside, including ones that do not exist yet', () => {
     expect(inRoot(join(root, 'sub', 'a.txt'))).toEqual({ ok: true, realPath: join(root, 'sub', 'a.txt') });
     expect(inRoot(join(root, 'sub', 'new', 'file.txt'))).toEqual({ ok: true, realPath: join(root, 'sub', 'new', 'file.txt') });
@@ -68,5 +79,47 @@ describe('paths stay inside their roots', () => {
   it('refuses relative paths and NUL bytes', () => {
     expect(resolveRealPath('sub/a.txt').ok).toBe(false);
     expect(resolveRealPath(`${root}/a\0b`).ok).toBe(false);
+    expect(resolveRealPathSized('sub/a.txt').ok).toBe(false);
+    expect(resolveRealPathSized(`${root}/a\0b`).ok).toBe(false);
+  });
+});
+
+describe('the real-path memo follows the file system', () => {
+  it('a link swapped to point outside after a check is refused on the next check', () => {
+    const link = join(root, 'swap-link');
+    symlinkSync(join(root, 'sub'), link);
+    const spelling = join(link, 'a.txt');
+    expect(checkPathInRootsSized(spelling, [root])).toMatchObject({ ok: true, realPath: join(root, 'sub', 'a.txt'), size: 6 });
+    rmSync(link);
+    symlinkSync(outside, link);
+    writeFileSync(join(outside, 'a.txt'), 'outside');
+    const v = checkPathInRootsSized(spelling, [root]);
+    expect(v.ok).toBe(false);
+    expect(v.ok ? '' : v.reason).toMatch(/outside the allowed roots/);
+  });
+
+  it('a file replaced under the same spelling is resolved afresh, and sizes are never stale', () => {
+    mkdirSync(join(root, 'other'), { recursive: true });
+    writeFileSync(join(root, 'other', 'b.txt'), '12');
+    const link = join(root, 'moving');
+    symlinkSync(join(root, 'other'), link);
+    const spelling = join(link, 'b.txt');
+    expect(checkPathInRootsSized(spelling, [root])).toEqual({ ok: true, realPath: join(root, 'other', 'b.txt'), size: 2 });
+    appendFileSync(join(root, 'other', 'b.txt'), '345');
+    expect(checkPathInRootsSized(spelling, [root])).toEqual({ ok: true, realPath: join(root, 'other', 'b.txt'), size: 5 });
+    // Same spelling, the directory behind the link moved: the memo entry no longer matches.
+    renameSync(join(root, 'other'), join(root, 'other2'));
+    rmSync(link);
+    mkdirSync(join(root, 'fresh'));
+    writeFileSync(join(root, 'fresh', 'b.txt'), 'x');
+    symlinkSync(join(root, 'fresh'), link);
+    expect(checkPathInRootsSized(spelling, [root])).toEqual({ ok: true, realPath: join(root, 'fresh', 'b.txt'), size: 1 });
+  });
+
+  it('a path that does not exist yet has no size and is not memoized', () => {
+    const p = join(root, 'sub', 'later.txt');
+    expect(checkPathInRootsSized(p, [root])).toEqual({ ok: true, realPath: p, size: undefined });
+    writeFileSync(p, 'now');
+    expect(checkPathInRootsSized(p, [root])).toEqual({ ok: true, realPath: p, size: 3 });
   });
 });
