@@ -24,6 +24,7 @@ import { newCgroupName, type CgroupBackend, type SandboxCgroup } from './cgroup.
 import { SandboxOptionError } from './errors.js';
 import type { HostInfo } from './host.js';
 import type { BackendName } from './limits.js';
+import { seatInGroup, type GroupSeat, type SandboxGroup } from './group.js';
 import { ensureOwnerWatchdog } from './watchdog.js';
 
 /** What a warm launcher is made for; a request of another shape starts cold. */
@@ -35,6 +36,12 @@ export interface WarmShape {
   /** Namespaces the launcher makes ahead (its --unshare list); empty when unconfined. */
   namespaces: readonly string[];
   launcherPath: string;
+  /**
+   * The group the launchers wait in (a sidecar agent's: every tool call of the agent runs there).
+   * Each idle launcher holds a seat in it, so its limits count the launcher's two processes and
+   * the group cannot be removed under it; a group's killAll retires the group's whole pool.
+   */
+  group?: SandboxGroup;
 }
 
 export interface WarmPoolOptions {
@@ -106,7 +113,7 @@ export async function drainWarmPool(): Promise<void> {
   await Promise.all(all.map((p) => p.drain()));
 }
 
-const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.namespaces.join(',')}|${s.launcherPath}`;
+const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.group?.path ?? ''}|${s.namespaces.join(',')}|${s.launcherPath}`;
 
 /**
  * A ready launcher of this shape, or undefined (the caller starts cold). The pool of this shape
@@ -114,11 +121,13 @@ const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.namespaces.join(
  * the sandbox's result is out (WarmLauncher.ended) or REFILL_DELAY_MS later.
  */
 export function takeWarmLauncher(shape: WarmShape): WarmLauncher | undefined {
-  if (maxSize === 0) return undefined;
+  if (maxSize === 0 || shape.group?.removed) return undefined;
   const key = keyOf(shape);
   let pool = pools.get(key);
   if (!pool) {
-    pool = new ShapePool(shape);
+    pool = new ShapePool(shape, () => {
+      if (pools.get(key) === pool) pools.delete(key);
+    });
     pools.set(key, pool);
   }
   const w = pool.take();
@@ -139,6 +148,8 @@ interface Entry {
   gone: boolean;
   /** The host's mount table when the launcher copied it (only for shapes with a mount namespace). */
   mounts: string | undefined;
+  /** Its place in the shape's group, given up once its cgroup is gone or handed over. */
+  seat: GroupSeat | undefined;
 }
 
 /**
@@ -185,7 +196,11 @@ class ShapePool {
   private usedSinceTick = false;
   private idleTimer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly shape: WarmShape) {}
+  constructor(
+    private readonly shape: WarmShape,
+    /** Drops this pool from the registry (its group is being emptied). */
+    private readonly forget: () => void,
+  ) {}
 
   readyCount(): number {
     return this.entries.filter((e) => e.ready).length;
@@ -208,6 +223,8 @@ class ShapePool {
     }
     const e = this.entries.splice(i, 1)[0]!;
     e.gone = true;
+    // The sandbox took its own seat in the group before it asked for a launcher.
+    e.seat?.leave();
     // The refill forks from this thread: run it once this sandbox's result is out (a short
     // command's result is then not delayed by it), or after REFILL_DELAY_MS if it runs longer.
     const t = setTimeout(() => this.refillSoon(), REFILL_DELAY_MS);
@@ -268,13 +285,23 @@ class ShapePool {
   }
 
   private spawnOne(): boolean {
-    const { host, backend, base, namespaces, launcherPath } = this.shape;
+    const { host, backend, base, namespaces, launcherPath, group } = this.shape;
+    if (group?.removed) {
+      void this.drain();
+      return false;
+    }
     let cg: SandboxCgroup;
+    let seat: GroupSeat | undefined;
+    const entry: { e?: Entry } = {};
     try {
       // Its descendants must die with captrap like any sandbox's, before the cgroup exists.
       ensureOwnerWatchdog(host, base);
-      cg = backend.create(base, newCgroupName(), { swapBytes: 0 });
+      // A group being emptied (killAll: the agent exited, was stopped or quarantined) retires
+      // every idle launcher of it: none may outlive what its group was emptied for.
+      seat = group ? seatInGroup(group, { noteKill: () => this.groupEmptied(entry.e) }) : undefined;
+      cg = backend.create(base, newCgroupName(), { swapBytes: 0 }, undefined, seat?.placement);
     } catch (err) {
+      seat?.leave();
       this.fail(`cannot create a warm sandbox cgroup: ${(err as Error).message}`);
       return false;
     }
@@ -286,18 +313,19 @@ class ShapePool {
     try {
       child = spawn(launcherPath, argv, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: {}, cwd: '/' });
     } catch (err) {
-      void removeWhenEmpty(cg);
+      void removeWhenEmpty(cg, seat);
       this.fail(`cannot start a warm launcher: ${(err as Error).message}`);
       return false;
     }
     const ctl = child.stdio[3] as Socket | null;
     if (child.pid === undefined || !ctl) {
       child.on('error', () => undefined);
-      void removeWhenEmpty(cg);
+      void removeWhenEmpty(cg, seat);
       this.fail('cannot start a warm launcher: spawn failed');
       return false;
     }
-    const e: Entry = { cg, child, ctl, ready: false, gone: false, mounts };
+    const e: Entry = { cg, child, ctl, ready: false, gone: false, mounts, seat };
+    entry.e = e;
     this.entries.push(e);
     setRef(e, false);
     ctl.on('error', () => undefined);
@@ -314,7 +342,7 @@ class ShapePool {
       const i = this.entries.indexOf(e);
       if (i >= 0) this.entries.splice(i, 1);
       if (e.gone) return; // handed over (the sandbox owns it now) or retired
-      void removeWhenEmpty(cg);
+      void removeWhenEmpty(cg, seat);
       if (!e.ready) this.fail(`a warm launcher exited before it was ready (${signal ?? `status ${code}`}): ${Buffer.concat(stderr).toString().trim()}`);
     });
     return true;
@@ -333,6 +361,7 @@ class ShapePool {
   private retire(e: Entry): Promise<void> {
     const i = this.entries.indexOf(e);
     if (i >= 0) this.entries.splice(i, 1);
+    if (e.gone) return Promise.resolve();
     e.gone = true;
     // EOF instead of a request: the launcher exits 0 and its init dies with it; the kill is the backstop.
     e.ctl.destroy();
@@ -341,7 +370,14 @@ class ShapePool {
     } catch {
       // already empty
     }
-    return removeWhenEmpty(e.cg);
+    return removeWhenEmpty(e.cg, e.seat);
+  }
+
+  /** The group kills everything in it: this pool ends (a later request in the group starts a new one). */
+  private groupEmptied(e: Entry | undefined): void {
+    this.forget();
+    if (e && !e.gone) void this.retire(e);
+    void this.drain();
   }
 
   killIdle(): void {
@@ -356,12 +392,22 @@ class ShapePool {
 
   async drain(): Promise<void> {
     if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = undefined;
     this.disabled = true;
     await Promise.all([...this.entries].map((e) => this.retire(e)));
   }
 }
 
-async function removeWhenEmpty(cg: SandboxCgroup): Promise<void> {
+/** Removes a launcher's cgroup once empty, then gives up its seat in its group (the group may then be removed). */
+async function removeWhenEmpty(cg: SandboxCgroup, seat?: GroupSeat): Promise<void> {
+  try {
+    await removeCgroupWhenEmpty(cg);
+  } finally {
+    seat?.leave();
+  }
+}
+
+async function removeCgroupWhenEmpty(cg: SandboxCgroup): Promise<void> {
   try {
     if (cg.populated()) cg.killAll();
     await cg.waitEmpty(5000);

@@ -321,19 +321,27 @@ function armWatchdog(p: Plan): void {
 
 /**
  * The warm launcher shape this sandbox can use, or undefined when it starts cold: the compiled
- * launcher, a flat cgroup of its own (no group), stdin 'ignore' (the launcher was spawned with
+ * launcher (in the sandbox's group, if any: one pool per group), stdin 'ignore' (the launcher was spawned with
  * it), nothing degraded, on v1 no cpu limit (a sandbox joins the cpu hierarchy only with one),
  * and no view root at or below /dev or /proc.
  */
 function warmShape(p: Plan, input: RunOptions | undefined, backend: CgroupBackend): WarmShape | undefined {
   const o = p.options;
-  if (input?.warm === false || input?.group || p.launcher.kind !== 'captrap-launch' || o.stdin !== 'ignore' || p.degraded.length > 0) return undefined;
+  if (input?.warm === false || p.launcher.kind !== 'captrap-launch' || o.stdin !== 'ignore' || p.degraded.length > 0) return undefined;
   if (p.backend !== 'cgroup-v2' && p.backend !== 'cgroup-v1') return undefined;
   if (p.backend === 'cgroup-v1' && o.limits.cpu !== undefined) return undefined;
   const confined = p.confineArgs.length > 0;
   // A warm launcher has /dev and /proc of its view built already (captrap-launch.c, warm view).
   if (confined && p.confineArgs.some((a, i) => (a === '--ro' || a === '--rw') && /^\/(dev|proc)(\/|$)/.test(p.confineArgs[i + 1] ?? ''))) return undefined;
-  return { host: p.host, backendName: p.backend, backend, base: o.cgroupBase, namespaces: confined ? p.confinement.namespaces : [], launcherPath: p.launcher.path! };
+  return {
+    host: p.host,
+    backendName: p.backend,
+    backend,
+    base: o.cgroupBase,
+    namespaces: confined ? p.confinement.namespaces : [],
+    launcherPath: p.launcher.path!,
+    ...(input?.group ? { group: input.group } : {}),
+  };
 }
 
 /** A warm launcher with the request's final limits written, or undefined (start cold). */

@@ -106,6 +106,9 @@ const AgentInput = z
   })
   .strict();
 
+/** Tool calls of an agent start through launchers made ahead in its group (src/isolation/pool.ts). */
+export const DEFAULT_WARM_LAUNCHERS = 1;
+
 const SandboxInput = z
   .object({
     memory: Bytes.optional(),
@@ -127,6 +130,8 @@ const SandboxInput = z
     allowRoot: z.boolean().default(false),
     /** Extra paths every tool sees (besides the system and its capability's roots). */
     view: ViewInput.optional(),
+    /** Warm launchers kept per agent group for its tool calls (0: every tool call starts cold). */
+    warm: z.number().int().min(0).max(64).default(DEFAULT_WARM_LAUNCHERS),
   })
   .strict();
 
@@ -246,7 +251,7 @@ const ConfigInput = z
       })
       .strict()
       .default({}),
-    sandbox: SandboxInput.default({ allowDegraded: false, backend: 'auto', confine: true, allowRoot: false }),
+    sandbox: SandboxInput.default({ allowDegraded: false, backend: 'auto', confine: true, allowRoot: false, warm: DEFAULT_WARM_LAUNCHERS }),
     /** Agents get uids first..first+count-1, one each while they run, so no two agents share a uid. */
     identity: z.object({ firstUid: z.number().int().min(1).max(4294967294).default(200000), count: PositiveInt.default(65536) }).strict().default({ firstUid: 200000, count: 65536 }),
     onAgentExit: z.enum(['kill', 'finish']).default('kill'),
@@ -351,6 +356,8 @@ export interface SandboxDefaults {
   confine: boolean;
   allowRoot: boolean;
   view?: ViewConfig;
+  /** Most warm launchers per agent group (0: off). */
+  warm: number;
 }
 
 export interface ViewConfig {
@@ -481,6 +488,7 @@ export function parseConfig(value: unknown, source: string, baseDir: string, sta
     backend: c.sandbox.backend,
     confine: c.sandbox.confine,
     allowRoot: c.sandbox.allowRoot,
+    warm: c.sandbox.warm,
   };
   const view = (v: z.infer<typeof ViewInput>): ViewConfig => ({ readOnly: v.readOnly.map((p) => abs(p)), readWrite: v.readWrite.map((p) => abs(p)), hide: v.hide.map((p) => abs(p)) });
   if (c.sandbox.view !== undefined) sandbox.view = view(c.sandbox.view);

@@ -11,6 +11,7 @@ import { loadOrCreateSecretFile } from '../kernel/keys.js';
 import { ToolPolicy } from '../kernel/policy.js';
 import { cleanupStaleCgroups, removeCgroupBase, type StaleCleanupResult } from '../isolation/cgroup.js';
 import { prioritiseSelf, type PrioritiseResult } from '../isolation/group.js';
+import { configureWarmPool, drainWarmPool } from '../isolation/pool.js';
 import { probeHost } from '../isolation/host.js';
 import { log } from '../log.js';
 import { AdminServer, adminHandlers, type AdminContext } from './admin.js';
@@ -195,6 +196,8 @@ export class Sidecar {
         }
         s.notice(describePriority(s.priority));
       }
+      // Process-wide: the pools themselves are per agent group, and go with their groups.
+      configureWarmPool({ maxSize: config.sandbox.warm });
       // Before the first agent can present a token: keys, cache, revocation source.
       await s.openTokens(opts);
       const adminCtx: AdminContext = {
@@ -329,6 +332,9 @@ export class Sidecar {
       lost = err;
       this.notice(`audit log closed while unavailable: ${(err as Error).message}`);
     }
+    // Agent groups took their launchers with them; a sandbox started outside a group (an
+    // embedder's) may have left a pool under the base, which must be empty to be removed.
+    if (this.config.sandbox.warm > 0) await drainWarmPool();
     removeCgroupBase(probeHost(), this.config.cgroupBase);
     if (lost !== undefined) throw lost;
   }

@@ -45,8 +45,8 @@ const waitGone = async (pids: number[], ms: number) => {
   await waitFor(() => !pids.some(isAlive), ms);
   return pids.filter(isAlive);
 };
-/** Ready launchers for sandboxes under base `b`, confined (namespaces made ahead) or not. */
-const readyIn = (b: string, confined = true) => warmPoolStats().pools.filter((p) => p.key.includes(`|${b}|${confined ? 'pid' : '|'}`)).reduce((n, p) => n + p.ready, 0);
+/** Ready launchers for sandboxes under base `b` outside any group, confined (namespaces made ahead) or not. */
+const readyIn = (b: string, confined = true) => warmPoolStats().pools.filter((p) => p.key.includes(`|${b}||${confined ? 'pid' : '|'}`)).reduce((n, p) => n + p.ready, 0);
 
 /** Runs once (cold: the pool is empty) so the pool of this shape fills, then waits until a launcher is ready. */
 async function primed(o: RunOptions): Promise<void> {
@@ -167,7 +167,7 @@ describe.skipIf(!usable)('warm launchers', () => {
     expect(r.cleanedUp).toBe(true);
   });
 
-  it('requests a warm launcher cannot serve start cold: stdin, groups, warm: false, a v1 cpu limit', async () => {
+  it('requests a warm launcher cannot serve start cold: stdin, warm: false, a root below /dev, a v1 cpu limit', async () => {
     const o = opts();
     await primed(o);
     const piped = runSandboxed('cat', [], { ...o, stdin: 'pipe' });
@@ -179,15 +179,52 @@ describe.skipIf(!usable)('warm launchers', () => {
     const devRoot = await runSandboxed('sh', ['-c', 'ls -l /dev/full'], { ...o, view: { readOnly: ['/dev/full'] } });
     expect(devRoot.warm).toBe(false);
     expect(devRoot.reason).toEqual({ kind: 'exited', code: 0 });
-    const group = createSandboxGroup({ cgroupBase: base, limits: { pids: 16 } });
-    try {
-      expect((await runSandboxed('true', [], { group })).warm).toBe(false);
-    } finally {
-      await group.destroy();
-    }
     if (host.layout !== 'v2' && host.v1.cpu) expect((await runSandboxed('true', [], { ...o, cpu: 0.5 })).warm).toBe(false);
     // Still there for the next request that fits.
     expect((await runSandboxed('true', [], o)).warm).toBe(true);
+  });
+
+  it('a group has its own pool: launchers wait inside it, count against its limits, and die with killAll and destroy', async () => {
+    const group = createSandboxGroup({ cgroupBase: base, limits: { pids: 24, memory: '256M' } });
+    const groupDir = (h: string) => `${h}/${group.path}`;
+    const dirs = hierarchyRoots(host).map((h) => groupDir(h.root)).filter((d) => existsSync(`${d}/cgroup.procs`));
+    const groupPools = () => warmPoolStats().pools.filter((p) => p.key.includes(`|${group.path}|`));
+    const inGroup = () => groupPools().reduce((n, p) => n + p.ready, 0);
+    try {
+      const first = await runSandboxed('true', [], { group, killGrace: 200 });
+      expect(first.warm).toBe(false);
+      // The miss grew the group's pool; wait until every launcher of it is ready.
+      expect(await waitFor(() => groupPools().length === 1 && groupPools()[0]!.starting === 0 && inGroup() === groupPools()[0]!.target, 5000)).toBe(true);
+      // Each idle launcher (leader and init) sits in a cgroup below the group, in every hierarchy the group has.
+      for (const d of dirs) {
+        const kids = readdirSync(d).filter((n) => existsSync(`${d}/${n}/cgroup.procs`));
+        expect(kids.length).toBe(inGroup());
+        for (const k of kids) expect(procsIn(`${d}/${k}`).length).toBe(2);
+      }
+      if (host.v1.pids) expect(Number(readFileSync(`${host.v1.pids}/${group.path}/pids.current`, 'utf8'))).toBeGreaterThanOrEqual(2);
+      const warm = await runSandboxed('sh', ['-c', 'id -u; hostname'], { group, killGrace: 200, memory: '64M', pids: 8 });
+      expect(warm.warm).toBe(true);
+      expect(warm.stdout).toBe('65534\ncaptrap\n');
+      expect(warm.cleanedUp).toBe(true);
+      // Not the pool of the same base outside the group: flat sandboxes never get a launcher of the group's.
+      expect(await waitFor(() => inGroup() > 0, 5000)).toBe(true);
+      const idle = dirs.flatMap((d) => readdirSync(d).filter((n) => existsSync(`${d}/${n}/cgroup.procs`)).flatMap((n) => procsIn(`${d}/${n}`)));
+      expect(idle.length).toBeGreaterThan(0);
+      // Emptying the group (an agent stopped or quarantined) retires its pool at once.
+      group.killAll('owner-exited');
+      expect(await waitGone(idle, 3000)).toEqual([]);
+      expect(inGroup()).toBe(0);
+      // The group is usable again afterwards (a new pool starts with the next request), and destroy() is not held up.
+      expect((await runSandboxed('true', [], { group, killGrace: 200 })).reason).toEqual({ kind: 'exited', code: 0 });
+      expect(await waitFor(() => inGroup() > 0, 5000)).toBe(true);
+    } finally {
+      const t0 = Date.now();
+      await group.destroy();
+      expect(Date.now() - t0).toBeLessThan(3000);
+    }
+    expect(group.removed).toBe(true);
+    for (const d of dirs) expect(existsSync(d)).toBe(false);
+    expect(warmPoolStats().pools.filter((p) => p.key.includes(`|${group.path}|`))).toEqual([]);
   });
 
   it('a mount made on the host after the launchers started is seen: stale launchers are renewed', async () => {
