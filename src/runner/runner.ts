@@ -463,7 +463,7 @@ export class ToolRunner {
       principal: caller.principal,
       ...ref,
       process: { pid: r.pid, startTime: sb.ref?.startTime ?? 0 },
-      details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, reason: r.reason.kind, exitCode: r.exitCode, signal: r.signal, durationMs: Math.round(r.durationMs), memoryPeakBytes: r.usage.memoryPeakBytes ?? null, cleanedUp: r.cleanedUp, ...tokenDetails },
+      details: { kind: 'tool', tool: auth.tool.name, agent: caller.agentId, reason: r.reason.kind, exitCode: r.exitCode, signal: r.signal, durationMs: Math.round(r.durationMs), memoryPeakBytes: r.usage.memoryPeakBytes ?? null, cleanedUp: r.cleanedUp, warm: r.warm, ...tokenDetails },
     });
     settle();
     return {

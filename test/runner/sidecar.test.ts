@@ -162,6 +162,11 @@ describe('sidecar', () => {
     // By token too.
     const byToken = (await a.conn.call('tools.invoke', { tool: 'echo', args: { text: 'hi' }, capability: caps.capabilities[0]!.token })) as { stdout: string };
     expect(byToken.stdout).toBe('hi\n');
+    // The agent's group keeps a launcher made ahead (sandbox.warm): later calls start through it, with the same result.
+    for (let i = 0; i < 4; i++) {
+      await new Promise((r) => setTimeout(r, 150));
+      expect(await a.conn.call('tools.invoke', { tool: 'echo', args: { text: `warm ${i}` }, capability: cap })).toMatchObject({ reason: 'exited', exitCode: 0, stdout: `warm ${i}\n` });
+    }
 
     const started = s.counters.started;
     const outside = await rpcError(a.conn.call('tools.invoke', { tool: 'read_file', args: { path: join(root, 'secret.txt') }, capability: cap }));
@@ -180,6 +185,11 @@ describe('sidecar', () => {
     expect(tools.tools.map((t) => t.name).sort()).toEqual(['echo', 'hog', 'limits', 'read_file', 'sleep']);
 
     await s.stop();
+    const toolExits = readAuditRecords(s.config.audit.dir, (r) => r.type === 'sandbox_exited' && r.details?.['kind'] === 'tool');
+    expect(toolExits).toHaveLength(6);
+    expect(toolExits[0]!.details?.['warm']).toBe(false);
+    expect(toolExits.slice(2).some((r) => r.details?.['warm'] === true)).toBe(true);
+    expect(toolExits.every((r) => r.details?.['cleanedUp'] === true)).toBe(true);
     const denied = readAuditRecords(s.config.audit.dir, (r) => r.type === 'access_denied');
     expect(denied.map((r) => r.details?.['code'])).toEqual(expect.arrayContaining(['E_PATH_OUTSIDE_ROOTS', 'E_UNKNOWN_TOOL', 'E_INVALID_ARGUMENTS']));
     expect(denied.every((r) => r.principal === 'planner' && r.process?.pid === a.pid)).toBe(true);
