@@ -338,7 +338,9 @@ async function concurrentCalls(): Promise<BenchRow[]> {
   try {
     const proxies = await Promise.all(agents.map((a) => h.agent(a.id)));
     const caps = await Promise.all(proxies.map((p) => toolCap(p)));
-    await sleep(200);
+    // Steady state first: one call each, so every agent's group holds its warm launcher (sandbox.warm) in the baseline too.
+    await Promise.all(proxies.map((p, i) => p.ok('tools.invoke', { tool: 'nap', args: { secs: '0' }, capability: caps[i]!.id })));
+    await sleep(300);
     const cgBase = cgroupsUnder(h.cgroupBase).length;
     const fdBase = fdCount(h.ref.pid);
     const rssBase = rssOf(h.ref.pid);

@@ -647,7 +647,8 @@ export class SecurityKernel {
     this.bindings.delete(k);
     const principals = [...new Set(ids.map((i) => this.store.get(i)?.principal).filter((p): p is string => p !== undefined))];
     const revoked = this.revokeSubtrees(ids, reason, 'soon');
-    this.emit({ type: 'principal_cleanup', process: { pid: ref.pid, startTime: ref.startTime }, ...(principals.length === 1 ? { principal: principals[0]! } : {}), details: { principals, revoked: revoked.length, ids: revoked } });
+    // The ids are in the cascade's capability_revoked record(s) just before: listing them again doubled the audit cost of a death.
+    this.emit({ type: 'principal_cleanup', process: { pid: ref.pid, startTime: ref.startTime }, ...(principals.length === 1 ? { principal: principals[0]! } : {}), details: { principals, revoked: revoked.length } });
     return revoked;
   }
 
