@@ -279,6 +279,42 @@ async function decisionOverhead(h: ServeHandle, agent: ProxyAgent): Promise<Benc
   ];
 }
 
+/**
+ * tools.invoke of /bin/true through the default serve (warm launchers in the agent's group) and
+ * through one with `sandbox.warm: 0` (every call cold), alternating blocks of calls between them.
+ */
+async function warmVsCold(warmAgent: ProxyAgent): Promise<BenchRow[]> {
+  const hc = await startServe({
+    auditFlushIntervalMs: 100,
+    sandbox: { warm: 0 },
+    agents: [proxyAgent('cold', { capabilities: [{ ...ALL_TOOLS_CAP, constraints: { allowedTools: ['true', 'echo'] } }] })],
+  });
+  try {
+    const coldAgent = await hc.agent('cold');
+    const caps = [await toolCap(warmAgent), await toolCap(coldAgent)];
+    const us: [number[], number[]] = [[], []];
+    for (let round = 0; round < 8; round++) {
+      for (const i of round % 2 === 0 ? [0, 1] : [1, 0]) {
+        const agent = i === 0 ? warmAgent : coldAgent;
+        const r = await agent.order<{ us: number[]; errors: number }>('timeCalls', { n: 25, warmup: 2, method: 'tools.invoke', params: { tool: 'true', args: {}, capability: caps[i]!.id } });
+        if (r.errors > 0) throw new Error(`${r.errors} tools.invoke /bin/true calls failed`);
+        us[i]!.push(...r.us);
+      }
+    }
+    const [warm, cold] = us.map((x) => [...x].sort((a, b) => a - b)) as [number[], number[]];
+    return [
+      latencyRow('tools.invoke /bin/true, sandbox.warm: 0 (every call cold)', cold),
+      latencyRow('tools.invoke /bin/true, warm launchers (the default)', warm, {
+        baseline: 'tools.invoke /bin/true, sandbox.warm: 0 (every call cold)',
+        ratio: percentile(warm, 50) / percentile(cold, 50),
+        note: 'two serves, blocks of 25 back-to-back calls alternating between them; p99 ratio ' + (percentile(warm, 99) / percentile(cold, 99)).toFixed(2) + 'x',
+      }),
+    ];
+  } finally {
+    await shutdown(hc);
+  }
+}
+
 async function endToEnd(h: ServeHandle, agent: ProxyAgent): Promise<BenchRow[]> {
   const cap = await toolCap(agent);
   const n = 150;
@@ -415,6 +451,7 @@ export async function bench(): Promise<BenchSection> {
     const timer = await h.agent('timer');
     rows.push(...(await decisionOverhead(h, timer)));
     rows.push(...(await endToEnd(h, timer)));
+    rows.push(...(await warmVsCold(timer)));
     rows.push(...(await revokeOnDeath(h, root, 20)));
     if (!gone(root.ref) && (await h.agents()).some((a) => a.state === 'running' && a.id.startsWith('holder'))) {
       rows.push({ name: 'warning: holder agents still running after the revoke bench' });

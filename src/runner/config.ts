@@ -107,7 +107,7 @@ const AgentInput = z
   .strict();
 
 /** Tool calls of an agent start through launchers made ahead in its group (src/isolation/pool.ts). */
-export const DEFAULT_WARM_LAUNCHERS = 1;
+export const DEFAULT_WARM_LAUNCHERS = 2;
 
 const SandboxInput = z
   .object({
