@@ -311,7 +311,10 @@ describe('sidecar', () => {
 
     await s.stop();
     const cleanup = readAuditRecords(s.config.audit.dir, (r) => r.type === 'principal_cleanup');
-    expect(cleanup.some((r) => r.process?.pid === parentAgent.ref.pid && (r.details?.['ids'] as string[]).includes(cap))).toBe(true);
+    expect(cleanup.some((r) => r.process?.pid === parentAgent.ref.pid && (r.details?.['revoked'] as number) >= 1)).toBe(true);
+    // The ids are in the cascade's capability_revoked record, written just before the cleanup record.
+    const cascades = readAuditRecords(s.config.audit.dir, (r) => r.type === 'capability_revoked' && r.details?.['reason'] === `agent parent exited`);
+    expect(cascades.some((r) => (r.details?.['ids'] as string[]).includes(cap))).toBe(true);
     expect(cleanup.some((r) => r.process?.pid === childAgent.ref.pid)).toBe(true);
     // The parent's own tool call was stopped for its owner's exit; the child's for the revocation (or its owner's exit).
     const toolExits = readAuditRecords(s.config.audit.dir, (r) => r.type === 'sandbox_exited' && r.details?.['kind'] === 'tool');
