@@ -135,9 +135,11 @@ function real(p: string): string | undefined {
  * the hidden paths that fall inside anything bound. `extraReadOnly` are files the command needs
  * (its executable); `cwd` must be visible.
  */
-export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[], cwd: string | undefined): { args: string[]; bound: string[] } {
+export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[], cwd: string | undefined): { args: string[]; bound: string[]; system: string[] } {
   const args: string[] = [];
-  const binds: { path: string; rw: boolean; order: number }[] = [];
+  // The system part (links, system binds, the hides inside them): the same for every request, so a warm launcher builds it ahead.
+  const system: string[] = [];
+  const binds: { path: string; rw: boolean; order: number; system?: true }[] = [];
   let order = 0;
   for (const p of view.system) {
     let st;
@@ -150,10 +152,11 @@ export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[],
       const target = readlinkSync(p);
       const r = real(p);
       args.push('--symlink', target, p);
-      if (r && !view.system.some((s) => s !== p && within(r, s))) binds.push({ path: r, rw: false, order: order++ });
+      if (!(view.tmp && within(p, '/tmp'))) system.push('--symlink', target, p);
+      if (r && !view.system.some((s) => s !== p && within(r, s))) binds.push({ path: r, rw: false, order: order++, system: true });
     } else {
       const r = real(p);
-      if (r) binds.push({ path: r, rw: false, order: order++ });
+      if (r) binds.push({ path: r, rw: false, order: order++, system: true });
     }
   }
   // Roots are bound at the path given, never re-resolved here: a root checked as a real path and
@@ -168,6 +171,7 @@ export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[],
   // Parents before children; for the same path the later (writable) entry wins.
   binds.sort((a, b) => a.path.split('/').length - b.path.split('/').length || a.order - b.order);
   const bound: string[] = [];
+  const systemBound: string[] = [];
   const kept: { path: string; rw: boolean }[] = [];
   for (const b of binds) {
     if (b.path === '/') throw new SandboxOptionError("the view cannot bind '/': name the directories the tool needs", { option: 'view' });
@@ -177,6 +181,12 @@ export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[],
     args.push(b.rw ? '--rw' : '--ro', b.path);
     kept.push({ path: b.path, rw: b.rw });
     bound.push(b.path);
+    // Only a system bind no request entry came before (parents first) can be made ahead of the request.
+    // Nor one below /tmp: the request's private /tmp is mounted first, cold, and would cover it.
+    if (b.system && kept.length === systemBound.length + 1 && !(view.tmp && within(b.path, '/tmp'))) {
+      system.push('--ro', b.path);
+      systemBound.push(b.path);
+    }
   }
   if (cwd !== undefined) {
     const r = real(resolve(cwd)) ?? resolve(cwd);
@@ -188,15 +198,19 @@ export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[],
   for (const h of [...DEFAULT_HIDDEN_PATHS, ...view.hide]) {
     const r = real(h);
     if (r && bound.some((b) => within(r, b))) args.push('--hide', r);
+    if (r && systemBound.some((b) => within(r, b))) system.push('--hide', r);
     // A hidden path reached through a symlink in the view is hidden at its link too.
     if (r && r !== h && bound.some((b) => within(h, b))) args.push('--hide', h);
+    if (r && r !== h && systemBound.some((b) => within(h, b))) system.push('--hide', h);
   }
   if (!view.tmp) args.push('--no-tmp');
-  return { args, bound };
+  return { args, bound, system };
 }
 
 export interface ConfinementPlan {
   launcherArgs: string[];
+  /** The view's system part, a subsequence of launcherArgs (see viewArgs): what a warm launcher builds ahead. */
+  systemViewArgs: string[];
   degraded: Degradation[];
   report: ConfinementReport;
   /** Environment the sandbox needs (proxy variables). */
@@ -237,7 +251,7 @@ export function planConfinement(i: ConfinementInput, host: HostInfo, launcher: L
   };
   const degraded: Degradation[] = [];
   const env: Record<string, string> = {};
-  if (!i.confine) return { launcherArgs: [], degraded, report, env };
+  if (!i.confine) return { launcherArgs: [], systemViewArgs: [], degraded, report, env };
   if (launcher.kind !== 'captrap-launch') {
     // Nothing of the confinement holds: the report says so (the degradation says why).
     report.confined = false;
@@ -246,9 +260,10 @@ export function planConfinement(i: ConfinementInput, host: HostInfo, launcher: L
       reason: `confinement needs the compiled launcher, and this sandbox starts through ${launcher.kind} (${launcher.why})`,
       fix: "run 'npm run build' with a C compiler and leave CAPTRAP_LAUNCHER unset",
     });
-    return { launcherArgs: [], degraded, report, env };
+    return { launcherArgs: [], systemViewArgs: [], degraded, report, env };
   }
   const args: string[] = ['--drop-caps'];
+  let systemViewArgs: string[] = [];
   report.capabilities = 'dropped';
   report.noNewPrivs = true;
   const ns = i.namespaces.filter((n) => hostHasNamespace(host, n));
@@ -264,8 +279,9 @@ export function planConfinement(i: ConfinementInput, host: HostInfo, launcher: L
   report.namespaces = ns;
   if (ns.includes('uts')) args.push('--hostname', 'captrap');
   if (ns.includes('mount')) {
-    const { args: v } = viewArgs(i.view, [i.file], i.cwd);
+    const { args: v, system } = viewArgs(i.view, [i.file], i.cwd);
     args.push('--view', ...v);
+    systemViewArgs = system;
     report.view = true;
   } else {
     degraded.push({ limit: 'view', reason: 'without a mount namespace the tool sees the whole filesystem (and, as root, the cgroupfs)', fix: "keep 'mount' in namespaces" });
@@ -283,7 +299,7 @@ export function planConfinement(i: ConfinementInput, host: HostInfo, launcher: L
   if (i.uid !== undefined) args.push('--uid', String(i.uid));
   if (i.gid !== undefined) args.push('--gid', String(i.gid));
   if (i.cwd !== undefined && report.view) args.push('--chdir', real(resolve(i.cwd)) ?? resolve(i.cwd));
-  return { launcherArgs: args, degraded, report, env };
+  return { launcherArgs: args, systemViewArgs, degraded, report, env };
 }
 
 /**

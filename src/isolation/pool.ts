@@ -35,6 +35,8 @@ export interface WarmShape {
   base: string;
   /** Namespaces the launcher makes ahead (its --unshare list); empty when unconfined. */
   namespaces: readonly string[];
+  /** The view's system part it builds ahead (launcher --ro/--symlink/--hide arguments; every request names them again). */
+  view: readonly string[];
   launcherPath: string;
   /**
    * The group the launchers wait in (a sidecar agent's: every tool call of the agent runs there).
@@ -113,7 +115,7 @@ export async function drainWarmPool(): Promise<void> {
   await Promise.all(all.map((p) => p.drain()));
 }
 
-const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.group?.path ?? ''}|${s.namespaces.join(',')}|${s.launcherPath}`;
+const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.group?.path ?? ''}|${s.namespaces.join(',')}|${s.launcherPath}|${s.view.join('\0')}`;
 
 /**
  * A ready launcher of this shape, or undefined (the caller starts cold). The pool of this shape
@@ -308,7 +310,14 @@ class ShapePool {
     installExitHook();
     // Read before the launcher copies the table: a mount in between makes it look stale, never fresh.
     const mounts = namespaces.includes('mount') ? hostMounts() : undefined;
-    const argv = ['--ppid', String(process.pid), '--pool', ...cg.joinFiles.flatMap((f) => ['--join', f]), ...(namespaces.length > 0 ? ['--unshare', namespaces.join(',')] : [])];
+    const argv = [
+      '--ppid',
+      String(process.pid),
+      '--pool',
+      ...cg.joinFiles.flatMap((f) => ['--join', f]),
+      ...(namespaces.length > 0 ? ['--unshare', namespaces.join(',')] : []),
+      ...this.shape.view,
+    ];
     let child: ChildProcess;
     try {
       child = spawn(launcherPath, argv, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: {}, cwd: '/' });

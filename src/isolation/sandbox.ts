@@ -219,6 +219,8 @@ interface Plan {
   launcher: LauncherChoice;
   /** Launcher arguments that confine the command (empty when unconfined). */
   confineArgs: string[];
+  /** The view's system part within confineArgs: what a warm launcher builds ahead. */
+  systemViewArgs: string[];
   confinement: ConfinementReport;
 }
 
@@ -286,7 +288,7 @@ function plan(command: string, args: readonly string[], input: RunOptions | unde
     );
   }
   if (degraded.length > 0) log.warn({ backend, degraded }, 'sandbox runs degraded');
-  return { options, host, backend, degraded, file, launcher, confineArgs: confined ? confinement.launcherArgs : [], confinement: confinement.report };
+  return { options, host, backend, degraded, file, launcher, confineArgs: confined ? confinement.launcherArgs : [], systemViewArgs: confined ? confinement.systemViewArgs : [], confinement: confinement.report };
 }
 
 /** A sandbox in a group lives under the group's base and uses its backend (one cgroup tree). */
@@ -333,6 +335,9 @@ function warmShape(p: Plan, input: RunOptions | undefined, backend: CgroupBacken
   const confined = p.confineArgs.length > 0;
   // A warm launcher has /dev and /proc of its view built already (captrap-launch.c, warm view).
   if (confined && p.confineArgs.some((a, i) => (a === '--ro' || a === '--rw') && /^\/(dev|proc)(\/|$)/.test(p.confineArgs[i + 1] ?? ''))) return undefined;
+  // A root below a path the launcher hid ahead would land inside the hiding mount (cold, the hide covers it afterwards).
+  const hiddenAhead = p.systemViewArgs.flatMap((a, i) => (a === '--hide' ? [p.systemViewArgs[i + 1]!] : []));
+  if (hiddenAhead.length > 0 && p.confineArgs.some((a, i) => (a === '--ro' || a === '--rw') && hiddenAhead.some((h) => isBelow(p.confineArgs[i + 1] ?? '', h)))) return undefined;
   return {
     host: p.host,
     backendName: p.backend,
@@ -340,8 +345,14 @@ function warmShape(p: Plan, input: RunOptions | undefined, backend: CgroupBacken
     base: o.cgroupBase,
     namespaces: confined ? p.confinement.namespaces : [],
     launcherPath: p.launcher.path!,
+    view: p.systemViewArgs,
     ...(input?.group ? { group: input.group } : {}),
   };
+}
+
+/** Whether `path` lies strictly below `dir`. */
+function isBelow(path: string, dir: string): boolean {
+  return path.length > dir.length && path.startsWith(dir) && path.charCodeAt(dir.length) === 47 /* '/' */;
 }
 
 /** A warm launcher with the request's final limits written, or undefined (start cold). */

@@ -4,7 +4,7 @@
 // captrap is SIGKILLed (owner watchdog), not when even the watchdog is gone (stale cleanup).
 // Real processes and real cgroups of this host.
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -225,6 +225,50 @@ describe.skipIf(!usable)('warm launchers', () => {
     expect(group.removed).toBe(true);
     for (const d of dirs) expect(existsSync(d)).toBe(false);
     expect(warmPoolStats().pools.filter((p) => p.key.includes(`|${group.path}|`))).toEqual([]);
+  });
+
+  it('the view\'s system part is built ahead, and a warm view hides exactly what a cold one hides, also under a root bound over a hidden path', async () => {
+    // A system path of our own (outside /tmp, whose private copy comes with the request) with a secret file and a secret directory in it.
+    const sys = mkdtempSync('/var/tmp/captrap-pool-sys-');
+    try {
+      mkdirSync(`${sys}/secretdir/inner`, { recursive: true });
+      writeFileSync(`${sys}/secret`, 'top secret\n');
+      writeFileSync(`${sys}/open`, 'open\n');
+      writeFileSync(`${sys}/secretdir/inner/deep`, 'deep\n');
+      chmodSync(sys, 0o755);
+      const view = { system: ['/usr', '/etc', '/bin', '/lib', '/lib64', sys], hide: [`${sys}/secret`, `${sys}/secretdir`] };
+      // As root (no capabilities), so a file's mode alone would not keep /etc/shadow out: only the hide does.
+      const base0 = opts({ allowRoot: true, view });
+      const script = `cat /etc/shadow >/dev/null 2>&1 && echo shadow-read || echo shadow-hidden; cat ${sys}/open; cat ${sys}/secret 2>&1 | head -c 0; cat ${sys}/secret >/dev/null 2>&1 && echo secret-read || echo secret-hidden; ls ${sys}/secretdir 2>&1 | grep -c inner; echo x > ${sys}/new 2>/dev/null && echo wrote || echo no-write`;
+      const cases: RunOptions[] = [base0, opts({ allowRoot: true, view: { ...view, readWrite: [sys] } }), opts({ allowRoot: true, view: { ...view, readOnly: [`${sys}/secretdir`] } })];
+      for (const o of cases) {
+        const cold = await runSandboxed('sh', ['-c', script], { ...o, warm: false });
+        await primed(o);
+        // The idle launchers were started with the system part (binds, links, hides) to build ahead.
+        const idle = cgroupsUnderBase().flatMap((d) => procsIn(d)).map((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+          } catch {
+            return [];
+          }
+        });
+        expect(idle.some((argv) => argv.includes('--pool') && argv.join(' ').includes(`--ro /usr --ro /etc --ro ${sys} `) && argv.join(' ').includes(`--hide ${sys}/secret`))).toBe(true);
+        const warm = await runSandboxed('sh', ['-c', script], o);
+        expect(warm.warm).toBe(true);
+        expect(warm.stdout).toBe(cold.stdout);
+        expect(warm.stdout).toMatch(/^shadow-hidden\nopen\nsecret-hidden\n0\n/);
+        rmSync(`${sys}/new`, { force: true });
+      }
+      // Writable root over the system path: writes land, the hides still hold (re-applied over the request's bind).
+      const rw = await runSandboxed('sh', ['-c', script], cases[1]!);
+      expect(rw.stdout).toContain('secret-hidden\n0\nwrote\n');
+      // A root below a path hidden ahead starts cold (it would land inside the hiding mount), and stays hidden.
+      const below = await runSandboxed('sh', ['-c', `cat ${sys}/secretdir/inner/deep 2>/dev/null || echo deep-hidden`], opts({ allowRoot: true, view: { ...view, readWrite: [`${sys}/secretdir/inner`] } }));
+      expect(below.warm).toBe(false);
+      expect(below.stdout).toBe('deep-hidden\n');
+    } finally {
+      rmSync(sys, { recursive: true, force: true });
+    }
   });
 
   it('a mount made on the host after the launchers started is seen: stale launchers are renewed', async () => {

@@ -43,9 +43,11 @@
  *     --                     end of options; COMMAND is looked up like execvp does
  *
  * Warm mode (a launcher waiting in captrap's pool, see src/isolation/pool.ts):
- *   captrap-launch --ppid PID --pool [--join PATH]... [--unshare LIST]
+ *   captrap-launch --ppid PID --pool [--join PATH]... [--unshare LIST] [--ro PATH | --symlink T L | --hide PATH]...
  * does steps 1-3 above and creates the namespaces (with pid: forks the init, which creates the
- * others and brings up loopback) ahead of time, then writes one byte 'R' on fd 3 (a socket to
+ * others and brings up loopback) ahead of time, with a mount namespace also the view's /dev, /proc
+ * and the system part given here (read-only binds, links, and the hides inside them; every
+ * request must name each of them again, exactly), then writes one byte 'R' on fd 3 (a socket to
  * captrap) and waits there for the request: a 16-byte header ("CTS1", then little-endian
  * uint32 argc, envc and payload length) and a payload of NUL-terminated strings: the working
  * directory, argc arguments (a complete cold command line: argv[0], --ppid PID, options, --,
@@ -229,8 +231,13 @@ static void parse(struct opts *o, int argc, char **argv)
 	if (o->pool) {
 		/* Only what is done before the request arrives may be given here. */
 		if (i < argc || o->view || o->uid >= 0 || o->gid >= 0 || o->drop_caps || o->no_new_privs || o->keep_pwd ||
-		    o->nentries || o->chdir_to || o->hostname || o->proxy_path)
-			fail("--pool takes only --join and --unshare; the request brings the rest", NULL, 0);
+		    o->chdir_to || o->hostname || o->proxy_path)
+			fail("--pool takes only --join, --unshare and the view's system part; the request brings the rest", NULL, 0);
+		for (int k = 0; k < o->nentries; k++)
+			if (o->entries[k].kind == E_RW)
+				fail("--pool: the view's system part is read-only", o->entries[k].path, 0);
+		if (o->nentries && !(o->ns & CLONE_NEWNS))
+			fail("--pool: a view needs --unshare mount", NULL, 0);
 		return;
 	}
 	if (i + 1 >= argc)
@@ -662,17 +669,42 @@ static void build_view(const struct opts *o, int own_pidns)
  */
 #define WARM_VIEW_BASE "/dev/shm"
 static int warm_view_ready;
+/* The view's system part built ahead (--pool --ro/--symlink/--hide): every request must name it again. */
+static const struct opts *prebuilt;
 
-static void warm_view_prepare(int own_pidns)
+static int same_entry(const struct entry *a, const struct entry *b)
+{
+	return a->kind == b->kind && strcmp(a->path, b->path) == 0 && (a->kind != E_SYMLINK || strcmp(a->target, b->target) == 0);
+}
+
+static void warm_view_prepare(int own_pidns, const struct opts *pool)
 {
 	struct stat st;
 
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
 		fail("cannot make mounts private", NULL, errno);
-	if (lstat(WARM_VIEW_BASE, &st) != 0 || !S_ISDIR(st.st_mode) || mount("tmpfs", WARM_VIEW_BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0)
+	if (pool->nentries && covers_base(pool, WARM_VIEW_BASE))
+		fail("a warm launcher cannot bind a root above", WARM_VIEW_BASE, 0);
+	if (lstat(WARM_VIEW_BASE, &st) != 0 || !S_ISDIR(st.st_mode) || mount("tmpfs", WARM_VIEW_BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") != 0) {
+		if (pool->nentries)
+			fail("no directory to build the view ahead in", WARM_VIEW_BASE, errno);
 		return; /* built per request instead */
+	}
 	view_scratch(WARM_VIEW_BASE);
 	view_system(own_pidns);
+	if (pool->nentries) {
+		char dst[PATH_MAX + 64];
+		struct opts sys = *pool;
+		sys.no_tmp = 1; /* the request's own /tmp comes with it */
+		view_request(&sys, open_sources(&sys));
+		for (int i = 0; i < pool->nentries; i++) {
+			if (pool->entries[i].kind != E_HIDE)
+				continue;
+			rootpath(dst, sizeof dst, pool->entries[i].path);
+			hide(dst);
+		}
+		prebuilt = pool;
+	}
 	warm_view_ready = 1;
 }
 
@@ -682,8 +714,20 @@ static int under(const char *path, const char *dir)
 	return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
 }
 
+/* Whether request entry `e` was built ahead. */
+static int is_prebuilt(const struct entry *e)
+{
+	for (int i = 0; prebuilt && i < prebuilt->nentries; i++)
+		if (same_entry(e, &prebuilt->entries[i]))
+			return 1;
+	return 0;
+}
+
 static void warm_view_finish(const struct opts *o)
 {
+	struct opts req = *o;
+	int n = 0;
+
 	for (int i = 0; i < o->nentries; i++) {
 		const struct entry *e = &o->entries[i];
 		if (e->kind == E_HIDE)
@@ -693,8 +737,41 @@ static void warm_view_finish(const struct opts *o)
 	}
 	if (covers_base(o, WARM_VIEW_BASE))
 		fail("a warm launcher cannot bind a root above", WARM_VIEW_BASE, 0);
-	view_request(o, open_sources(o));
-	view_enter(o);
+	/* The request must ask for everything built ahead: a view never shows what was not asked for. */
+	for (int i = 0; prebuilt && i < prebuilt->nentries; i++) {
+		int found = 0;
+		for (int k = 0; k < o->nentries && !found; k++)
+			found = same_entry(&prebuilt->entries[i], &o->entries[k]);
+		if (!found)
+			fail("the request does not fit this warm launcher: its view lacks", prebuilt->entries[i].path, 0);
+	}
+	/* What is left to do: the request's own binds and links, then every hide a request bind could uncover (cold order: binds, then hides). */
+	req.entries = calloc((size_t)o->nentries + 1, sizeof *req.entries);
+	if (!req.entries)
+		fail("out of memory", NULL, ENOMEM);
+	for (int i = 0; i < o->nentries; i++)
+		if (o->entries[i].kind != E_HIDE && !is_prebuilt(&o->entries[i]))
+			req.entries[n++] = o->entries[i];
+	for (int i = 0; i < o->nentries; i++) {
+		const struct entry *h = &o->entries[i];
+		int redo = !is_prebuilt(h);
+		if (h->kind != E_HIDE)
+			continue;
+		for (int k = 0; k < n && !redo; k++) {
+			const struct entry *b = &req.entries[k];
+			if (b->kind != E_RO && b->kind != E_RW)
+				continue;
+			/* A bind below a hide built ahead would land inside the hiding mount: captrap starts such requests cold. */
+			if (under(b->path, h->path) && strcmp(b->path, h->path) != 0)
+				fail("a warm launcher cannot bind below a path hidden ahead:", b->path, 0);
+			redo = under(h->path, b->path);
+		}
+		if (redo)
+			req.entries[n++] = *h;
+	}
+	req.nentries = n;
+	view_request(&req, open_sources(&req));
+	view_enter(&req);
 }
 
 /* What does not depend on the request: the namespaces themselves and a live loopback. */
@@ -1270,7 +1347,7 @@ static void __attribute__((noreturn)) pool_init(const struct opts *pool, int sta
 	init_arm(status_sock);
 	make_namespaces(pool->ns & ~CLONE_NEWPID);
 	if (pool->ns & CLONE_NEWNS)
-		warm_view_prepare(1);
+		warm_view_prepare(1, pool);
 	if (write_full(status_sock, &ready, 1) != 0 || read_spec(status_sock, &sp) != 0)
 		_exit(LAUNCH_FAILED); /* P0 is gone or retired us */
 	adopt_spec(&o, pool, &sp);
@@ -1316,7 +1393,7 @@ static void __attribute__((noreturn)) pool_main(const struct opts *pool)
 	capmax = last_cap();
 	make_namespaces(pool->ns);
 	if (pool->ns & CLONE_NEWNS)
-		warm_view_prepare(0);
+		warm_view_prepare(0, pool);
 	signal_ready(CTL_FD);
 	if (read_spec(CTL_FD, &sp) != 0)
 		_exit(0);
