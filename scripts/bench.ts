@@ -16,6 +16,7 @@ const SECTIONS: Record<string, () => Promise<{ bench(): Promise<BenchSection> }>
   tokens: () => import('./bench/tokens.js'),
   mcp: () => import('./bench/mcp.js'),
   revocations: () => import('./bench/revocations.js'),
+  cli: () => import('./bench/cli.js'),
 };
 
 function fmt(n: number | undefined, digits = 1): string {

@@ -29,7 +29,7 @@ const SPORADIC_GAP_MS = 10;
 const CLI_ROUNDS = 20;
 const TREE_RUNS = 40;
 const FLOOR = 'floor: child_process.spawn /bin/true';
-const CLI = fileURLToPath(new URL('../../dist/runner/cli.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../dist/runner/captrap.cjs', import.meta.url));
 
 function rawSpawn(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -187,11 +187,11 @@ export async function bench(): Promise<BenchSection> {
         p99Ratio: percentile(run, 99) / percentile(node, 99),
         target: 'p50 <= 1.3x node -e 0',
         pass: percentile(run, 50) <= 1.3 * percentile(node, 50),
-        note: 'dist/runner/cli.js: stale cleanup, probe, one confined sandbox, exit',
+        note: 'dist/runner/captrap.cjs (the run bundle): stale cleanup, probe, one confined sandbox, exit',
       }),
     );
   } else {
-    rows.push({ name: 'cli start', note: `skipped: ${existsSync(CLI) ? 'no sandbox on this host' : 'dist/runner/cli.js is not built (npm run build)'}` });
+    rows.push({ name: 'cli start', note: `skipped: ${existsSync(CLI) ? 'no sandbox on this host' : 'dist/runner/captrap.cjs is not built (npm run build)'}` });
   }
 
   if (host.layout === 'none') return { section: 'isolation', rows };

@@ -1,7 +1,7 @@
 // What this host offers for isolation: the cgroup layout and which controllers captrap can
 // write, cgroup.kill, setpriv/unshare/prlimit, namespaces and a reachable systemd manager.
 // Probed once per process (hosts do not change layout under a running captrap).
-import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 
 export type CgroupLayout = 'v2' | 'hybrid' | 'v1' | 'none';
@@ -93,13 +93,13 @@ const CONFINE_KEYS: readonly NamespaceKey[] = ['pid', 'mount', 'net', 'ipc', 'ut
  * confinement uses are tried together first (one run; as root on a usual host that settles
  * all of them), one by one only if that fails. 'user' is probed on its own.
  */
-function lazyNamespaces(unshare: string | undefined): HostInfo['namespaces'] {
+function lazyNamespaces(unshare: string | undefined, useCache: boolean): HostInfo['namespaces'] {
   const known: Partial<Record<NamespaceKey, boolean>> = {};
   let allTried = false;
   const probe = (key: NamespaceKey): boolean => {
     if (known[key] === undefined && key !== 'user' && !allTried) {
       allTried = true;
-      if (canUnshareAll(unshare)) for (const k of CONFINE_KEYS) known[k] = true;
+      if ((useCache && rememberedAllNamespaces(unshare)) || canUnshareAll(unshare)) for (const k of CONFINE_KEYS) known[k] = true;
     }
     known[key] ??= canUnshare(unshare, `--${key}`);
     return known[key]!;
@@ -112,7 +112,95 @@ function lazyNamespaces(unshare: string | undefined): HostInfo['namespaces'] {
 function canUnshareAll(unshare: string | undefined): boolean {
   if (!unshare) return false;
   const r = spawnSync(unshare, ['--pid', '--fork', '--mount', '--net', '--ipc', '--uts', '--cgroup', '--', '/bin/true'], { stdio: 'ignore', timeout: 3000 });
-  return r.status === 0;
+  if (r.status !== 0) return false;
+  rememberAllNamespaces(unshare);
+  return true;
+}
+
+// The unshare(1) run above costs a fork and two execs (about a twentieth of a `captrap run`), and
+// its answer only changes with what the key below names. So a yes is remembered for this boot in
+// a file only this uid can write (tmpfs: gone at reboot), keyed by everything that decides it: the
+// boot, the kernel, the unshare binary, captrap's uid, capabilities and seccomp state, the
+// namespaces captrap itself runs in (a container has its own) and the namespace limits. Only a
+// yes is kept: a file claiming yes can at worst make captrap try, and the launcher fails closed
+// (it exits 125 with "cannot create a pid namespace" or "cannot create namespaces", and the
+// command never runs); a remembered no could quietly take confinement away from a run that
+// allows degradation. CAPTRAP_NS_CACHE_DIR moves the file's directory; empty turns this off.
+// A refresh (probeHost(true)) asks the host itself and does not read it.
+function nsCacheDir(): string | undefined {
+  const dir = process.env.CAPTRAP_NS_CACHE_DIR ?? (process.geteuid?.() === 0 ? '/run/captrap' : process.env.XDG_RUNTIME_DIR ? `${process.env.XDG_RUNTIME_DIR}/captrap` : undefined);
+  return dir || undefined;
+}
+const NS_KINDS = ['pid', 'mnt', 'net', 'ipc', 'uts', 'cgroup'] as const;
+
+/** What the remembered answer is keyed by (exported for tests); undefined when any part is unreadable. */
+export function namespaceProbeKey(unshare: string): string | undefined {
+  try {
+    const read = (p: string) => readFileSync(p, 'utf8').trim();
+    const status = read('/proc/self/status');
+    const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1]?.trim() ?? '?';
+    const bin = statSync(unshare);
+    return [
+      'v1',
+      read('/proc/sys/kernel/random/boot_id'),
+      read('/proc/sys/kernel/osrelease'),
+      `${unshare}:${bin.ino}:${bin.size}:${bin.mtimeMs}`,
+      `uid:${process.geteuid?.() ?? '?'}`,
+      `cap:${field('CapEff')}`,
+      `seccomp:${field('Seccomp')}:${field('Seccomp_filters')}`,
+      ...['user', ...NS_KINDS].map((n) => `${n}:${readlinkSync(`/proc/self/ns/${n}`)}`),
+      ...NS_KINDS.map((n) => `max_${n}:${read(`/proc/sys/user/max_${n}_namespaces`)}`),
+    ].join('\n');
+  } catch {
+    return undefined; // anything unreadable: no cache, probe for real
+  }
+}
+
+/** The cache file, if it and its directory are this uid's and nobody else can write them. */
+function nsCacheFile(): string | undefined {
+  const dir = nsCacheDir();
+  if (!dir) return undefined;
+  const uid = process.geteuid?.();
+  const safe = (p: string) => {
+    const st = lstatSync(p);
+    return st.uid === uid && (st.mode & 0o022) === 0;
+  };
+  try {
+    if (!safe(dir)) return undefined;
+    const file = `${dir}/namespaces-probe`;
+    return lstatSync(file).isFile() && safe(file) ? file : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether a safe cache file says this host passed the six-namespace probe under the current key. */
+export function rememberedAllNamespaces(unshare: string | undefined): boolean {
+  if (!unshare) return false;
+  const file = nsCacheFile();
+  if (!file) return false;
+  const key = namespaceProbeKey(unshare);
+  try {
+    return key !== undefined && readFileSync(file, 'utf8') === key;
+  } catch {
+    return false;
+  }
+}
+
+function rememberAllNamespaces(unshare: string): void {
+  const dir = nsCacheDir();
+  const key = dir ? namespaceProbeKey(unshare) : undefined;
+  if (!dir || key === undefined) return;
+  const file = `${dir}/namespaces-probe`;
+  const tmp = `${file}.${process.pid}`;
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    writeFileSync(tmp, key, { mode: 0o600, flag: 'wx' });
+    renameSync(tmp, file);
+  } catch {
+    // A cache only: a read-only /run costs the next run one probe.
+    rmSync(tmp, { force: true });
+  }
 }
 
 let cached: HostInfo | undefined;
@@ -156,7 +244,8 @@ export function probeHost(refresh = false): HostInfo {
     if (p) tools[key] = p;
   }
   const systemdManager = existsSync('/run/systemd/system') && tools.systemdRun !== undefined;
-  const namespaces = lazyNamespaces(tools.unshare);
+  // A refresh (doctor) asks the host itself, not what an earlier run remembered.
+  const namespaces = lazyNamespaces(tools.unshare, !refresh);
   const host: HostInfo = {
     layout,
     unifiedControllers,

@@ -4,6 +4,9 @@
 // dependencies are never loaded to run another.
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { describeError } from './describe-error.js';
+
+export { describeError };
 
 type CommandModule = { main(argv: string[]): Promise<number> };
 
@@ -27,16 +30,6 @@ export function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
   const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
   return `usage: captrap <command> [options]\n\ncommands:\n${lines.join('\n')}\n\nRun 'captrap <command> --help' for a command's options.\n`;
-}
-
-/** Errors reach the user as one line; CAPTRAP_DEBUG=1 adds the stack. */
-export function describeError(err: unknown): string {
-  if (process.env.CAPTRAP_DEBUG && err instanceof Error && err.stack) return err.stack;
-  if (err instanceof Error) {
-    const code = (err as { code?: unknown }).code;
-    return typeof code === 'string' ? `${err.message} [${code}]` : err.message;
-  }
-  return String(err);
 }
 
 export async function cli(argv: string[]): Promise<number> {

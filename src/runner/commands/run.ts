@@ -4,10 +4,11 @@
 import { realpathSync } from 'node:fs';
 import { cleanupStaleCgroups } from '../../isolation/cgroup.js';
 import { probeHost } from '../../isolation/host.js';
+import { primeCgroupMigration } from '../../isolation/migration-prime.js';
 import { BACKEND_NAMES, NAMESPACE_NAMES, parseBytes, type NamespaceName, type SandboxOptions } from '../../isolation/limits.js';
 import { describeExitReason, exitStatusOf, runSandboxed } from '../../isolation/sandbox.js';
 import { SandboxOptionError } from '../../isolation/errors.js';
-import { describeError } from '../cli.js';
+import { describeError } from '../describe-error.js';
 
 const HELP = `usage: captrap run [options] -- command [args...]
 
@@ -134,6 +135,8 @@ export async function main(argv: string[]): Promise<number> {
   });
   if (stale && stale.removed.length > 0) process.stderr.write(`captrap run: removed ${stale.removed.length} stale cgroup dir(s), killed ${stale.killed} leftover process(es)\n`);
 
+  // The kernel's wait before the first cgroup join starts now, beside the planning below.
+  if (options.backend !== 'none') primeCgroupMigration(probeHost());
   let sandbox: ReturnType<typeof runSandboxed>;
   try {
     sandbox = runSandboxed(command, args, options);
