@@ -40,6 +40,18 @@ export function macHex(key: Buffer, body: string | Uint8Array): string {
 
 const SHA256_BLOCK = 64;
 
+/** The RFC 2104 pads of `key` for HMAC-SHA256: K^ipad and K^opad, one block each. */
+export function hmacSha256Pads(key: Buffer): { ipad: Buffer; opad: Buffer } {
+  const k = key.length > SHA256_BLOCK ? createHash('sha256').update(key).digest() : key;
+  const ipad = Buffer.alloc(SHA256_BLOCK, 0x36);
+  const opad = Buffer.alloc(SHA256_BLOCK, 0x5c);
+  for (let i = 0; i < k.length; i++) {
+    ipad[i] = k[i]! ^ 0x36;
+    opad[i] = k[i]! ^ 0x5c;
+  }
+  return { ipad, opad };
+}
+
 /**
  * HMAC-SHA256 (RFC 2104) built from two one-shot crypto.hash calls over reused buffers:
  * H((K^opad) || H((K^ipad) || m)). Same bytes out as createHmac, but without allocating two
@@ -51,13 +63,10 @@ export class AuditMac {
   private readonly outer: Buffer;
 
   constructor(key: Buffer) {
-    const k = key.length > SHA256_BLOCK ? createHash('sha256').update(key).digest() : key;
-    this.ipad = Buffer.alloc(SHA256_BLOCK, 0x36);
-    this.outer = Buffer.alloc(SHA256_BLOCK + 32, 0x5c);
-    for (let i = 0; i < k.length; i++) {
-      this.ipad[i] = k[i]! ^ 0x36;
-      this.outer[i] = k[i]! ^ 0x5c;
-    }
+    const { ipad, opad } = hmacSha256Pads(key);
+    this.ipad = ipad;
+    this.outer = Buffer.alloc(SHA256_BLOCK + 32);
+    opad.copy(this.outer, 0);
     this.scratch = Buffer.allocUnsafe(SHA256_BLOCK + 16 * 1024);
     this.ipad.copy(this.scratch, 0);
   }

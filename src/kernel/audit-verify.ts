@@ -6,6 +6,7 @@ import type { KeyObject } from 'node:crypto';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { LineReader, forEachLine } from './audit-lines.js';
+import { FastPathAbandoned, MacOffload, type LineSource, type MacOffloadOptions } from './audit-verify-parallel.js';
 import {
   AuditError,
   AuditMac,
@@ -32,7 +33,7 @@ import {
  * and the caller has to say so (`publicKeyOnly: true`): a forgotten key must not quietly
  * downgrade the check.
  */
-export type VerifyOptions =
+export type VerifyOptions = (
   | {
       /** The HMAC audit key. */
       key: Buffer;
@@ -50,7 +51,19 @@ export type VerifyOptions =
        * a record's content can be changed undetectably as long as its MAC field is left alone.
        */
       publicKeyOnly: true;
-    };
+    }
+) & {
+  /**
+   * Check record MACs on a second thread while this one checks the rest (full mode only; the
+   * call stays synchronous). Used when the segments hold at least `minBytes` (default 16 MiB):
+   * below that, starting the thread costs more than it saves. If any MAC fails, or the thread
+   * does, the log is verified again sequentially, so the report is always the sequential one.
+   */
+  parallel?: boolean | { minBytes?: number };
+};
+
+/** Below this many segment bytes, parallel verify is not worth a thread start-up. */
+export const PARALLEL_VERIFY_MIN_BYTES = 16 * 1024 * 1024;
 
 export type VerifyMode = 'full' | 'public-key-only';
 
@@ -188,7 +201,57 @@ function listSegments(dir: string): number[] {
  */
 export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyReport {
   const segments = listSegments(dir);
+  const minBytes = typeof options.parallel === 'object' ? (options.parallel.minBytes ?? PARALLEL_VERIFY_MIN_BYTES) : PARALLEL_VERIFY_MIN_BYTES;
+  if (options.parallel && options.key !== undefined && segmentBytes(dir, segments) >= minBytes) {
+    const fast = verifyInParallel(dir, segments, options);
+    if ('report' in fast) return fast.report;
+  }
+  return verifySegments(dir, segments, options, null);
+}
 
+/**
+ * The parallel fast path alone (full mode): the report, or why it gave up — then
+ * verifyAuditLog verifies sequentially. Exported for tests, which must see which path ran.
+ */
+export function verifyAuditLogFastPath(dir: string, options: VerifyOptions & { key: Buffer }, tuning?: MacOffloadOptions): FastPathResult {
+  return verifyInParallel(dir, listSegments(dir), options, tuning);
+}
+
+type FastPathResult = { report: VerifyReport; workerLines: number } | { abandoned: string };
+
+function verifyInParallel(dir: string, segments: number[], options: VerifyOptions, tuning?: MacOffloadOptions): FastPathResult {
+  let offload: MacOffload | undefined;
+  try {
+    offload = new MacOffload(options.key!, tuning);
+    const report = verifySegments(dir, segments, options, offload);
+    return { report, workerLines: offload.workerLines };
+  } catch (err) {
+    // Whatever went wrong, the sequential verify decides: it names bad records, or throws its own error.
+    return { abandoned: err instanceof FastPathAbandoned ? err.message : `error: ${(err as Error).message ?? String(err)}` };
+  } finally {
+    offload?.dispose();
+  }
+}
+
+function segmentBytes(dir: string, segments: number[]): number {
+  let bytes = 0;
+  for (const s of segments) {
+    try {
+      bytes += statSync(join(dir, segmentFileName(s))).size;
+    } catch {
+      /* the verify pass reports it */
+    }
+  }
+  return bytes;
+}
+
+/**
+ * The verify pass. With `offload`, lines are read through its shared slots and it may take
+ * over a line's MAC check: the line's MAC is then taken as written here, and `offload.finish()`
+ * throws unless the worker found every one right — so a report is returned only when it is the
+ * same as the sequential pass would give.
+ */
+function verifySegments(dir: string, segments: number[], options: VerifyOptions, offload: MacOffload | null): VerifyReport {
   const key = options.key;
   if (key === undefined && options.publicKeyOnly !== true) {
     throw new AuditError('E_AUDIT_NO_KEY', 'no audit key given: pass the HMAC key, or ask explicitly for the weaker public-key-only check', { dir });
@@ -256,7 +319,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
   let lastRecordClosed = false;
   let firstChained = true;
 
-  let reader: LineReader | undefined;
+  let reader: LineSource | undefined = offload ?? undefined;
   try {
     for (let si = 0; si < segments.length; si++) {
       const segment = segments[si]!;
@@ -323,12 +386,14 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
         let lineMac = '';
         let macOk = false;
         if (shapeOk) {
-          if (mac === null) {
+          if (mac === null || offload?.defer(start, end - MAC_SUFFIX_LEN) === true) {
             lineMac = buf.toString('latin1', macStart, macStart + MAC_HEX_LEN);
             macOk = true;
           } else {
             lineMac = mac.ofBytesInPlace(buf, start, end - MAC_SUFFIX_LEN);
             macOk = macAt(buf, macStart, lineMac);
+            // The fast path reports only healthy MACs; the sequential pass says what a bad one means.
+            if (!macOk && offload) throw new FastPathAbandoned('a record MAC does not match');
           }
         }
         if (!macOk) {
@@ -421,6 +486,7 @@ export function verifyAuditLog(dir: string, options: VerifyOptions): VerifyRepor
         last = link;
       }
     }
+    offload?.finish();
   } finally {
     reader?.close();
   }
