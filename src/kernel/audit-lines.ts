@@ -7,24 +7,27 @@ import { closeSync, openSync, readSync } from 'node:fs';
 export const LINE_HEADROOM = 64;
 const DEFAULT_CHUNK = 4 * 1024 * 1024;
 
-export class LineReader {
+/**
+ * Line scanning over a buffer refilled from one file at a time; how the buffer is refilled is the
+ * subclass's (LineReader: one reused buffer; verify's MacOffload: a ring of shared slots).
+ */
+export abstract class LineScanner {
   /** The line is buf[start, end) (without its newline); buf[start - LINE_HEADROOM, start) may be overwritten. */
   buf: Buffer;
   start = 0;
   end = 0;
   /** False for a last line without a newline (a torn write). */
   terminated = false;
-  private view: Buffer;
-  private pos = LINE_HEADROOM;
-  private dataEnd = LINE_HEADROOM;
-  private filePos = 0;
-  private eof = false;
-  private fd: number | undefined;
+  protected view: Buffer;
+  protected pos = LINE_HEADROOM;
+  protected dataEnd = LINE_HEADROOM;
+  protected filePos = 0;
+  protected eof = false;
+  protected fd: number | undefined;
 
-  constructor(path: string, chunkBytes = DEFAULT_CHUNK) {
-    this.buf = Buffer.allocUnsafe(LINE_HEADROOM + chunkBytes);
-    this.view = this.buf.subarray(0, this.dataEnd);
-    this.open(path);
+  protected constructor(buf: Buffer) {
+    this.buf = buf;
+    this.view = buf.subarray(0, this.dataEnd);
   }
 
   /** Closes the current file and starts on `path`, keeping the buffer: one buffer for a whole log. */
@@ -61,18 +64,16 @@ export class LineReader {
     }
   }
 
-  /** Moves the unfinished line to the front (after the headroom) and reads more after it; grows only for a line longer than the buffer. */
-  private refill(): void {
-    const rest = this.dataEnd - this.pos;
-    if (rest >= this.buf.length - LINE_HEADROOM) {
-      const bigger = Buffer.allocUnsafe(LINE_HEADROOM + rest * 2);
-      this.buf.copy(bigger, LINE_HEADROOM, this.pos, this.dataEnd);
-      this.buf = bigger;
-    } else if (rest > 0) this.buf.copy(this.buf, LINE_HEADROOM, this.pos, this.dataEnd);
+  /** Moves the unfinished line, buf[pos, dataEnd), to the front of a buffer and reads more after it. */
+  protected abstract refill(): void;
+
+  /** Fills `into` after its first `rest` data bytes (which the caller placed after the headroom) from the file; it becomes the buffer. */
+  protected readInto(into: Buffer, rest: number): void {
+    this.buf = into;
     this.pos = LINE_HEADROOM;
     this.dataEnd = LINE_HEADROOM + rest;
-    while (this.dataEnd < this.buf.length) {
-      const n = readSync(this.fd!, this.buf, this.dataEnd, this.buf.length - this.dataEnd, this.filePos);
+    while (this.dataEnd < into.length) {
+      const n = readSync(this.fd!, into, this.dataEnd, into.length - this.dataEnd, this.filePos);
       if (n === 0) {
         this.eof = true;
         break;
@@ -80,7 +81,7 @@ export class LineReader {
       this.dataEnd += n;
       this.filePos += n;
     }
-    this.view = this.buf.subarray(0, this.dataEnd);
+    this.view = into.subarray(0, this.dataEnd);
   }
 
   /** The current line as text. */
@@ -91,6 +92,24 @@ export class LineReader {
   close(): void {
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = undefined;
+  }
+}
+
+export class LineReader extends LineScanner {
+  constructor(path: string, chunkBytes = DEFAULT_CHUNK) {
+    super(Buffer.allocUnsafe(LINE_HEADROOM + chunkBytes));
+    this.open(path);
+  }
+
+  /** Grows only for a line longer than the buffer. */
+  protected refill(): void {
+    const rest = this.dataEnd - this.pos;
+    let into = this.buf;
+    if (rest >= this.buf.length - LINE_HEADROOM) {
+      into = Buffer.allocUnsafe(LINE_HEADROOM + rest * 2);
+      this.buf.copy(into, LINE_HEADROOM, this.pos, this.dataEnd);
+    } else if (rest > 0) this.buf.copy(this.buf, LINE_HEADROOM, this.pos, this.dataEnd);
+    this.readInto(into, rest);
   }
 }
 

@@ -15,9 +15,8 @@
 // The main thread waits for the worker with Atomics.wait, so verify stays synchronous. The
 // worker is a self-contained script (`eval`), so it runs the same from TypeScript sources (tsx,
 // vitest) and from the built dist/.
-import { closeSync, openSync, readSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { LINE_HEADROOM } from './audit-lines.js';
+import { LINE_HEADROOM, LineScanner } from './audit-lines.js';
 import { AuditMac, MAC_HEX_LEN, MAC_SUFFIX_LEN, PREV_FIELD_LEN, hmacSha256Pads } from './audit-record.js';
 
 /** The fast path gave up; the reason is for tests and debugging, the caller verifies sequentially. */
@@ -128,11 +127,7 @@ try {
  * and lets the structural pass leave a line's MAC to the worker with `defer`. Call `finish` once
  * every line has been read, and `dispose` always.
  */
-export class MacOffload implements LineSource {
-  buf: Buffer;
-  start = 0;
-  end = 0;
-  terminated = false;
+export class MacOffload extends LineScanner implements LineSource {
   private readonly slots: Buffer[];
   private readonly lines: Int32Array[];
   private readonly ctl: Int32Array;
@@ -148,33 +143,30 @@ export class MacOffload implements LineSource {
   private cur = 0;
   private n = 0;
   private selfCheck = true;
-  private view: Buffer;
-  private pos = LINE_HEADROOM;
-  private dataEnd = LINE_HEADROOM;
-  private filePos = 0;
-  private eof = true;
-  private fd: number | undefined;
   private queued = 0;
   private deferred = 0;
   private mainChecked = 0;
   private disposed = false;
 
   constructor(key: Buffer, options: MacOffloadOptions = {}) {
-    this.slotBytes = options.slotBytes ?? 1024 * 1024;
+    const slotBytes = options.slotBytes ?? 1024 * 1024;
+    const count = Math.max(3, options.slots ?? 4);
+    const slotBuffers = Array.from({ length: count }, () => new SharedArrayBuffer(LINE_HEADROOM + slotBytes));
+    const slots = slotBuffers.map((sb) => Buffer.from(sb));
+    super(slots[0]!);
+    // Nothing is read until open().
+    this.eof = true;
+    this.slots = slots;
+    this.slotBytes = slotBytes;
     this.stallMs = options.stallMs ?? 10_000;
     this.helpAtBacklog = options.helpAtBacklog ?? 2;
     this.noSteal = options.noSteal === true;
-    const count = Math.max(3, options.slots ?? 4);
     this.STATE = C_JOBS + count;
     this.COUNT = C_JOBS + 2 * count;
     this.maxLines = Math.floor(this.slotBytes / MIN_CHECKED_LINE) + 1;
-    const slotBuffers = Array.from({ length: count }, () => new SharedArrayBuffer(LINE_HEADROOM + this.slotBytes));
     const lineBuffers = Array.from({ length: count }, () => new SharedArrayBuffer(8 * this.maxLines));
-    this.slots = slotBuffers.map((s) => Buffer.from(s));
     this.lines = lineBuffers.map((s) => new Int32Array(s));
     this.ctl = new Int32Array(new SharedArrayBuffer(4 * (C_JOBS + 3 * count)));
-    this.buf = this.slots[0]!;
-    this.view = this.buf.subarray(0, this.dataEnd);
     this.mac = new AuditMac(key);
     const { ipad, opad } = hmacSha256Pads(key);
     this.worker = new Worker(workerSource(count), {
@@ -190,47 +182,6 @@ export class MacOffload implements LineSource {
     // the control array. An 'error' event must still have a listener, or it would crash the process.
     this.worker.on('error', () => Atomics.store(this.ctl, C_FAILED, 1));
     this.worker.unref();
-  }
-
-  open(path: string): void {
-    this.close();
-    this.fd = openSync(path, 'r');
-    // The previous file's lines stay in the current slot until the next refill hands it over.
-    this.pos = this.dataEnd = LINE_HEADROOM;
-    this.filePos = 0;
-    this.eof = false;
-    this.view = this.buf.subarray(0, this.dataEnd);
-  }
-
-  next(): boolean {
-    for (;;) {
-      const nl = this.view.indexOf(0x0a, this.pos);
-      if (nl >= 0) {
-        this.start = this.pos;
-        this.end = nl;
-        this.pos = nl + 1;
-        this.terminated = true;
-        return true;
-      }
-      if (this.eof) {
-        if (this.pos >= this.dataEnd) return false;
-        this.start = this.pos;
-        this.end = this.dataEnd;
-        this.pos = this.dataEnd;
-        this.terminated = false;
-        return true;
-      }
-      this.refill();
-    }
-  }
-
-  text(): string {
-    return this.buf.toString('utf8', this.start, this.end);
-  }
-
-  close(): void {
-    if (this.fd !== undefined) closeSync(this.fd);
-    this.fd = undefined;
   }
 
   /**
@@ -290,7 +241,7 @@ export class MacOffload implements LineSource {
   }
 
   /** Moves the unfinished line into a free slot, queues the current one for the worker, and reads on. */
-  private refill(): void {
+  protected refill(): void {
     const rest = this.dataEnd - this.pos;
     if (rest >= this.slotBytes) throw new FastPathAbandoned(`a line longer than ${this.slotBytes} bytes`);
     const next = this.freeSlot();
@@ -299,20 +250,8 @@ export class MacOffload implements LineSource {
     this.submit();
     this.checkWorker();
     this.cur = next;
-    this.buf = nb;
     this.selfCheck = this.queued - Atomics.load(this.ctl, C_DONE) >= this.helpAtBacklog;
-    this.pos = LINE_HEADROOM;
-    this.dataEnd = LINE_HEADROOM + rest;
-    while (this.dataEnd < nb.length) {
-      const got = readSync(this.fd!, nb, this.dataEnd, nb.length - this.dataEnd, this.filePos);
-      if (got === 0) {
-        this.eof = true;
-        break;
-      }
-      this.dataEnd += got;
-      this.filePos += got;
-    }
-    this.view = nb.subarray(0, this.dataEnd);
+    this.readInto(nb, rest);
   }
 
   /** Queues the current slot for the worker if it left any MAC to it. */
