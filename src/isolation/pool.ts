@@ -119,7 +119,7 @@ const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.group?.path ?? '
 
 /**
  * A ready launcher of this shape, or undefined (the caller starts cold). The pool of this shape
- * is refilled off the caller's path: after a miss at once (setImmediate), after a hand-over once
+ * is refilled off the caller's path: after a miss REFILL_DELAY_MS later, after a hand-over once
  * the sandbox's result is out (WarmLauncher.ended) or REFILL_DELAY_MS later.
  */
 export function takeWarmLauncher(shape: WarmShape): WarmLauncher | undefined {
@@ -136,7 +136,11 @@ export function takeWarmLauncher(shape: WarmShape): WarmLauncher | undefined {
   if (w) hits++;
   else if (!pool.disabled) {
     misses++;
-    pool.refillSoon();
+    // Not at once: the request that missed starts cold now, and its first moments (a tool that
+    // forks up to its group's pids limit) should find the group as it will be, not a launcher
+    // squeezing in beside it (see roomFor).
+    const t = setTimeout(() => pool!.refillSoon(), REFILL_DELAY_MS);
+    t.unref();
   }
   return w;
 }
@@ -292,6 +296,8 @@ class ShapePool {
       void this.drain();
       return false;
     }
+    // Not a failure: the next take or result tries again.
+    if (group && !roomFor(group, LAUNCHER_TASKS)) return false;
     let cg: SandboxCgroup;
     let seat: GroupSeat | undefined;
     const entry: { e?: Entry } = {};
@@ -405,6 +411,32 @@ class ShapePool {
     this.disabled = true;
     await Promise.all([...this.entries].map((e) => this.retire(e)));
   }
+}
+
+/** A waiting launcher's tasks: the leader and, with a pid namespace, its init. */
+const LAUNCHER_TASKS = 2;
+
+/**
+ * Whether `group` and every group above it have room under pids.max for `tasks` more. A launcher
+ * enters its cgroup by migration, which pids.max does not stop (only forks are refused): without
+ * this check a refill could take a group full of its agent's processes one task over its limit.
+ */
+function roomFor(group: SandboxGroup, tasks: number): boolean {
+  for (let g: SandboxGroup | undefined = group; g; g = g.parent) {
+    for (const d of g.dirs) {
+      let current: string;
+      let max: string;
+      try {
+        max = readFileSync(`${d}/pids.max`, 'utf8').trim();
+        if (max === 'max') continue;
+        current = readFileSync(`${d}/pids.current`, 'utf8');
+      } catch {
+        continue; // not the pids hierarchy
+      }
+      if (Number(current) + tasks > Number(max)) return false;
+    }
+  }
+  return true;
 }
 
 /** Removes a launcher's cgroup once empty, then gives up its seat in its group (the group may then be removed). */

@@ -227,6 +227,36 @@ describe.skipIf(!usable)('warm launchers', () => {
     expect(warmPoolStats().pools.filter((p) => p.key.includes(`|${group.path}|`))).toEqual([]);
   });
 
+  it.skipIf(!host.v1.pids && host.layout !== 'v2')('a refill never takes a group over its pids limit: a launcher joins by migration, which pids.max does not refuse', async () => {
+    const group = createSandboxGroup({ cgroupBase: base, limits: { pids: 8 } });
+    const pidsDir = host.v1.pids ? `${host.v1.pids}/${group.path}` : `${host.unifiedRoot}/${group.path}`;
+    const groupPools = () => warmPoolStats().pools.filter((p) => p.key.includes(`|${group.path}|`));
+    try {
+      // Leader, init, sh and four sleeps: 7 of the group's 8, too few for a launcher's two.
+      const sb = runSandboxed('sh', ['-c', 'sleep 1 & sleep 1 & sleep 1 & sleep 1 & echo up; wait'], { group, killGrace: 200 });
+      let peak = 0;
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          peak = Math.max(peak, Number(readFileSync(`${pidsDir}/pids.current`, 'utf8')));
+          await new Promise((r) => setTimeout(r, 2));
+        }
+      })();
+      const r = await sb;
+      sampling = false;
+      await sampler;
+      expect(r.stdout).toBe('up\n');
+      expect(peak).toBeGreaterThanOrEqual(7);
+      expect(peak).toBeLessThanOrEqual(8);
+      expect(groupPools().reduce((n, p) => n + p.ready + p.starting, 0)).toBe(0);
+      // With room again, the group's pool fills.
+      await runSandboxed('true', [], { group, killGrace: 200 });
+      expect(await waitFor(() => groupPools().some((p) => p.ready > 0), 5000)).toBe(true);
+    } finally {
+      await group.destroy();
+    }
+  });
+
   it('the view\'s system part is built ahead, and a warm view hides exactly what a cold one hides, also under a root bound over a hidden path', async () => {
     // A system path of our own (outside /tmp, whose private copy comes with the request) with a secret file and a secret directory in it.
     const sys = mkdtempSync('/var/tmp/captrap-pool-sys-');
