@@ -96,7 +96,9 @@ export function configureWarmPool(o: WarmPoolOptions): void {
   }
   maxSize = o.maxSize;
   if (o.idleMs !== undefined) idleMs = o.idleMs;
-  for (const p of pools.values()) p.bound();
+  // Off: every pool ends (and gives up its seat in its group), not only its launchers.
+  if (maxSize === 0) void drainWarmPool();
+  else for (const p of pools.values()) p.bound();
 }
 
 export function warmPoolStats(): WarmPoolStats {
@@ -201,12 +203,20 @@ class ShapePool {
   private refillQueued = false;
   private usedSinceTick = false;
   private idleTimer: NodeJS.Timeout | undefined;
+  /**
+   * The pool's own seat in its group, held while the pool may still start launchers there: the
+   * group's killAll (its destroy starts with one) then ends the pool even while no launcher of it
+   * exists yet, so no refill already scheduled can start one in a group being emptied.
+   */
+  private readonly groupSeat: GroupSeat | undefined;
 
   constructor(
     private readonly shape: WarmShape,
     /** Drops this pool from the registry (its group is being emptied). */
     private readonly forget: () => void,
-  ) {}
+  ) {
+    this.groupSeat = shape.group ? seatInGroup(shape.group, { noteKill: () => this.groupEmptied(undefined) }) : undefined;
+  }
 
   readyCount(): number {
     return this.entries.filter((e) => e.ready).length;
@@ -409,6 +419,7 @@ class ShapePool {
     if (this.idleTimer) clearInterval(this.idleTimer);
     this.idleTimer = undefined;
     this.disabled = true;
+    this.groupSeat?.leave();
     await Promise.all([...this.entries].map((e) => this.retire(e)));
   }
 }
