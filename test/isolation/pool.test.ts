@@ -227,13 +227,32 @@ describe.skipIf(!usable)('warm launchers', () => {
     expect(warmPoolStats().pools.filter((p) => p.key.includes(`|${group.path}|`))).toEqual([]);
   });
 
+  it('a refill scheduled before the group is emptied starts nothing in it (destroy begins with the same killAll)', async () => {
+    const group = createSandboxGroup({ cgroupBase: base, limits: { pids: 32 } });
+    const dirs = hierarchyRoots(host).map((h) => `${h.root}/${group.path}`).filter((d) => existsSync(d));
+    try {
+      // A miss schedules the group's refill a moment later; the group is emptied before it fires.
+      const sb = runSandboxed('sleep', ['5'], { group, killGrace: 200 });
+      expect(sb.warm).toBe(false);
+      group.killAll('owner-exited');
+      expect((await sb).reason.kind).toBe('owner-exited');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(warmPoolStats().pools.filter((p) => p.key.includes(`|${group.path}|`))).toEqual([]);
+      for (const d of dirs) expect(readdirSync(d).filter((n) => existsSync(`${d}/${n}/cgroup.procs`))).toEqual([]);
+    } finally {
+      await group.destroy();
+    }
+    expect(group.removed).toBe(true);
+  });
+
   it.skipIf(!host.v1.pids && host.layout !== 'v2')('a refill never takes a group over its pids limit: a launcher joins by migration, which pids.max does not refuse', async () => {
     const group = createSandboxGroup({ cgroupBase: base, limits: { pids: 8 } });
     const pidsDir = host.v1.pids ? `${host.v1.pids}/${group.path}` : `${host.unifiedRoot}/${group.path}`;
     const groupPools = () => warmPoolStats().pools.filter((p) => p.key.includes(`|${group.path}|`));
     try {
-      // Leader, init, sh and four sleeps: 7 of the group's 8, too few for a launcher's two.
-      const sb = runSandboxed('sh', ['-c', 'sleep 1 & sleep 1 & sleep 1 & sleep 1 & echo up; wait'], { group, killGrace: 200 });
+      // Leader, init, sh and four sleeps: 7 of the group's 8 (stdin piped: this one never takes a launcher).
+      const holder = runSandboxed('sh', ['-c', 'sleep 30 & sleep 30 & sleep 30 & sleep 30 & echo up; read x; kill $(jobs -p)'], { group, killGrace: 200, stdin: 'pipe' });
+      await new Promise<void>((r) => holder.stdout!.once('data', () => r()));
       let peak = 0;
       let sampling = true;
       const sampler = (async () => {
@@ -242,13 +261,17 @@ describe.skipIf(!usable)('warm launchers', () => {
           await new Promise((r) => setTimeout(r, 2));
         }
       })();
-      const r = await sb;
+      // A request that fits a pool misses (none ready) and cannot start either (no room for its own
+      // tasks); the refill it schedules finds no room for a launcher's two tasks and starts none.
+      await runSandboxed('true', [], { group, killGrace: 200 }).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 300));
       sampling = false;
       await sampler;
-      expect(r.stdout).toBe('up\n');
       expect(peak).toBeGreaterThanOrEqual(7);
       expect(peak).toBeLessThanOrEqual(8);
       expect(groupPools().reduce((n, p) => n + p.ready + p.starting, 0)).toBe(0);
+      holder.stdin!.end('\n');
+      await holder;
       // With room again, the group's pool fills.
       await runSandboxed('true', [], { group, killGrace: 200 });
       expect(await waitFor(() => groupPools().some((p) => p.ready > 0), 5000)).toBe(true);
