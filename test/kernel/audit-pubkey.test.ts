@@ -1,12 +1,13 @@
 // Public-key-only verification: what a holder of only the checkpoint public key can check,
 // and — stated by a test, not hidden — what it cannot (a record edited with its MAC field left alone).
 import { createHash, createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AuditLog, CHECKPOINT_FILE, publicKeyId, segmentFileName, verifyAuditLog, type AuditLogOptions, type VerifyOptions, type VerifyReport } from '../../src/kernel/audit.js';
 import { readEd25519PublicKey, readSecretFile } from '../../src/kernel/keys.js';
+import { readLines, writeLines } from './helpers.js';
 
 let dir: string;
 beforeEach(() => {
@@ -26,14 +27,6 @@ const pkOnly = (): VerifyReport => verifyAuditLog(dir, { publicKey: publicKey(),
 const full = (): VerifyReport => verifyAuditLog(dir, { key: readSecretFile(join(dir, 'audit.key')), publicKey: publicKey() });
 const seg = (n = 1): string => join(dir, segmentFileName(n));
 
-function readLines(path: string): string[] {
-  const l = readFileSync(path, 'utf8').split('\n');
-  l.pop();
-  return l;
-}
-function writeLines(path: string, lines: string[]): void {
-  writeFileSync(path, lines.map((l) => l + '\n').join(''));
-}
 const isRecord = (l: string): boolean => l.startsWith('{"v":1,"seq":');
 const isCheckpoint = (l: string): boolean => l.startsWith('{"v":1,"kind":"checkpoint",');
 const seqOf = (l: string): number => (JSON.parse(l) as { seq: number }).seq;

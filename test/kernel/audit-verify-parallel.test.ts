@@ -2,7 +2,7 @@
 // for a healthy log straight from the fast path, for a damaged one by falling back.
 import { execFile } from 'node:child_process';
 import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { appendFileSync, mkdtempSync, readFileSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readdirSync, rmSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { PARALLEL_VERIFY_MIN_BYTES, verifyAuditLog, verifyAuditLogFastPath } fro
 import type { MacOffloadOptions } from '../../src/kernel/audit-verify-parallel.js';
 import { generateSecret, readEd25519PublicKey, readSecretFile } from '../../src/kernel/keys.js';
 import type { AuditEvent } from '../../src/kernel/events.js';
+import { indexOfSeq, readLines, writeLines } from './helpers.js';
 
 let dir: string;
 beforeEach(() => {
@@ -43,22 +44,6 @@ function keys() {
 
 const seg = (n: number) => join(dir, segmentFileName(n));
 const segments = () => readdirSync(dir).filter((f) => f.startsWith('audit-0')).length;
-
-function readLines(path: string): string[] {
-  const l = readFileSync(path, 'utf8').split('\n');
-  l.pop();
-  return l;
-}
-
-function writeLines(path: string, lines: string[]): void {
-  writeFileSync(path, lines.map((l) => l + '\n').join(''));
-}
-
-function indexOfSeq(lines: string[], seq: number): number {
-  const i = lines.findIndex((l) => l.startsWith(`{"v":1,"seq":${seq},`));
-  if (i < 0) throw new Error(`seq ${seq} not found`);
-  return i;
-}
 
 /** Lines that carry a MAC (records and segment headers) in every segment. */
 function macLines(): number {

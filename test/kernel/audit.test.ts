@@ -17,6 +17,7 @@ import {
 } from '../../src/kernel/audit.js';
 import { generateSecret, readEd25519PublicKey, readSecretFile } from '../../src/kernel/keys.js';
 import type { AuditEvent } from '../../src/kernel/events.js';
+import { indexOfSeq, readLines, writeLines } from './helpers.js';
 
 let dir: string;
 beforeEach(() => {
@@ -57,23 +58,6 @@ function verify(): VerifyReport {
 
 function seg(n = 1): string {
   return join(dir, segmentFileName(n));
-}
-
-function readLines(path: string): string[] {
-  const l = readFileSync(path, 'utf8').split('\n');
-  l.pop();
-  return l;
-}
-
-function writeLines(path: string, lines: string[]): void {
-  writeFileSync(path, lines.map((l) => l + '\n').join(''));
-}
-
-/** Index (0-based) of the record with this seq. */
-function indexOfSeq(lines: string[], seq: number): number {
-  const i = lines.findIndex((l) => l.startsWith(`{"v":1,"seq":${seq},`));
-  if (i < 0) throw new Error(`seq ${seq} not found`);
-  return i;
 }
 
 describe('audit log writer', () => {

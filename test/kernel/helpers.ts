@@ -1,5 +1,5 @@
 // Shared fixtures for kernel tests: a fresh key, a temp state dir, a kernel with a memory sink.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -31,4 +31,22 @@ export function codeOf(fn: () => unknown): string {
     return (e as { code?: string }).code ?? `(no code: ${(e as Error).message})`;
   }
   throw new Error('expected an error, none was thrown');
+}
+
+/** A segment file's lines, without the empty string after the last newline. */
+export function readLines(path: string): string[] {
+  const l = readFileSync(path, 'utf8').split('\n');
+  l.pop();
+  return l;
+}
+
+export function writeLines(path: string, lines: string[]): void {
+  writeFileSync(path, lines.map((l) => l + '\n').join(''));
+}
+
+/** Index (0-based) of the record with this seq. */
+export function indexOfSeq(lines: string[], seq: number): number {
+  const i = lines.findIndex((l) => l.startsWith(`{"v":1,"seq":${seq},`));
+  if (i < 0) throw new Error(`seq ${seq} not found`);
+  return i;
 }
