@@ -1,7 +1,7 @@
 // /proc helpers. A process ref is { pid, startTime }: startTime is field 22 of /proc/<pid>/stat
 // (clock ticks since boot), so a PID the kernel has handed to a new process never matches an
 // old ref. Everything here reads /proc synchronously: each read is one small pseudo-file.
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 
 export interface ProcessRef {
   readonly pid: number;
@@ -56,6 +56,50 @@ export function readStat(pid: number): ProcStat | undefined {
 export function processRef(pid: number): ProcessRef | undefined {
   const st = readStat(pid);
   return st ? { pid: st.pid, startTime: st.startTime } : undefined;
+}
+
+function childPids(pid: number): number[] {
+  const text = readOrUndefined(`/proc/${pid}/task/${pid}/children`);
+  if (text === undefined) return [];
+  return text
+    .split(' ')
+    .filter((x) => x.length > 0)
+    .map(Number);
+}
+
+function pidNamespace(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/ns/pid`);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The command a captrap-launch leader runs in a pid namespace of its own (P2 in
+ * captrap-launch.c): the first child of the leader's only child, the namespace's init, which
+ * exits when that command exits. Undefined when `leader` is not such a leader (no pid
+ * namespace: the leader is the command itself) or the command has not been forked yet.
+ */
+export function commandOfLeader(leader: ProcessRef): ProcessRef | undefined {
+  if (!isSameProcess(leader)) return undefined;
+  const kids = childPids(leader.pid);
+  if (kids.length !== 1) return undefined;
+  const init = readStat(kids[0]!);
+  if (!init || init.ppid !== leader.pid || init.comm !== 'captrap-launch') return undefined;
+  const leaderNs = pidNamespace(leader.pid);
+  const initNs = pidNamespace(init.pid);
+  if (leaderNs === undefined || initNs === undefined || leaderNs === initNs) return undefined;
+  // The command is the init's oldest child: anything else the init has is an orphan of it.
+  let first: ProcStat | undefined;
+  for (const pid of childPids(init.pid)) {
+    const st = readStat(pid);
+    if (!st || st.ppid !== init.pid || st.state === 'Z' || st.state === 'X') continue;
+    if (!first || st.startTime < first.startTime || (st.startTime === first.startTime && st.pid < first.pid)) first = st;
+  }
+  // The leader (and so its init) must still be the one asked about once the list is read.
+  if (!first || !isSameProcess(leader)) return undefined;
+  return { pid: first.pid, startTime: first.startTime };
 }
 
 /** True while `ref` names the same process it was taken from and that process has not exited (zombies count as gone). */

@@ -552,20 +552,27 @@ export class SecurityKernel {
    */
   private revokeSubtrees(roots: readonly string[], reason: string, durable: Durability = 'now'): string[] {
     const rootSet = new Set(roots);
-    // One walk over every subtree, roots first: no per-root arrays.
-    const all = new Set<string>(roots);
-    const stack = [...roots];
-    while (stack.length > 0) {
-      const kids = this.children.get(stack.pop()!);
+    // One walk over every subtree, roots first, breadth first: `order` is also the work list.
+    const order = [...rootSet];
+    const seen = new Set(order);
+    for (let i = 0; i < order.length; i++) {
+      const kids = this.children.get(order[i]!);
       if (kids === undefined) continue;
       for (const k of kids) {
-        if (all.has(k)) continue;
-        all.add(k);
-        stack.push(k);
+        if (seen.has(k)) continue;
+        seen.add(k);
+        order.push(k);
       }
     }
-    const fresh = this.revocations.add(all, reason, this.clock(), (id) => this.expiryOf(id), durable);
-    if (fresh.length > 0 && this.auditing) this.auditRevoked(fresh, rootSet, reason);
+    // One lookup in the (large) store per capability, for both the revocation file's expiry and
+    // the audit record's principal: revoke-on-death time is mostly these lookups.
+    const caps = order.map((id) => this.store.get(id));
+    const fresh = this.revocations.add(order, reason, this.clock(), (id, i) => caps[i]?.expiresAt ?? this.foreign.get(id), durable);
+    if (fresh.length > 0 && this.auditing) {
+      const principalOf =
+        fresh.length === order.length ? (_id: string, i: number) => caps[i]?.principal : (id: string) => this.store.get(id)?.principal;
+      this.auditRevoked(fresh, rootSet, reason, principalOf);
+    }
     return fresh;
   }
 
@@ -575,7 +582,7 @@ export class SecurityKernel {
    * is split into parts of at most REVOKED_IDS_BYTES of ids each, numbered `part` of `parts`.
    * `fresh` lists the roots first (revokeSubtrees walks from them).
    */
-  private auditRevoked(fresh: readonly string[], roots: ReadonlySet<string>, reason: string): void {
+  private auditRevoked(fresh: readonly string[], roots: ReadonlySet<string>, reason: string, principalOf: (id: string, index: number) => string | undefined): void {
     const parts: string[][] = [];
     let cur: string[] = [];
     let bytes = 0;
@@ -589,11 +596,12 @@ export class SecurityKernel {
       bytes += id.length + 3;
     }
     parts.push(cur);
+    let index = 0;
     for (let i = 0; i < parts.length; i++) {
       const ids = parts[i]!;
       const principals = new Set<string>();
       for (const id of ids) {
-        const p = this.store.get(id)?.principal;
+        const p = principalOf(id, index++);
         if (p !== undefined) principals.add(p);
       }
       // Roots come first in `fresh` (the walk starts from them): `direct` counts the leading ids
@@ -639,16 +647,17 @@ export class SecurityKernel {
    * The revocation holds in memory and is in the revocation file when this returns; its
    * fdatasync runs in the background (whenRevocationsSynced), because a dead holder's own
    * capabilities can never be presented again anyway (its pid and start time never return) and
-   * the event loop must go on killing its tools and answering the others.
+   * the event loop must go on killing its tools and answering the others. `noticedBy` says, in
+   * the principal_cleanup record, how the death was noticed (the sidecar: 'exit' or 'death-notice').
    */
-  processExited(ref: ProcessRef, reason = 'holder process exited'): string[] {
+  processExited(ref: ProcessRef, reason = 'holder process exited', noticedBy?: string): string[] {
     const k = refKey(ref);
     const ids = [...(this.bindings.get(k) ?? [])];
     this.bindings.delete(k);
     const principals = [...new Set(ids.map((i) => this.store.get(i)?.principal).filter((p): p is string => p !== undefined))];
     const revoked = this.revokeSubtrees(ids, reason, 'soon');
     // The ids are in the cascade's capability_revoked record(s) just before: listing them again doubled the audit cost of a death.
-    this.emit({ type: 'principal_cleanup', process: { pid: ref.pid, startTime: ref.startTime }, ...(principals.length === 1 ? { principal: principals[0]! } : {}), details: { principals, revoked: revoked.length } });
+    this.emit({ type: 'principal_cleanup', process: { pid: ref.pid, startTime: ref.startTime }, ...(principals.length === 1 ? { principal: principals[0]! } : {}), details: { principals, revoked: revoked.length, ...(noticedBy !== undefined ? { noticedBy } : {}) } });
     return revoked;
   }
 

@@ -148,23 +148,26 @@ export class RevocationStore {
    * Records ids as revoked: in memory at once, on disk with one write and one fsync. Returns
    * the newly revoked. `expiresAtOf` gives each capability's own expiry, when known.
    */
-  add(ids: Iterable<string>, reason: string, at: number, expiresAtOf: (id: string) => number | undefined = () => undefined, durable: Durability = 'now'): string[] {
+  add(ids: Iterable<string>, reason: string, at: number, expiresAtOf: (id: string, index: number) => number | undefined = () => undefined, durable: Durability = 'now'): string[] {
     const fresh: string[] = [];
     const persist = this.fd !== undefined;
-    let text = '';
+    // Joined once: appending 1000 lines to one string costs twice as much (revoke-on-death).
+    const lines: string[] = [];
     const middle = persist ? encodeMiddle(at, reason) : '';
+    let index = -1;
     // One pass: memory first (even if the disk write fails, this process stops honouring them), the line text alongside.
     for (const id of ids) {
+      index++;
       if (this.revoked.has(id)) continue; // also skips an id given twice
-      const r: RevocationRecord = { at, reason, expiresAt: expiresAtOf(id) };
+      const r: RevocationRecord = { at, reason, expiresAt: expiresAtOf(id, index) };
       this.revoked.set(id, r);
       fresh.push(id);
-      if (persist) text += encodeLineWith(id, middle, r.expiresAt);
+      if (persist) lines.push(encodeLineWith(id, middle, r.expiresAt));
     }
     if (fresh.length === 0) return fresh;
     if (this.fd !== undefined) {
       try {
-        writeSync(this.fd, text);
+        writeSync(this.fd, lines.join(''));
         if (durable === 'now') {
           // Appends only: fdatasync also makes the new file size durable, and skips the timestamps fsync would add.
           fdatasyncSync(this.fd);

@@ -11,6 +11,7 @@ import { loadOrCreateSecretFile } from '../kernel/keys.js';
 import { ToolPolicy } from '../kernel/policy.js';
 import { cleanupStaleCgroups, removeCgroupBase, type StaleCleanupResult } from '../isolation/cgroup.js';
 import { prioritiseSelf, type PrioritiseResult } from '../isolation/group.js';
+import { DeathWatch } from '../isolation/deathwatch.js';
 import { configureWarmPool, drainWarmPool } from '../isolation/pool.js';
 import { probeHost } from '../isolation/host.js';
 import { log } from '../log.js';
@@ -61,6 +62,8 @@ export class Sidecar {
   readonly book: CapabilityBook;
   readonly runner: ToolRunner;
   readonly supervisor: Supervisor;
+  /** Early death notices for agents (unused where the host cannot give them: see `deathWatch.status`). */
+  readonly deathWatch: DeathWatch | undefined;
   readonly metrics: SidecarMetrics;
   readonly counters = new SandboxCounters();
   readonly gate: AuditGate;
@@ -124,6 +127,8 @@ export class Sidecar {
     audit.on('unavailable', this.onAuditUnavailable);
     audit.on('available', this.onAuditAvailable);
     const ctx = this.context();
+    // CAPTRAP_DEATHWATCH=0 leaves agents to be revoked on their exit notice alone (for comparison).
+    this.deathWatch = process.env.CAPTRAP_DEATHWATCH === '0' ? undefined : DeathWatch.start();
     this.supervisor = new Supervisor({
       kernel: this.kernel,
       book: this.book,
@@ -134,6 +139,7 @@ export class Sidecar {
       metrics: this.metrics,
       ...(opts.output ? { output: opts.output } : {}),
       handlers: (agent) => agentHandlers(ctx, agent),
+      ...(this.deathWatch ? { deathWatch: this.deathWatch } : {}),
     });
     // Expired capabilities are forgotten on a timer from the start, agents or not.
     startMaintenance(ctx);
@@ -322,6 +328,7 @@ export class Sidecar {
     await this.monitoring?.stop();
     this.kernel.close();
     this.runner.close();
+    this.deathWatch?.close();
     this.audit.off('unavailable', this.onAuditUnavailable as (arg: never) => void);
     this.audit.off('available', this.onAuditAvailable as (arg: never) => void);
     let lost: unknown;

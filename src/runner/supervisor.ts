@@ -20,7 +20,9 @@ import { toToken, type Capability, type ProcessRef } from '../kernel/capability.
 import type { Limits } from '../kernel/constraints.js';
 import type { AuditSink } from '../kernel/events.js';
 import type { SecurityKernel } from '../kernel/kernel.js';
+import type { DeathWatch } from '../isolation/deathwatch.js';
 import { which } from '../isolation/host.js';
+import { commandOfLeader } from '../isolation/proc.js';
 import { DEFAULT_PATH } from '../isolation/limits.js';
 import { SandboxSpawnError } from '../isolation/errors.js';
 import { createSandboxGroup, runSandboxed, type GroupLimitOptions, type KillReason, type Sandbox, type SandboxGroup, type SandboxResult } from '../isolation/sandbox.js';
@@ -192,6 +194,10 @@ export interface AgentHandle {
   readonly group: SandboxGroup;
   /** Resolves once the agent's sandbox, its tool calls and its sub-agents are gone and its group is destroyed. */
   readonly released: Promise<void>;
+  /** Set once its capabilities were revoked for its death (on the early death notice or the exit). */
+  revokedForExit?: boolean;
+  /** Stops the early death notice for it. */
+  unwatchDeath?: () => void;
 }
 
 export interface SupervisorOptions {
@@ -206,6 +212,8 @@ export interface SupervisorOptions {
   output?: (agentId: string, stream: 'stdout' | 'stderr', line: string) => void;
   /** The agent-channel methods, bound to this agent. */
   handlers: (agent: AgentHandle) => Readonly<Record<string, RpcHandler>>;
+  /** Early death notices (taskstats), when this host has them: agents are revoked as soon as they start to die. */
+  deathWatch?: DeathWatch;
 }
 
 // Moves the socket captrap handed over as stdin to fd 3 and gives the agent /dev/null as stdin,
@@ -441,6 +449,9 @@ export class Supervisor {
     // Only now does the agent get answers: every capability it was launched with exists.
     agent.conn = new RpcConnection(socket, socket, { handlers: this.o.handlers(agent), maxLineBytes: 1024 * 1024, maxInFlight: 64, maxPendingWriteBytes: 1024 * 1024 });
     agent.conn.on('protocolError', (e) => this.o.metrics?.rpcErrors.inc({ channel: 'agent', code: String(e.code) }));
+    // Sooner than the exit where the host can tell: the agent's last thread has started to exit.
+    // (After the channel's reader is attached: watching adds a listener of its own to the socket.)
+    this.watchDeath(agent, socket);
     return agent;
   }
 
@@ -472,17 +483,59 @@ export class Supervisor {
     return p;
   }
 
-  /** The first exit signal: revoke before anything else, then stop what depended on the agent. */
-  private onLeaderExit(agent: AgentHandle, socket: Socket, code: number | null, signal: NodeJS.Signals | null): void {
-    const { kernel, runner, config } = this.o;
-    agent.state = 'exited';
-    agent.exitReason = signal ? `signaled(${signal})` : `exited(${code ?? 0})`;
-    let revoked: string[] = [];
+  /**
+   * Watches for the agent's death through the early death notice. Capabilities are bound to the
+   * sandbox's leader, which lives until the whole sandbox is gone; in a pid namespace the process
+   * that dies first is the agent's own (the leader's init exits when it does, and the kernel then
+   * kills everything left in the namespace), so that is the one watched. It is looked up when the
+   * agent first speaks: by then it exists and has not forked yet.
+   */
+  private watchDeath(agent: AgentHandle, socket: Socket): void {
+    const dw = this.o.deathWatch;
+    if (!dw) return;
+    const stops = [dw.watch(agent.ref, () => this.onAgentDying(agent))];
+    agent.unwatchDeath = () => stops.forEach((f) => f());
+    socket.prependOnceListener('data', () => {
+      if (agent.revokedForExit) return;
+      const cmd = commandOfLeader(agent.ref);
+      if (cmd) stops.push(dw.watch(cmd, () => this.onAgentDying(agent)));
+    });
+  }
+
+  /**
+   * The agent has started to die (the kernel's exit message for its last thread, before its
+   * memory and files are released): it can never present a capability again, so revoke now and
+   * stop its tool calls and those that ran on what was revoked. Everything else (its channel,
+   * its sub-agents, its group) waits for the exit notice.
+   */
+  private onAgentDying(agent: AgentHandle): void {
+    if (agent.state !== 'running' || agent.revokedForExit) return;
+    const { runner, config } = this.o;
+    this.revokeForExit(agent, 'death-notice');
+    // As at the exit: its own tool calls end as owner-exited, not as revoked.
+    if (config.onAgentExit === 'kill') runner.killOwnedBy(agent.id, 'owner-exited');
+    runner.killRevoked(config.onAgentExit === 'finish' ? agent.id : undefined);
+  }
+
+  /** Once per agent, whichever sign of its death comes first. */
+  private revokeForExit(agent: AgentHandle, noticedBy: 'exit' | 'death-notice'): string[] {
+    if (agent.revokedForExit) return [];
+    agent.revokedForExit = true;
+    agent.unwatchDeath?.();
     try {
-      revoked = kernel.processExited(agent.ref, `agent ${agent.id} exited`);
+      return this.o.kernel.processExited(agent.ref, `agent ${agent.id} exited`, noticedBy);
     } catch (err) {
       log.error({ err, agent: agent.id }, 'revoking the capabilities of an exited agent failed');
+      return [];
     }
+  }
+
+  /** The exit notice: revoke (unless the early death notice did) before anything else, then stop what depended on the agent. */
+  private onLeaderExit(agent: AgentHandle, socket: Socket, code: number | null, signal: NodeJS.Signals | null): void {
+    const { runner, config } = this.o;
+    agent.state = 'exited';
+    agent.exitReason = signal ? `signaled(${signal})` : `exited(${code ?? 0})`;
+    const revoked = this.revokeForExit(agent, 'exit');
     if (config.onAgentExit === 'kill') runner.killOwnedBy(agent.id, 'owner-exited');
     runner.killRevoked(config.onAgentExit === 'finish' ? agent.id : undefined);
     for (const id of agent.children) {

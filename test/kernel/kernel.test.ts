@@ -374,6 +374,24 @@ describe('process binding', () => {
     expect(codeOf(() => kernel.validateCapability(held.id, 'invoke', 'x', { principal: 'agent', process: { pid: P1.pid, startTime: 2000 } }))).toBe('E_REVOKED');
   });
 
+  it('processExited after part of the tree was revoked lists only the rest, with their own principals, and says how the death was noticed', () => {
+    const { kernel, audit } = makeKernel();
+    const root = rootCap(kernel);
+    const held = kernel.delegate(root.id, 'agent', { holder: P1 });
+    const a = kernel.delegate(held.id, 'helper-a', {}, { principal: 'agent', process: P1 });
+    const a2 = kernel.delegate(a.id, 'helper-a2', {}, { principal: 'helper-a' });
+    const b = kernel.delegate(held.id, 'helper-b', {}, { principal: 'agent', process: P1 });
+    kernel.revokeCapability(a.id);
+    const revoked = kernel.processExited(P1, 'agent agent exited', 'death-notice');
+    // Roots first, then the rest of the tree; what was already revoked is not revoked again.
+    expect(revoked).toEqual([held.id, b.id]);
+    expect(kernel.isRevoked(a2.id)).toBe(true);
+    const cascade = audit.ofType('capability_revoked').at(-1)!;
+    expect(cascade.details).toMatchObject({ count: 2, direct: 1, ids: [held.id, b.id] });
+    expect(new Set(cascade.details!['principals'] as string[])).toEqual(new Set(['agent', 'helper-b']));
+    expect(audit.ofType('principal_cleanup').at(-1)).toMatchObject({ process: P1, details: { revoked: 2, noticedBy: 'death-notice' } });
+  });
+
   it('delegate with a caller checks the caller may use the parent', () => {
     const { kernel } = makeKernel();
     const root = rootCap(kernel, {}, );

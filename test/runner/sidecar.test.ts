@@ -322,6 +322,32 @@ describe('sidecar', () => {
     expect(['revoked', 'owner-exited']).toContain(toolExits.find((r) => r.principal === 'parent/child')?.details?.['reason']);
   });
 
+  it('revokes on the early death notice when the agent\'s own process dies, once, before its exit is seen', async () => {
+    const ctl = new Control('dn');
+    const s = await start(config([{ id: 'dying', control: ctl }]));
+    const a = await ctl.next();
+    const cap = capId((await a.conn.call('capabilities.list', {})) as { capabilities: { id: string }[] });
+    const status = await s.deathWatch!.status;
+    if (!status.available) {
+      if (process.env.CI) throw new Error(`early death notices unavailable in CI: ${status.reason}`);
+      console.log(`skipping: early death notices unavailable here (${status.reason})`);
+      return;
+    }
+    const agent = s.supervisor.get('dying')!;
+    // The relay itself, in its pid namespace: not the leader the capabilities are bound to.
+    const own = hostPidOfAgent(s, 'dying');
+    expect(own).not.toBe(agent.ref.pid);
+    process.kill(own, 'SIGKILL');
+    await until(() => s.kernel.isRevoked(cap));
+    await agent.done;
+    await s.stop();
+    const cleanup = readAuditRecords(s.config.audit.dir, (r) => r.type === 'principal_cleanup' && r.process?.pid === agent.ref.pid);
+    // One cleanup, from the notice (the exit that followed found nothing left to revoke).
+    expect(cleanup).toHaveLength(1);
+    expect(cleanup[0]!.details).toMatchObject({ noticedBy: 'death-notice', principals: ['dying'] });
+    expect(cleanup[0]!.details?.['revoked']).toBeGreaterThanOrEqual(1);
+  });
+
   it('reports a tool over its memory limit as oom', async () => {
     const ctl = new Control('o');
     await start(config([{ id: 'oomer', control: ctl }]));

@@ -4,6 +4,7 @@
 // confinement), or when the config's nats revocation feed cannot be reached (ct2 calls would be refused).
 import { confinementStatus } from '../../isolation/confine-report.js';
 import { probeHost } from '../../isolation/host.js';
+import { DeathWatch, type DeathWatchStatus } from '../../isolation/deathwatch.js';
 import { chooseLauncher } from '../../isolation/launcher/launcher.js';
 import { BACKEND_NAMES, type BackendName } from '../../isolation/limits.js';
 import { GUARANTEE_NAMES, hostReport, type GuaranteeName } from '../../isolation/report.js';
@@ -98,12 +99,13 @@ export async function main(argv: string[]): Promise<number> {
     launcher = undefined;
   }
   const confinement = confinementStatus(host, launcher);
+  const deathNotice = await probeDeathNotice();
   const failing: string[] = report.guarantees.filter((g) => required.includes(g.name) && !g.holds).map((g) => g.name);
   const unconfined = confinement.filter((p) => !p.holds && p.name !== 'seccomp');
   if (required.includes('confinement') && unconfined.length > 0) failing.push(`confinement (${unconfined.map((p) => p.name).join(', ')})`);
   if (revocations && !revocations.ok) failing.push('revocations (ct2 calls will be refused)');
   if (json) {
-    process.stdout.write(JSON.stringify({ ...report, confinement, ...(revocations ? { revocations } : {}), required, ok: failing.length === 0 }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ ...report, confinement, deathNotice, ...(revocations ? { revocations } : {}), required, ok: failing.length === 0 }, null, 2) + '\n');
   } else {
     const lines = [
       `backend:          ${report.backend}`,
@@ -116,6 +118,7 @@ export async function main(argv: string[]): Promise<number> {
       `unshare:          ${report.tools.unshare ?? 'missing'}   namespaces: ${Object.entries(report.namespaces).map(([k, v]) => `${k}=${v ? 'yes' : 'no'}`).join(' ')}`,
       `systemd-run:      ${report.systemdRun.available ? 'available' : 'unavailable'} (${report.systemdRun.reason})`,
       `bubblewrap:       ${report.tools.bwrap ?? 'not installed'}`,
+      `death notice:     ${deathNotice.available ? `early (taskstats v${deathNotice.version}): an agent is revoked as its last thread starts to exit` : `exit only (${deathNotice.reason}): an agent is revoked when its exit is seen`}`,
       '',
       'guarantees:',
       ...report.guarantees.map(
@@ -138,6 +141,20 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(lines.join('\n') + '\n');
   }
   return failing.length === 0 ? 0 : 1;
+}
+
+/** Whether agents can be revoked on the early death notice here (the helper says why not). */
+async function probeDeathNotice(): Promise<DeathWatchStatus> {
+  const dw = DeathWatch.start();
+  // Its self test gives up after about 2 s; the timer keeps this process alive until then (the helper does not).
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<DeathWatchStatus>((r) => (timer = setTimeout(() => r({ available: false, reason: 'no answer from captrap-deathwatch within 5 s' }), 5000)));
+  try {
+    return await Promise.race([dw.status, timeout]);
+  } finally {
+    clearTimeout(timer);
+    dw.close();
+  }
 }
 
 function usageError(msg: string): number {
