@@ -69,8 +69,13 @@ export function which(name: string, path = process.env.PATH ?? '/usr/local/bin:/
 
 function isExecutable(p: string): boolean {
   try {
+    // Most candidates of a PATH walk do not exist (probeHost walks six names through six
+    // directories): existsSync answers that without a thrown ENOENT or a Stats object, several
+    // times cheaper, and only a path that is there is looked at further.
+    if (!existsSync(p)) return false;
+    if (statSync(p).isDirectory()) return false;
     accessSync(p, constants.X_OK);
-    return !existsSync(`${p}/.`);
+    return true;
   } catch {
     return false;
   }
@@ -203,6 +208,22 @@ function rememberAllNamespaces(unshare: string): void {
   }
 }
 
+const TOOLS = [['sh', 'sh'], ['setpriv', 'setpriv'], ['unshare', 'unshare'], ['prlimit', 'prlimit'], ['systemdRun', 'systemd-run'], ['bwrap', 'bwrap']] as const;
+
+/**
+ * The tools, each looked up in the system PATH when first read: a `captrap run` needs three of
+ * the six, and a PATH walk for a missing one is six failed lookups. A tool that is not there
+ * reads as undefined (and, like before, is left out of JSON).
+ */
+function lazyTools(): HostInfo['tools'] {
+  const tools: HostInfo['tools'] = {};
+  for (const [key, bin] of TOOLS) {
+    let found: string | null | undefined = null;
+    Object.defineProperty(tools, key, { enumerable: true, get: () => (found === null ? (found = which(bin, SYS_PATH)) : found) });
+  }
+  return tools;
+}
+
 let cached: HostInfo | undefined;
 
 export function probeHost(refresh = false): HostInfo {
@@ -238,11 +259,7 @@ export function probeHost(refresh = false): HostInfo {
   else if (v1Count > 0) layout = 'v1';
   else if (unifiedRoot) layout = 'v2';
   else layout = 'none';
-  const tools: HostInfo['tools'] = {};
-  for (const [key, bin] of [['sh', 'sh'], ['setpriv', 'setpriv'], ['unshare', 'unshare'], ['prlimit', 'prlimit'], ['systemdRun', 'systemd-run'], ['bwrap', 'bwrap']] as const) {
-    const p = which(bin, SYS_PATH);
-    if (p) tools[key] = p;
-  }
+  const tools = lazyTools();
   const systemdManager = existsSync('/run/systemd/system') && tools.systemdRun !== undefined;
   // A refresh (doctor) asks the host itself, not what an earlier run remembered.
   const namespaces = lazyNamespaces(tools.unshare, !refresh);

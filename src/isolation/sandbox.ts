@@ -24,7 +24,8 @@ import { normalizeOptions, type BackendName, type NormalizedOptions, type Sandbo
 import { cgroupsOf, descendants, processRef, readStat, type ProcessRef } from './proc.js';
 import { NOBODY, pidsInNamespace, planConfinement, sandboxPidNamespace, type ConfinementReport } from './confine.js';
 import { chooseLauncher, launchArgv, type LauncherChoice, type LauncherKind } from './launcher/launcher.js';
-import { ensureOwnerWatchdog } from './watchdog.js';
+import { ensureOwnerWatchdog, ownerWatchdogPending } from './watchdog.js';
+import { renewCgroupMigrationPrime } from './migration-prime.js';
 import { takeWarmLauncher, type WarmLauncher, type WarmShape } from './pool.js';
 import type { SystemdScopeCgroup } from './systemd-run.js';
 import { seatInGroup, type GroupSeat, type KillReason, type SandboxGroup } from './group.js';
@@ -308,17 +309,43 @@ function fitGroup(options: NormalizedOptions, input: SandboxOptions, group: Sand
  * Descendants of the leader get no parent-death signal; the owner watchdog kills them (and
  * removes the cgroups) when captrap dies. Started once per process and base, before the first
  * cgroup exists. Fails closed unless the caller allowed degradation.
+ *
+ * Except for a sandbox that dies whole with its leader ('deferred'): a cgroup sandbox started
+ * by captrap-launch in its own pid namespace. The launcher arms its parent-death signal before
+ * anything else and then checks captrap is still its parent; its init dies with it, and the
+ * kernel kills every member of the namespace with its init, wherever they setsid or fork to.
+ * So a SIGKILLed captrap leaves no process of it behind with or without a watchdog, only empty
+ * cgroups, which the next stale cleanup removes (the watchdog would remove them at once). Its
+ * watchdog is started WATCHDOG_DEFER_MS after the launch, if the sandbox still runs: a short
+ * command (a `captrap run` of most tools) never pays the watchdog's fork and exec, which would
+ * otherwise come before the launcher or compete with it for the CPU. Whatever can refuse the
+ * watchdog (a bad base, no shell) is still checked now, before anything exists. Without a pid
+ * namespace a setsid grandchild would outlive captrap: there the watchdog comes first.
  */
-function armWatchdog(p: Plan): void {
-  if (p.backend === 'none') return;
+function armWatchdog(p: Plan): 'armed' | 'deferred' {
+  if (p.backend === 'none') return 'armed';
   try {
+    if (diesWithLeader(p)) return ownerWatchdogPending(p.host, p.options.cgroupBase) ? 'deferred' : 'armed';
     ensureOwnerWatchdog(p.host, p.options.cgroupBase);
   } catch (err) {
-    if (!p.options.allowDegraded) throw err;
-    const d: Degradation = { limit: 'die-with-parent', reason: `the owner watchdog cannot start (${(err as Error).message}), so the leader's descendants survive a SIGKILLed captrap until the next stale cleanup`, fix: 'make /bin/sh runnable for captrap' };
-    p.degraded.push(d);
-    log.warn({ degraded: d }, 'sandbox runs degraded');
+    watchdogDegraded(p, err);
   }
+  return 'armed';
+}
+
+/** How long a sandbox that dies whole with its leader runs before its owner watchdog is started (see armWatchdog). */
+export const WATCHDOG_DEFER_MS = 100;
+
+/** Whether nothing of the sandbox can outlive its leader (see armWatchdog). */
+function diesWithLeader(p: Plan): boolean {
+  return (p.backend === 'cgroup-v1' || p.backend === 'cgroup-v2') && p.launcher.kind === 'captrap-launch' && p.confineArgs.length > 0 && p.confinement.namespaces.includes('pid');
+}
+
+function watchdogDegraded(p: Plan, err: unknown): void {
+  if (!p.options.allowDegraded) throw err;
+  const d: Degradation = { limit: 'die-with-parent', reason: `the owner watchdog cannot start (${(err as Error).message}), so the leader's descendants survive a SIGKILLed captrap until the next stale cleanup`, fix: 'make /bin/sh runnable for captrap' };
+  p.degraded.push(d);
+  log.warn({ degraded: d }, 'sandbox runs degraded');
 }
 
 /**
@@ -490,7 +517,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   const o = p.options;
   const backend = cgroupBackend(p.backend, p.host);
   let child: ChildProcess | undefined;
-  armWatchdog(p);
+  const watchdog = armWatchdog(p);
   // Set once the sandbox exists; a group's killAll records its reason here before it kills.
   let groupKill: ((reason: KillReason) => void) | undefined;
   const seat: GroupSeat | undefined = options?.group ? seatInGroup(options.group, { noteKill: (r) => groupKill?.(r) }) : undefined;
@@ -508,7 +535,8 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   live.add(cg);
   // Read at hand-over for a warm launcher: its counters start from the request, not the pool.
   const start = cg.counters();
-  const t0 = performance.now();
+  // hrtime, not performance.now(): the first use of `performance` loads perf_hooks (about 1 ms of a CLI start).
+  const t0 = process.hrtime.bigint();
   try {
     if (warm) {
       // The same command line as cold, less the cgroup joins it has done already.
@@ -517,6 +545,8 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
       child = warm.child;
     } else {
       const argv = buildArgv(p, cg, args);
+      // Keeps a CLI's prime (migration-prime.ts) good for the launcher's cgroup join.
+      if (p.backend === 'cgroup-v1' || p.backend === 'cgroup-v2') renewCgroupMigrationPrime(p.host);
       child = spawn(argv[0]!, argv.slice(1), {
         cwd: o.cwd,
         env: o.env,
@@ -531,6 +561,24 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
     else cg.remove();
     seat?.leave();
     throw new SandboxSpawnError('E_SPAWN', `cannot start '${command}': ${(err as Error).message}`, { command });
+  }
+  if (watchdog === 'deferred') {
+    const t = setTimeout(() => {
+      if (finished || leaderExit !== undefined) return;
+      try {
+        ensureOwnerWatchdog(p.host, o.cgroupBase);
+      } catch (e) {
+        try {
+          watchdogDegraded(p, e);
+        } catch {
+          // Fail closed, as a refusal would have: the command does not go on without it.
+          log.error({ err: e, cgroup: cg.name }, 'owner watchdog cannot start: stopping the sandbox');
+          stop('killed');
+        }
+      }
+    }, WATCHDOG_DEFER_MS);
+    // Neither keeps captrap alive nor outlives the sandbox's interest in it.
+    t.unref();
   }
   const proc = child;
   const ref = proc.pid !== undefined ? processRef(proc.pid) : undefined;
@@ -679,7 +727,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
         stdoutTruncated: out.truncated,
         stderrTruncated: err.truncated,
         pid: proc.pid ?? -1,
-        durationMs: performance.now() - t0,
+        durationMs: Number(process.hrtime.bigint() - t0) / 1e6,
         backend: p.backend,
         killMechanism: cg.killMechanism,
         launcher: p.launcher.kind,

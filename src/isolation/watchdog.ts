@@ -3,7 +3,9 @@
 // A parent-death signal only reaches a sandbox's leader; what the leader forked (a setsid
 // grandchild, a double-forked daemon) would live on inside the sandbox's cgroup until the next
 // captrap start ran stale cleanup. So the first time this process creates a sandbox cgroup
-// under a base, it starts one small sh process whose stdin is a pipe captrap never writes to
+// under a base (for a sandbox in its own pid namespace, which dies whole with its leader, only
+// once it has run a while: see armWatchdog in sandbox.ts), it starts one small sh process
+// whose stdin is a pipe captrap never writes to
 // or closes. Whenever captrap dies (SIGKILL, crash, normal exit) the kernel closes the write
 // end, the watchdog's `read` sees EOF, and it kills and removes every cgroup under that base
 // whose name starts with `<ownerPid>.<ownerStartTime>.` — this process's cgroups and nothing
@@ -16,7 +18,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { CaptrapError } from '../errors.js';
 import { ownerPrefix, registerOwnHelper, unifiedHome, unregisterOwnHelper } from './cgroup.js';
-import type { HostInfo } from './host.js';
+import { which, type HostInfo } from './host.js';
 import { sliceFor } from './systemd-run.js';
 
 /** The owner watchdog could not be started, so descendants of a sandbox would not die with captrap. */
@@ -109,13 +111,11 @@ function baseDirs(host: HostInfo, base: string): { unified: string; freezer: str
  * first call (a map lookup). Throws WatchdogError when it cannot be started.
  */
 export function ensureOwnerWatchdog(host: HostInfo, base: string): WatchdogInfo {
-  const have = watchdogs.get(base);
-  if (have && have.child.exitCode === null && have.child.signalCode === null) return have.info;
-  // The watchdog kills what it finds: only ever point it at a captrap base.
-  if (!/^captrap[A-Za-z0-9_.-]*$/.test(base)) throw new WatchdogError(`'${base}' is not a captrap cgroup base name`, { base });
+  const have = runningWatchdog(base);
+  if (have) return have;
+  const sh = watchdogShell(host, base);
   const prefix = ownerPrefix();
   const dirs = baseDirs(host, base);
-  const sh = process.env.CAPTRAP_WATCHDOG_SH ?? host.tools.sh ?? '/bin/sh';
   let child: ChildProcess;
   try {
     child = spawn(sh, ['-c', SCRIPT, 'captrap-watchdog', prefix, dirs.unified, dirs.freezer, ...dirs.all], {
@@ -144,6 +144,31 @@ export function ensureOwnerWatchdog(host: HostInfo, base: string): WatchdogInfo 
   const info: WatchdogInfo = { pid: child.pid, base, prefix };
   watchdogs.set(base, { child, info });
   return info;
+}
+
+function runningWatchdog(base: string): WatchdogInfo | undefined {
+  const have = watchdogs.get(base);
+  return have && have.child.exitCode === null && have.child.signalCode === null ? have.info : undefined;
+}
+
+/** The shell the watchdog of `base` runs in; throws WatchdogError for a base that is not captrap's. */
+function watchdogShell(host: HostInfo, base: string): string {
+  // The watchdog kills what it finds: only ever point it at a captrap base.
+  if (!/^captrap[A-Za-z0-9_.-]*$/.test(base)) throw new WatchdogError(`'${base}' is not a captrap cgroup base name`, { base });
+  return process.env.CAPTRAP_WATCHDOG_SH ?? host.tools.sh ?? '/bin/sh';
+}
+
+/**
+ * Whether ensureOwnerWatchdog(host, base) still has to start a watchdog. Throws the WatchdogError
+ * it would throw for a bad base or a shell that is missing or not executable, so a caller that
+ * starts the watchdog only after its sandbox's launcher (see sandbox.ts) refuses before it has
+ * created anything, as it would have with the watchdog first. Starts nothing.
+ */
+export function ownerWatchdogPending(host: HostInfo, base: string): boolean {
+  if (runningWatchdog(base)) return false;
+  const sh = watchdogShell(host, base);
+  if (!which(sh)) throw new WatchdogError(`cannot start the owner watchdog (${sh}): not found or not executable`, { base, sh });
+  return true;
 }
 
 /** The watchdogs this process runs (for tests and diagnostics). */

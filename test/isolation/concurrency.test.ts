@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js';
 import { probeHost } from '../../src/isolation/host.js';
 import { descendants, isAlive } from '../../src/isolation/proc.js';
-import { runSandboxed } from '../../src/isolation/sandbox.js';
+import { runSandboxed, WATCHDOG_DEFER_MS } from '../../src/isolation/sandbox.js';
 
 const host = probeHost();
 const base = `captrap-test-cc-${process.pid}-${Date.now().toString(36)}`;
@@ -28,8 +28,10 @@ afterAll(() => {
 
 describe.skipIf(host.layout === 'none')('guarantee 7: 100 concurrent sandboxes', () => {
   it('all run, all exit cleanly, and nothing is left behind', async () => {
-    // Warm up once so lazily opened handles (pino's destination, the probe) are not counted as leaks.
-    await runSandboxed('true', [], { cgroupBase: base });
+    // Warm up once so lazily opened handles (pino's destination, the probe, and the owner
+    // watchdog, which a confined sandbox starts only once it has run WATCHDOG_DEFER_MS) are not
+    // counted as leaks.
+    await runSandboxed('sleep', [String((WATCHDOG_DEFER_MS + 200) / 1000)], { cgroupBase: base });
     const before = { cgroups: cgroupCount(), fds: fdCount(), children: childCount() };
     const gate = mkdtempSync(`${tmpdir()}/captrap-cc-`);
     // Confined, the gate dir is shown read-only in each sandbox's view; the tool runs as 65534.

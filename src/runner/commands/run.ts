@@ -128,22 +128,21 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`captrap run: ${describeError(err)}\n`);
     return 2;
   }
-  // Leftovers of a captrap that was SIGKILLed go first, so they never pile up.
-  const stale = await cleanupStaleCgroups(probeHost(), options.cgroupBase ?? 'captrap').catch((err: unknown) => {
-    process.stderr.write(`captrap run: stale cgroup cleanup failed: ${describeError(err)}\n`);
-    return undefined;
-  });
-  if (stale && stale.removed.length > 0) process.stderr.write(`captrap run: removed ${stale.removed.length} stale cgroup dir(s), killed ${stale.killed} leftover process(es)\n`);
-
-  // The kernel's wait before the first cgroup join starts now, beside the planning below.
+  // The kernel's wait before the first cgroup join starts now, beside the planning below (from
+  // the `captrap` executable it began at start-up, and this keeps it good: migration-prime.ts).
   if (options.backend !== 'none') primeCgroupMigration(probeHost());
   let sandbox: ReturnType<typeof runSandboxed>;
   try {
     sandbox = runSandboxed(command, args, options);
   } catch (err) {
     process.stderr.write(`captrap run: ${describeError(err)}\n`);
+    await cleanupStale(options.cgroupBase);
     return 125;
   }
+  // Leftovers of a captrap that was SIGKILLed are removed on every run, so they never pile up;
+  // after the spawn, while the launcher works on another core, and not on the command's path.
+  // They are other owners' cgroups: nothing of this sandbox depends on them being gone.
+  const stale = cleanupStale(options.cgroupBase);
   if (sandbox.degraded.length > 0) {
     process.stderr.write(`captrap run: running DEGRADED: ${sandbox.degraded.map((d) => `${d.limit} (${d.reason})`).join('; ')}\n`);
   }
@@ -160,7 +159,17 @@ export async function main(argv: string[]): Promise<number> {
     return exitStatusOf(result);
   } finally {
     for (const s of signals) process.off(s, onSignal);
+    await stale;
   }
+}
+
+/** cleanupStaleCgroups for the run's base; reports what it removed, never throws. */
+async function cleanupStale(base: string | undefined): Promise<void> {
+  const stale = await cleanupStaleCgroups(probeHost(), base ?? 'captrap').catch((err: unknown) => {
+    process.stderr.write(`captrap run: stale cgroup cleanup failed: ${describeError(err)}\n`);
+    return undefined;
+  });
+  if (stale && stale.removed.length > 0) process.stderr.write(`captrap run: removed ${stale.removed.length} stale cgroup dir(s), killed ${stale.killed} leftover process(es)\n`);
 }
 
 /**
