@@ -171,7 +171,17 @@ describe('commandOfLeader', () => {
     const confined = runSandboxed('sh', ['-c', 'echo up; exec sleep 30'], { cgroupBase: base, allowRoot: true, killGrace: 100 });
     const plain = runSandboxed('sh', ['-c', 'echo up; exec sleep 30'], { cgroupBase: base, confine: false, allowRoot: true, killGrace: 100 });
     try {
-      for (const sb of [confined, plain]) await new Promise<void>((r) => sb.stdout!.once('data', () => r()));
+      // Both listeners at once (the sandbox's own capture reads the stream too), and never
+      // longer than the sandbox lives.
+      await Promise.all(
+        [confined, plain].map(
+          (sb) =>
+            new Promise<void>((resolve, reject) => {
+              sb.stdout!.once('data', () => resolve());
+              sb.then((r) => reject(new Error(`the sandbox ended before it said up: ${JSON.stringify(r).slice(0, 400)}`)), reject);
+            }),
+        ),
+      );
       const cmd = commandOfLeader(confined.ref!);
       expect(cmd).toBeDefined();
       expect(cmd!.pid).not.toBe(confined.pid);
