@@ -39,6 +39,8 @@ export function macHex(key: Buffer, body: string | Uint8Array): string {
 }
 
 const SHA256_BLOCK = 64;
+/** `,"mac":"` */
+const MAC_OPEN = Buffer.from(',"mac":"', 'latin1');
 
 /** The RFC 2104 pads of `key` for HMAC-SHA256: K^ipad and K^opad, one block each. */
 export function hmacSha256Pads(key: Buffer): { ipad: Buffer; opad: Buffer } {
@@ -98,9 +100,15 @@ export class AuditMac {
     this.outer.write(hash('sha256', buf.subarray(start, start + SHA256_BLOCK + n), 'binary'), SHA256_BLOCK, 'latin1');
     const mac = hash('sha256', this.outer, 'hex');
     buf.copyWithin(start, start + SHA256_BLOCK, start + SHA256_BLOCK + n);
-    const m = buf.write(',"mac":"' + mac + '"}\n', start + n, 'latin1');
-    out.offset = start + n + m;
-    out.appended += n + m;
+    // The suffix byte by byte around one write of the MAC: concatenating it first would build a rope for the write to flatten.
+    let p = start + n;
+    for (let i = 0; i < 8; i++) buf[p++] = MAC_OPEN[i]!;
+    p += buf.write(mac, p, MAC_HEX_LEN, 'latin1');
+    buf[p++] = 0x22; // "
+    buf[p++] = 0x7d; // }
+    buf[p++] = 0x0a; // \n
+    out.offset = p;
+    out.appended += p - start;
     return mac;
   }
 
@@ -209,7 +217,7 @@ function encodeValue(value: unknown, ancestors: object[]): string | undefined {
     for (let i = 0; i < arr.length; i++) out += (i > 0 ? ',' : '') + (encodeValue(arr[i], ancestors) ?? 'null');
     out += ']';
   } else {
-    if (keys.length > 1 && !isSorted(keys)) keys.sort();
+    if (keys.length > 1) sortKeys(keys);
     out = '{';
     let first = true;
     for (const k of keys) {
@@ -224,10 +232,27 @@ function encodeValue(value: unknown, ancestors: object[]): string | undefined {
   return out;
 }
 
-/** Already in the order sort() would give (UTF-16 code units)? Producers often write keys sorted. */
-function isSorted(keys: string[]): boolean {
-  for (let i = 1; i < keys.length; i++) if (keys[i - 1]! > keys[i]!) return false;
-  return true;
+/**
+ * keys.sort(), i.e. UTF-16 code unit order, by insertion for the handful of keys details have:
+ * Array#sort's call costs more than sorting them (and keys already in order, as producers often
+ * write them, take one comparison each).
+ */
+export function sortKeys(keys: string[]): void {
+  const n = keys.length;
+  if (n > 16) {
+    keys.sort();
+    return;
+  }
+  for (let i = 1; i < n; i++) {
+    const k = keys[i]!;
+    let j = i - 1;
+    if (keys[j]! < k) continue;
+    while (j >= 0 && keys[j]! > k) {
+      keys[j + 1] = keys[j]!;
+      j--;
+    }
+    keys[j + 1] = k;
+  }
 }
 
 export interface AuditRecord {

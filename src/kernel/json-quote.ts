@@ -6,8 +6,9 @@
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 
 export function quoteJson(s: string): string {
-  // Short strings (most names and values) are checked by hand: a regex call costs more than the scan.
-  if (s.length > 32) return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"';
+  // Very short strings are checked by hand; from about a dozen characters on the regex scan is
+  // cheaper than a JS loop over charCodeAt (measured: some 25 instructions a character).
+  if (s.length > 12) return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : '"' + s + '"';
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return JSON.stringify(s);
