@@ -6,8 +6,9 @@
 // 5-10 ms, and capabilities bound to the process stay live for that long. The kernel's taskstats
 // interface sends one message per exiting task from the start of do_exit(), before exit_mm(), and
 // flags the last task of a thread group (AGROUP, taskstats version >= 12, which also carries the
-// thread group id and its wall time). A process for which that message arrived can never run user
-// code again: every thread of it is exiting.
+// thread group id and its wall time). A process is dead for us when that message arrived, or the
+// message of any of its threads ending by a signal (a fatal signal ends the whole thread group).
+// Either way it can never run user code again.
 //
 // Protocol (lines, ASCII):
 //   stdout, once:  "ready <taskstats version>"  or  "unavailable <reason>" (then exit 0)
@@ -190,7 +191,8 @@ static int resolve_family(char *buf, size_t size) {
 }
 
 // The death of a whole thread group in one TASKSTATS_CMD_NEW message: the AGGR_PID stats of its
-// last task, AGROUP set. Returns 1 with the tgid and its start (clock ticks since boot).
+// last task (AGROUP set) or of a task ending by a signal. Returns 1 with the tgid and its start
+// (clock ticks since boot).
 static int group_death(struct nlmsghdr *h, uint32_t *tgid, unsigned long long *start) {
 	char *a = (char *)NLMSG_DATA(h) + GENL_HDRLEN;
 	int left = (int)h->nlmsg_len - NLMSG_LENGTH(GENL_HDRLEN);
@@ -209,7 +211,11 @@ static int group_death(struct nlmsghdr *h, uint32_t *tgid, unsigned long long *s
 					memset(&ts, 0, sizeof ts);
 					memcpy(&ts, b + NLA_HDRLEN, len < sizeof ts ? len : sizeof ts);
 					if (ts.version < 12 || len < offsetof(struct taskstats, ac_tgetime) + sizeof ts.ac_tgetime) return 0;
-					if (!(ts.ac_flag & AGROUP) || ts.ac_tgid == 0) return 0;
+					// The last thread of the process (AGROUP), or any thread of it ending by a
+					// signal: a fatal signal takes every thread (a thread alone can only end with a
+					// plain exit status, whose low 7 bits are 0), and the first thread reaches its
+					// exit milliseconds before the last one of a busy multi-threaded process.
+					if ((!(ts.ac_flag & AGROUP) && (ts.ac_exitcode & 0x7f) == 0) || ts.ac_tgid == 0) return 0;
 					// ac_tgetime: the group's wall time (µs, monotonic clock) up to the exit; the
 					// start, in the boot-time clock /proc/<pid>/stat uses, is now minus that (a
 					// little late by however long this message took to arrive).
