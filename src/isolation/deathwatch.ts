@@ -13,13 +13,12 @@
 // older than taskstats version 12 (Linux 5.19), and when captrap is not in the initial pid
 // namespace. The helper checks these itself with a child of its own and says which one failed.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, statSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { log } from '../log.js';
 import { registerOwnHelper, unregisterOwnHelper } from './cgroup.js';
+import { builtProgram, builtProgramPath } from './launcher/launcher.js';
 import type { ProcessRef } from './proc.js';
 
-const BUILT = fileURLToPath(new URL('../../build/captrap-deathwatch', import.meta.url));
+const BUILT = builtProgram('captrap-deathwatch');
 
 /**
  * How far the start time derived from an exit message may lie from the one captrap knows, in
@@ -35,12 +34,7 @@ export type DeathWatchStatus = { available: true; version: number } | { availabl
 
 /** Path of the compiled helper if it is built and executable. */
 export function builtDeathWatchPath(): string | undefined {
-  try {
-    accessSync(BUILT, constants.X_OK);
-    return statSync(BUILT).isFile() ? BUILT : undefined;
-  } catch {
-    return undefined;
-  }
+  return builtProgramPath('captrap-deathwatch');
 }
 
 interface Watcher {

@@ -144,13 +144,21 @@ static ssize_t nl_recv(char *buf, size_t size) {
 	}
 }
 
-// Waits for the ack of the last request; returns the error number it carries (0 = ok).
-static int nl_ack(char *buf, size_t size) {
+// The next datagram from the kernel within about 5 s; 0 if none came.
+static ssize_t nl_next(char *buf, size_t size) {
 	struct pollfd p = {.fd = nl, .events = POLLIN};
 	for (int rounds = 0; rounds < 50; rounds++) {
 		if (poll(&p, 1, 100) <= 0) continue;
 		ssize_t n = nl_recv(buf, size);
-		if (n <= 0) continue;
+		if (n > 0) return n;
+	}
+	return 0;
+}
+
+// Waits for the ack of the last request; returns the error number it carries (0 = ok).
+static int nl_ack(char *buf, size_t size) {
+	ssize_t n;
+	while ((n = nl_next(buf, size)) > 0) {
 		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
 			// Exit messages may already arrive ahead of the ack: only the ack answers.
 			if (h->nlmsg_type == NLMSG_ERROR) return -((struct nlmsgerr *)NLMSG_DATA(h))->error;
@@ -161,11 +169,8 @@ static int nl_ack(char *buf, size_t size) {
 
 static int resolve_family(char *buf, size_t size) {
 	if (nl_send(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_NAME, TASKSTATS_GENL_NAME, sizeof TASKSTATS_GENL_NAME) < 0) return -1;
-	struct pollfd p = {.fd = nl, .events = POLLIN};
-	for (int rounds = 0; rounds < 50; rounds++) {
-		if (poll(&p, 1, 100) <= 0) continue;
-		ssize_t n = nl_recv(buf, size);
-		if (n <= 0) continue;
+	ssize_t n;
+	while ((n = nl_next(buf, size)) > 0) {
 		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
 			if (h->nlmsg_type == NLMSG_ERROR) {
 				if (((struct nlmsgerr *)NLMSG_DATA(h))->error != 0) return -1;

@@ -20,16 +20,27 @@ export interface LauncherChoice {
 
 // This module lives at <root>/src/isolation/launcher/ (tsx, vitest) or <root>/dist/isolation/launcher/
 // (built package): the package root is three levels up either way.
-const BUILT = fileURLToPath(new URL('../../../build/captrap-launch', import.meta.url));
+const BUILT = builtProgram('captrap-launch');
 
-/** Path of the compiled launcher if it is built and executable. Checked on every call: a build may land while captrap runs. */
-export function builtLauncherPath(): string | undefined {
+/** Where `npm run build` puts a compiled helper (scripts/build-launcher.mjs). */
+export function builtProgram(name: string): string {
+  return fileURLToPath(new URL(`../../../build/${name}`, import.meta.url));
+}
+
+/** Path of a compiled helper if it is built and executable. Checked on every call: a build may land while captrap runs. */
+export function builtProgramPath(name: string): string | undefined {
+  const path = builtProgram(name);
   try {
-    accessSync(BUILT, constants.X_OK);
-    return statSync(BUILT).isFile() ? BUILT : undefined;
+    accessSync(path, constants.X_OK);
+    return statSync(path).isFile() ? path : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** Path of the compiled launcher if it is built and executable. */
+export function builtLauncherPath(): string | undefined {
+  return builtProgramPath('captrap-launch');
 }
 
 export function launcherPreference(env: NodeJS.ProcessEnv = process.env): LauncherPreference {
