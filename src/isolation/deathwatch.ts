@@ -1,5 +1,6 @@
-// Early death notices: a watched process is reported dead as soon as its last thread starts to
-// exit, milliseconds before its parent (or a pipe) can see it go.
+// Early death notices: a watched process is reported dead as soon as it starts to exit (a thread
+// of it ends by a signal, or its last thread ends), milliseconds before its parent (or a pipe) can
+// see it go.
 //
 // A process's exit becomes visible to its parent only after the kernel has unmapped its memory
 // and closed its files: 5-10 ms for a Node agent, longer under load. Capabilities bound to it stay

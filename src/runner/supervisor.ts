@@ -449,7 +449,7 @@ export class Supervisor {
     // Only now does the agent get answers: every capability it was launched with exists.
     agent.conn = new RpcConnection(socket, socket, { handlers: this.o.handlers(agent), maxLineBytes: 1024 * 1024, maxInFlight: 64, maxPendingWriteBytes: 1024 * 1024 });
     agent.conn.on('protocolError', (e) => this.o.metrics?.rpcErrors.inc({ channel: 'agent', code: String(e.code) }));
-    // Sooner than the exit where the host can tell: the agent's last thread has started to exit.
+    // Sooner than the exit where the host can tell: the agent has started to exit.
     // (After the channel's reader is attached: watching adds a listener of its own to the socket.)
     this.watchDeath(agent, socket);
     return agent;
@@ -503,8 +503,9 @@ export class Supervisor {
   }
 
   /**
-   * The agent has started to die (the kernel's exit message for its last thread, before its
-   * memory and files are released): it can never present a capability again, so revoke now and
+   * The agent has started to die (the kernel's exit message for a thread of it ending by a signal,
+   * or for its last thread, before its memory and files are released): it can never present a
+   * capability again, so revoke now and
    * stop its tool calls and those that ran on what was revoked. Everything else (its channel,
    * its sub-agents, its group) waits for the exit notice.
    */

@@ -118,7 +118,7 @@ export async function main(argv: string[]): Promise<number> {
       `unshare:          ${report.tools.unshare ?? 'missing'}   namespaces: ${Object.entries(report.namespaces).map(([k, v]) => `${k}=${v ? 'yes' : 'no'}`).join(' ')}`,
       `systemd-run:      ${report.systemdRun.available ? 'available' : 'unavailable'} (${report.systemdRun.reason})`,
       `bubblewrap:       ${report.tools.bwrap ?? 'not installed'}`,
-      `death notice:     ${deathNotice.available ? `early (taskstats v${deathNotice.version}): an agent is revoked as its last thread starts to exit` : `exit only (${deathNotice.reason}): an agent is revoked when its exit is seen`}`,
+      `death notice:     ${deathNotice.available ? `early (taskstats v${deathNotice.version}): an agent is revoked as it starts to exit` : `exit only (${deathNotice.reason}): an agent is revoked when its exit is seen`}`,
       '',
       'guarantees:',
       ...report.guarantees.map(
