@@ -13,7 +13,7 @@ import { PARALLEL_VERIFY_MIN_BYTES, verifyAuditLog, verifyAuditLogFastPath } fro
 import type { MacOffloadOptions } from '../../src/kernel/audit-verify-parallel.js';
 import { generateSecret, readEd25519PublicKey, readSecretFile } from '../../src/kernel/keys.js';
 import type { AuditEvent } from '../../src/kernel/events.js';
-import { indexOfSeq, readLines, writeLines } from './helpers.js';
+import { event, indexOfSeq, readLines, writeLines } from './helpers.js';
 
 let dir: string;
 beforeEach(() => {
@@ -21,15 +21,6 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-function event(i: number): AuditEvent {
-  return {
-    type: i % 2 === 0 ? 'capability_granted' : 'capability_validated',
-    principal: `agent-${i % 5}`,
-    capabilityId: `cap-${i}`,
-    process: { pid: 1000 + i, startTime: 4242 },
-    details: { tool: 'read_file', n: i },
-  };
-}
 
 /** seq 1 is audit_opened, seqs 2..n+1 the events, then rotations and audit_closed. */
 async function writeLog(n: number, opts: Partial<AuditLogOptions> = {}): Promise<void> {

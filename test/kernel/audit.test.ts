@@ -17,7 +17,7 @@ import {
 } from '../../src/kernel/audit.js';
 import { generateSecret, readEd25519PublicKey, readSecretFile } from '../../src/kernel/keys.js';
 import type { AuditEvent } from '../../src/kernel/events.js';
-import { indexOfSeq, readLines, writeLines } from './helpers.js';
+import { event, indexOfSeq, readLines, writeLines } from './helpers.js';
 
 let dir: string;
 beforeEach(() => {
@@ -30,15 +30,6 @@ function generateTestKeys() {
   return { key: generateSecret(), signingKey: privateKey, publicKey: createPublicKey(privateKey) };
 }
 
-function event(i: number): AuditEvent {
-  return {
-    type: i % 2 === 0 ? 'capability_granted' : 'capability_validated',
-    principal: `agent-${i % 5}`,
-    capabilityId: `cap-${i}`,
-    process: { pid: 1000 + i, startTime: 4242 },
-    details: { tool: 'read_file', n: i },
-  };
-}
 
 /** Fresh log: seq 1 is audit_opened, seqs 2..n+1 the events, n+2 audit_closed. */
 async function writeLog(n: number, opts: Partial<AuditLogOptions> = {}): Promise<AuditLog> {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Keyring } from '../../src/kernel/keyring.js';
 import { SecurityKernel, type KernelOptions } from '../../src/kernel/kernel.js';
-import { MemoryAuditSink } from '../../src/kernel/events.js';
+import { MemoryAuditSink, type AuditEvent } from '../../src/kernel/events.js';
 
 export function tempDir(prefix: string): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), `captrap-${prefix}-`));
@@ -49,4 +49,15 @@ export function indexOfSeq(lines: string[], seq: number): number {
   const i = lines.findIndex((l) => l.startsWith(`{"v":1,"seq":${seq},`));
   if (i < 0) throw new Error(`seq ${seq} not found`);
   return i;
+}
+
+/** The i-th event of the audit tests' logs: two types, five principals, a distinct capability and process each. */
+export function event(i: number): AuditEvent {
+  return {
+    type: i % 2 === 0 ? 'capability_granted' : 'capability_validated',
+    principal: `agent-${i % 5}`,
+    capabilityId: `cap-${i}`,
+    process: { pid: 1000 + i, startTime: 4242 },
+    details: { tool: 'read_file', n: i },
+  };
 }
