@@ -161,6 +161,21 @@ describe('DeathWatch', () => {
   });
 });
 
+describe('a hostile tool and the helper', () => {
+  it('a root tool in the default sandbox can neither see the helper nor signal it', async () => {
+    if (!path || !ready() || !host.isRoot || host.layout === 'none' || !builtLauncherPath() || !host.namespaces.pid) return;
+    const helper = (dw as unknown as { child: ChildProcess }).child.pid!;
+    // Everything it can see, and a SIGKILL at the helper's host pid (which names nothing, or something of its own, in its namespace).
+    const r = await runSandboxed('sh', ['-c', `cat /proc/[0-9]*/comm; kill -9 ${helper} 2>/dev/null; echo kill=$?`], { cgroupBase: base, allowRoot: true, killGrace: 100 });
+    expect(r.stdout).toContain('sh'); // it does see its own namespace (its init and itself)
+    expect(r.stdout).not.toContain('captrap-deathwa');
+    expect(r.stdout).not.toContain('node');
+    expect(r.stdout).toMatch(/kill=1/);
+    expect(dw!.available).toBe(true);
+    expect(readStat(helper)?.state).not.toBe('Z');
+  });
+});
+
 describe('commandOfLeader', () => {
   it('finds the command under a launcher leader\'s pid namespace; without one, nothing (the leader is the command)', async () => {
     if (!host.isRoot || host.layout === 'none' || !builtLauncherPath() || !host.namespaces.pid) {
