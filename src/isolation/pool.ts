@@ -368,7 +368,8 @@ class ShapePool {
       if (i >= 0) this.entries.splice(i, 1);
       if (e.gone) return; // handed over (the sandbox owns it now) or retired
       void removeWhenEmpty(cg, seat);
-      if (!e.ready) this.fail(`a warm launcher exited before it was ready (${signal ?? `status ${code}`}): ${Buffer.concat(stderr).toString().trim()}`);
+      if (!e.ready && code === LAUNCHER_NO_ROOM) log.debug({ shape: keyOf(this.shape) }, 'warm launcher: no room under its group\'s pids.max; not refilled');
+      else if (!e.ready) this.fail(`a warm launcher exited before it was ready (${signal ?? `status ${code}`}): ${Buffer.concat(stderr).toString().trim()}`);
     });
     return true;
   }
@@ -423,6 +424,9 @@ class ShapePool {
     await Promise.all([...this.entries].map((e) => this.retire(e)));
   }
 }
+
+/** The launcher's exit status when it found no room under a pids.max right before joining (captrap-launch.c). */
+const LAUNCHER_NO_ROOM = 75;
 
 /** A waiting launcher's tasks: the leader and, with a pid namespace, its init. */
 const LAUNCHER_TASKS = 2;

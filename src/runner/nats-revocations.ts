@@ -475,7 +475,9 @@ class NatsRevocations implements TokenRevocations {
         this.pendingSync = { seq, at, gen };
       }
     } catch (err) {
-      if (gen === this.watchGen) this.lost(message(err));
+      // The client's own request timeout says only "timeout": name what went unanswered.
+      const m = message(err);
+      if (gen === this.watchGen) this.lost(/^timeout$/i.test(m) ? `bucket status: no answer within ${this.timings.requestTimeoutMs} ms` : `bucket status: ${m}`);
     } finally {
       this.beating = false;
     }

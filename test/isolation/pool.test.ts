@@ -4,7 +4,7 @@
 // captrap is SIGKILLed (owner watchdog), not when even the watchdog is gone (stale cleanup).
 // Real processes and real cgroups of this host.
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -278,6 +278,61 @@ describe.skipIf(!usable)('warm launchers', () => {
     } finally {
       await group.destroy();
     }
+  });
+
+  it.skipIf(!host.v1.pids && host.layout !== 'v2')('a warm launcher checks for room right before it joins: with none under its cgroup\'s or an enclosing pids.max it exits 75 and never enters', async () => {
+    // The pool checks for room before it spawns a launcher, but a tool can fill its group in the
+    // milliseconds the spawn takes; the launcher's own check narrows that to the moment of the join.
+    const hier = host.v1.pids ?? host.unifiedRoot!;
+    const parent = `${hier}/${base}-room`;
+    const child = `${parent}/c`;
+    mkdirSync(child, { recursive: true });
+    const sleeper = spawn('sleep', ['30'], { stdio: 'ignore' });
+    const slept = new Promise((r) => sleeper.once('exit', r));
+    try {
+      if (!existsSync(`${parent}/pids.max`)) {
+        console.log(`launcher room check not tested: ${parent} has no pids.max (pids is not enabled above it)`);
+        return;
+      }
+      writeFileSync(`${parent}/pids.max`, '1');
+      writeFileSync(`${child}/cgroup.procs`, String(sleeper.pid));
+      const launch = () =>
+        new Promise<{ code: number | null; err: string; joined: boolean }>((resolve) => {
+          const l = spawn(builtLauncherPath()!, ['--ppid', String(process.pid), '--pool', '--join', `${child}/cgroup.procs`], { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+          let err = '';
+          let joined = false;
+          l.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+          const ctl = l.stdio[3] as import('node:net').Socket;
+          ctl.on('error', () => undefined);
+          ctl.once('data', () => {
+            joined = procsIn(child).includes(l.pid!);
+            ctl.destroy(); // EOF instead of a request: the launcher exits 0
+          });
+          l.once('exit', (code) => resolve({ code, err, joined }));
+        });
+      const full = await launch();
+      expect(full.code).toBe(75);
+      expect(full.err).toMatch(/no room under pids\.max/);
+      expect(full.joined).toBe(false);
+      expect(readFileSync(`${parent}/pids.current`, 'utf8').trim()).toBe('1');
+      // With room for it, the same launcher joins and waits for its request.
+      writeFileSync(`${parent}/pids.max`, '2');
+      const room = await launch();
+      expect(room).toMatchObject({ code: 0, joined: true });
+    } finally {
+      sleeper.kill('SIGKILL');
+      await slept;
+      await waitFor(() => {
+        try {
+          rmdirSync(child);
+          rmdirSync(parent);
+          return true;
+        } catch {
+          return false;
+        }
+      }, 5000);
+    }
+    expect(existsSync(parent)).toBe(false);
   });
 
   it('the view\'s system part is built ahead, and a warm view hides exactly what a cold one hides, also under a root bound over a hidden path', async () => {

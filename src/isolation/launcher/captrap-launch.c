@@ -57,7 +57,9 @@
  *
  * Exit status when the command never runs: 125 for a launch failure (bad arguments, parent
  * already gone, cgroup join refused, a namespace or mount refused), 127 if COMMAND does not
- * exist, 126 if it cannot be executed (the same convention as the shell trampoline).
+ * exist, 126 if it cannot be executed (the same convention as the shell trampoline). A warm
+ * launcher exits 75 without joining when a cgroup it would join, or one above it, has no room
+ * under pids.max for its tasks (itself, and with pid its init).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -270,6 +272,63 @@ static void join_cgroup(const char *procs, const char *line, size_t len)
 	}
 	if (close(fd) != 0)
 		fail("cannot join cgroup", procs, errno);
+}
+
+/* Exit status of a warm launcher that found no room under a pids.max before joining: not a failure. */
+#define POOL_NO_ROOM 75
+
+/* The first line of a small file (at most len-1 bytes), or -1. */
+static int read_small(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	return 0;
+}
+
+/*
+ * Whether the cgroup of `procs` and every cgroup above it have room under pids.max for `tasks`
+ * more. Joining is a migration, which pids.max does not refuse (only forks are), so a warm
+ * launcher (captrap's own, started ahead) checks right before it joins that it would not take a
+ * group its tools have filled over its limit. The walk goes up to the hierarchy's root (the last
+ * directory with a cgroup.procs); a cgroup without pids.max (another hierarchy, or on cgroup2 one
+ * whose parent does not enable pids) is passed over.
+ */
+static int pids_room(const char *procs, long tasks)
+{
+	char dir[PATH_MAX], f[PATH_MAX + 16], buf[32];
+	size_t n = strlen(procs);
+	long max, cur;
+
+	if (n >= sizeof dir)
+		return 1;
+	memcpy(dir, procs, n + 1);
+	for (;;) {
+		char *slash = strrchr(dir, '/');
+		if (!slash || slash == dir)
+			return 1;
+		*slash = '\0';
+		snprintf(f, sizeof f, "%s/cgroup.procs", dir);
+		if (access(f, F_OK) != 0)
+			return 1;
+		snprintf(f, sizeof f, "%s/pids.max", dir);
+		if (read_small(f, buf, sizeof buf) != 0 || strncmp(buf, "max", 3) == 0)
+			continue;
+		max = strtol(buf, NULL, 10);
+		snprintf(f, sizeof f, "%s/pids.current", dir);
+		if (read_small(f, buf, sizeof buf) != 0)
+			return 1;
+		cur = strtol(buf, NULL, 10);
+		if (cur + tasks > max)
+			return 0;
+	}
 }
 
 static void close_from(int lowfd)
@@ -1429,8 +1488,13 @@ int main(int argc, char **argv)
 	close_from(o.pool ? CTL_FD + 1 : 3);
 
 	len = snprintf(line, sizeof line, "%ld\n", (long)getpid());
-	for (int j = 0; j < o.njoin; j++)
+	for (int j = 0; j < o.njoin; j++) {
+		if (o.pool && !pids_room(o.joins[j], (o.ns & CLONE_NEWPID) ? 2 : 1)) {
+			fprintf(stderr, "captrap-launch: no room under pids.max above %s; not joining\n", o.joins[j]);
+			_exit(POOL_NO_ROOM);
+		}
 		join_cgroup(o.joins[j], line, (size_t)len);
+	}
 	if (o.pool)
 		pool_main(&o);
 
