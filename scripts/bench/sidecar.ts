@@ -73,6 +73,7 @@ async function revokeOnDeath(h: ServeHandle, root: ProxyAgent, iterations: numbe
   const revokeMs: number[] = [];
   let checked = 0;
   const notices = { death: 0, exit: 0 };
+  let worst: { total: number; detect: number | undefined; revoke: number | undefined } | undefined;
   for (let i = 0; i < iterations; i++) {
     const id = `holder${i}`;
     const r = await root.ok<{ id: string; pid: number; capabilities: CapView[] }>('agents.spawn', {
@@ -139,6 +140,7 @@ async function revokeOnDeath(h: ServeHandle, root: ProxyAgent, iterations: numbe
       revokeMs.push(last - Math.min(...firstRevoked.map((rec) => Date.parse(rec.ts))));
     }
     samplesMs.push(Math.max(0, last - t0));
+    if (samplesMs[samplesMs.length - 1]! > (worst?.total ?? -1)) worst = { total: samplesMs[samplesMs.length - 1]!, detect: detectMs[detectMs.length - 1], revoke: revokeMs[revokeMs.length - 1] };
   }
   samplesMs.sort((a, b) => a - b);
   // Baseline: how long the OS takes to tell a parent that a SIGKILLed node child is gone.
@@ -156,7 +158,8 @@ async function revokeOnDeath(h: ServeHandle, root: ProxyAgent, iterations: numbe
   const p99 = percentile(samplesMs, 99);
   const split =
     `split at p50: kill -> first revocation ${median(detectMs)} ms (death noticed), first -> last ${median(revokeMs)} ms (revoking 1000); ` +
-    `the notice: ${notices.death} early death notices, ${notices.exit} exit notices`;
+    `the notice: ${notices.death} early death notices, ${notices.exit} exit notices; ` +
+    `the slowest kill: ${worst?.total} ms, of which kill -> first revocation ${worst?.detect} ms, first -> last ${worst?.revoke} ms`;
   if (exitOnly) {
     return [
       {

@@ -25,8 +25,12 @@ function encodeMiddle(at: number, reason: string): string {
 }
 
 // The same bytes JSON.stringify of { id, at, reason, expiresAt? } gives, without building the object.
-function encodeLineWith(id: string, middle: string, expiresAt: number | undefined): string {
-  return '{"id":' + quoteJson(id) + middle + (expiresAt === undefined ? '}\n' : ',"expiresAt":' + JSON.stringify(expiresAt) + '}\n');
+// `plainId`: the id has the capability id form (cap_ and base64url), which JSON needs no escape for.
+function encodeLineWith(id: string, middle: string, expiresAt: number | undefined, plainId = false): string {
+  const quoted = plainId ? '"' + id + '"' : quoteJson(id);
+  // For a finite number String() gives JSON.stringify's digits; anything else goes through JSON.
+  const exp = expiresAt === undefined ? '' : ',"expiresAt":' + (Number.isFinite(expiresAt) ? String(expiresAt) : JSON.stringify(expiresAt));
+  return '{"id":' + quoted + middle + exp + '}\n';
 }
 
 function encodeLine(id: string, r: RevocationRecord): string {
@@ -148,7 +152,15 @@ export class RevocationStore {
    * Records ids as revoked: in memory at once, on disk with one write and one fsync. Returns
    * the newly revoked. `expiresAtOf` gives each capability's own expiry, when known.
    */
-  add(ids: Iterable<string>, reason: string, at: number, expiresAtOf: (id: string, index: number) => number | undefined = () => undefined, durable: Durability = 'now'): string[] {
+  add(
+    ids: Iterable<string>,
+    reason: string,
+    at: number,
+    expiresAtOf: (id: string, index: number) => number | undefined = () => undefined,
+    durable: Durability = 'now',
+    /** The caller vouches that every id has the capability id form (the kernel's stored ones). */
+    capabilityIds = false,
+  ): string[] {
     const fresh: string[] = [];
     const persist = this.fd !== undefined;
     // Joined once: appending 1000 lines to one string costs twice as much (revoke-on-death).
@@ -162,7 +174,7 @@ export class RevocationStore {
       const r: RevocationRecord = { at, reason, expiresAt: expiresAtOf(id, index) };
       this.revoked.set(id, r);
       fresh.push(id);
-      if (persist) lines.push(encodeLineWith(id, middle, r.expiresAt));
+      if (persist) lines.push(encodeLineWith(id, middle, r.expiresAt, capabilityIds));
     }
     if (fresh.length === 0) return fresh;
     if (this.fd !== undefined) {

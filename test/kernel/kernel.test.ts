@@ -274,6 +274,25 @@ describe('revocation', () => {
     expect(kernel.isRevoked(root.id)).toBe(false);
   });
 
+  it('a cascade whose roots lie below one another revokes and lists each once; its file lines are JSON.stringify\'s bytes', () => {
+    const { kernel } = makeKernel({ stateDir: t.dir });
+    const root = rootCap(kernel);
+    const x1 = kernel.delegate(root.id, 'agent-x');
+    const x2 = kernel.delegate(x1.id, 'agent-x'); // a root (held by agent-x) below another root
+    const x3 = kernel.delegate(x2.id, 'agent-x');
+    const y = kernel.delegate(x2.id, 'agent-y');
+    const revoked = kernel.revokeAllForPrincipal('agent-x', 'a "quoted" reason \u2028');
+    expect(revoked).toHaveLength(4);
+    expect(new Set(revoked)).toEqual(new Set([x1.id, x2.id, x3.id, y.id]));
+    kernel.close();
+    const lines = readFileSync(join(t.dir, REVOCATIONS_FILE), 'utf8').split('\n').filter(Boolean);
+    expect(lines).toHaveLength(4);
+    for (const line of lines) {
+      const v = JSON.parse(line) as { id: string; at: number; reason: string; expiresAt: number };
+      expect(line).toBe(JSON.stringify({ id: v.id, at: v.at, reason: 'a "quoted" reason \u2028', expiresAt: kernel.getCapability(v.id)!.expiresAt }));
+    }
+  });
+
   it('persists across a restart, fsynced, including descendants presented as tokens', () => {
     const { kernel, keys } = makeKernel({ stateDir: t.dir });
     const root = rootCap(kernel);
