@@ -7,6 +7,9 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import type { BenchRow, BenchSection } from './bench/harness.js';
 
+/** Environment that changes the cost of every Node start (see main). */
+const STARTUP_ENV = ['NODE_EXTRA_CA_CERTS'];
+
 const SECTIONS: Record<string, () => Promise<{ bench(): Promise<BenchSection> }>> = {
   kernel: () => import('./bench/kernel.js'),
   isolation: () => import('./bench/isolation.js'),
@@ -55,6 +58,12 @@ async function main(): Promise<void> {
     console.error(`bench: unknown section(s) ${unknown.join(', ')}; known: ${Object.keys(SECTIONS).join(', ')}`);
     process.exit(2);
   }
+  // Node reads these at every start, before a line of ours runs: NODE_EXTRA_CA_CERTS (set on some
+  // build machines, this one included) parses a CA bundle, about 80 ms here, which inflated
+  // `node -e 0` and `captrap run` alike and hid captrap's own start cost in the ratios. Removed
+  // here, so every section and every process it starts measures Node as a user runs it.
+  const removedStartupEnv = STARTUP_ENV.filter((k) => process.env[k] !== undefined);
+  for (const k of removedStartupEnv) delete process.env[k];
   // A section run alone writes its result where the parent asked and stops there.
   const childOut = process.env.CAPTRAP_BENCH_SECTION_OUT;
   if (childOut) {
@@ -64,6 +73,7 @@ async function main(): Promise<void> {
     return;
   }
   console.log(`captrap bench — node ${process.version}, ${cpus().length} cpu(s) (${cpus()[0]?.model ?? '?'}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB`);
+  if (removedStartupEnv.length > 0) console.log(`(removed from the environment for every Node start measured: ${removedStartupEnv.join(', ')})`);
   // Each section runs in a fresh process: fork() and spawn cost grow with the parent's memory, so
   // a section measured after another one's buffers would compare its baselines unfairly.
   const results: BenchSection[] = [];
