@@ -553,8 +553,8 @@ export class SecurityKernel {
   private revokeSubtrees(roots: readonly string[], reason: string, durable: Durability = 'now'): string[] {
     const rootSet = new Set(roots);
     const order = this.subtrees(rootSet);
-    // One lookup in the (large) store per capability, for both the revocation file's expiry and
-    // the audit record's principal: revoke-on-death time is mostly these lookups.
+    // One lookup in the store per capability, for both the revocation file's expiry and the audit
+    // record's principal (a hit is cheap; what costs in a large map is a miss or an insert).
     const caps = new Array<Capability | undefined>(order.length);
     let allStored = true;
     for (let i = 0; i < order.length; i++) if ((caps[i] = this.store.get(order[i]!)) === undefined) allStored = false;
