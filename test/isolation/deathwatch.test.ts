@@ -200,6 +200,9 @@ describe('commandOfLeader', () => {
       const cmd = commandOfLeader(confined.ref!);
       expect(cmd).toBeDefined();
       expect(cmd!.pid).not.toBe(confined.pid);
+      // "up" is written before the exec: on a busy machine the command may still be sh. An exec
+      // keeps the pid and the start time, so the process found is the one that becomes sleep.
+      await until(() => readStat(cmd!.pid)?.comm === 'sleep', 5000).catch(() => undefined);
       expect(readStat(cmd!.pid)).toMatchObject({ comm: 'sleep', startTime: cmd!.startTime });
       expect(commandOfLeader(plain.ref!)).toBeUndefined();
       // A ref that no longer names the leader (another start time) finds nothing.
