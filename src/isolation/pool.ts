@@ -20,7 +20,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { log } from '../log.js';
-import { newCgroupName, type CgroupBackend, type SandboxCgroup } from './cgroup.js';
+import { newCgroupName, type CgroupBackend, type Counters, type SandboxCgroup } from './cgroup.js';
 import { SandboxOptionError } from './errors.js';
 import type { HostInfo } from './host.js';
 import type { BackendName } from './limits.js';
@@ -66,6 +66,12 @@ export interface WarmPoolStats {
 export interface WarmLauncher {
   readonly cg: SandboxCgroup;
   readonly child: ChildProcess;
+  /**
+   * The cgroup's counters read when the launcher became ready, off the request's path: an idle
+   * launcher forks nothing and allocates nothing, so they still hold at the hand-over. Undefined
+   * when they include a group's counter (siblings move that one) or could not be read.
+   */
+  readonly counters: Counters | undefined;
   /** Sends the request; the command starts at once. */
   start(argv: readonly string[], env: Readonly<Record<string, string>>, cwd: string | undefined): void;
   /** Gives up on this launcher (e.g. its limits could not be set): kills it and removes its cgroup. */
@@ -154,24 +160,10 @@ interface Entry {
   ready: boolean;
   /** Handed over or retired: no longer the pool's. */
   gone: boolean;
-  /** The host's mount table when the launcher copied it (only for shapes with a mount namespace). */
-  mounts: string | undefined;
   /** Its place in the shape's group, given up once its cgroup is gone or handed over. */
   seat: GroupSeat | undefined;
-}
-
-/**
- * A launcher's mount namespace is a private copy of the host's mount table as it was when the
- * launcher started: a filesystem mounted on the host since then would not show in its view
- * (the roots are opened inside that copy). So a launcher is handed over only while the host's
- * table is unchanged; otherwise the pool is renewed and the request starts cold.
- */
-function hostMounts(): string {
-  try {
-    return readFileSync('/proc/self/mountinfo', 'utf8');
-  } catch {
-    return '';
-  }
+  /** See WarmLauncher.counters. */
+  counters?: Counters;
 }
 
 /** Sockets and the process itself must not keep captrap's event loop alive while idle. */
@@ -228,10 +220,6 @@ class ShapePool {
   take(): WarmLauncher | undefined {
     this.usedSinceTick = true;
     if (this.disabled) return undefined;
-    if (this.shape.namespaces.includes('mount')) {
-      const now = hostMounts();
-      for (const e of [...this.entries]) if (e.mounts !== now) void this.retire(e);
-    }
     const i = this.entries.findIndex((e) => e.ready && e.child.exitCode === null && e.child.signalCode === null);
     if (i < 0) {
       this.target = Math.min(maxSize, this.target + 1);
@@ -248,6 +236,7 @@ class ShapePool {
     return {
       cg: e.cg,
       child: e.child,
+      counters: e.counters,
       start: (argv, env, cwd) => {
         setRef(e, true);
         e.ctl.end(encodeRequest(argv, env, cwd ?? ''));
@@ -324,8 +313,6 @@ class ShapePool {
       return false;
     }
     installExitHook();
-    // Read before the launcher copies the table: a mount in between makes it look stale, never fresh.
-    const mounts = namespaces.includes('mount') ? hostMounts() : undefined;
     const argv = [
       '--ppid',
       String(process.pid),
@@ -349,7 +336,7 @@ class ShapePool {
       this.fail('cannot start a warm launcher: spawn failed');
       return false;
     }
-    const e: Entry = { cg, child, ctl, ready: false, gone: false, mounts, seat };
+    const e: Entry = { cg, child, ctl, ready: false, gone: false, seat };
     entry.e = e;
     this.entries.push(e);
     setRef(e, false);
@@ -360,6 +347,12 @@ class ShapePool {
     ctl.once('data', () => {
       // Until the hand-over nothing else arrives here; what the command writes later is the sandbox's.
       child.stderr?.off('data', keepErr);
+      try {
+        const c = cg.counters();
+        if (c.groupPidsMax === undefined) e.counters = c;
+      } catch {
+        // read at the hand-over instead
+      }
       e.ready = true;
       this.failures = 0;
     });

@@ -533,8 +533,9 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   installExitHook();
   log.debug({ backend: p.backend, cgroup: cg.name, command }, 'sandbox starting');
   live.add(cg);
-  // Read at hand-over for a warm launcher: its counters start from the request, not the pool.
-  const start = cg.counters();
+  // A warm launcher's were read when it became ready (an idle launcher's stay as they were), or
+  // are read at the hand-over: they start from the request either way, not from the pool.
+  const start = warm?.counters ?? cg.counters();
   // hrtime, not performance.now(): the first use of `performance` loads perf_hooks (about 1 ms of a CLI start).
   const t0 = process.hrtime.bigint();
   try {
@@ -599,12 +600,15 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
     if (pidNs === undefined && p.confinement.namespaces.includes('pid') && proc.pid !== undefined) pidNs = sandboxPidNamespace(proc.pid);
   };
 
-  const killTree = () => {
+  /** Kills the cgroup's tree; false when it was found empty (nothing was left to kill). */
+  const killTree = (): boolean => {
     try {
-      if (cg.populated()) cg.killAll();
+      if (!cg.populated()) return false;
+      cg.killAll();
     } catch (e) {
       log.error({ err: e, cgroup: cg.name }, 'whole-tree kill failed');
     }
+    return true;
   };
   // What no hostile command can dodge: the cgroup, the leader through its handle even if it left
   // the cgroup, and every process of the sandbox found outside it.
@@ -672,8 +676,9 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
       timer?.clear();
       if (graceTimer) clearTimeout(graceTimer);
       // The leader is gone: nothing of its tree may outlive it.
-      killTree();
-      let empty = await cg.waitEmpty(5000);
+      // Usually the leader was the last to go (its init reaped everything first): then there is nothing to wait for.
+      let empty = !killTree();
+      if (!empty) empty = await cg.waitEmpty(5000);
       if (!empty) {
         killTree();
         empty = await cg.waitEmpty(5000);

@@ -379,7 +379,7 @@ describe.skipIf(!usable)('warm launchers', () => {
     }
   });
 
-  it('a mount made on the host after the launchers started is seen: stale launchers are renewed', async () => {
+  it('a mount made on the host after the launchers started is seen: the launcher copies the table afresh', async () => {
     const o = opts();
     await primed(o);
     const mnt = mkdtempSync(`${tmpdir()}/captrap-pool-mnt-`);
@@ -389,9 +389,9 @@ describe.skipIf(!usable)('warm launchers', () => {
       writeFileSync(`${mnt}/on-the-new-mount`, 'fresh\n');
       chmodSync(`${mnt}/on-the-new-mount`, 0o644);
       const r = await runSandboxed('cat', [`${mnt}/on-the-new-mount`], { ...o, view: { readOnly: [mnt] } });
-      expect(r.warm).toBe(false);
+      expect(r.warm).toBe(true);
       expect(r.stdout).toBe('fresh\n');
-      // The renewed pool copies the table with the mount in it.
+      // The table is still as that launcher found it: the next one builds ahead as usual.
       await primed(o);
       const again = await runSandboxed('cat', [`${mnt}/on-the-new-mount`], { ...o, view: { readOnly: [mnt] } });
       expect(again.warm).toBe(true);
@@ -399,6 +399,32 @@ describe.skipIf(!usable)('warm launchers', () => {
     } finally {
       await drainWarmPool();
       execFileSync('umount', [mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+    }
+  });
+
+  it('a mount removed from the host after the launchers started is gone from the view', async () => {
+    const o = opts();
+    const mnt = mkdtempSync(`${tmpdir()}/captrap-pool-mnt-`);
+    chmodSync(mnt, 0o755);
+    writeFileSync(`${mnt}/under-the-mount`, 'underneath\n');
+    chmodSync(`${mnt}/under-the-mount`, 0o644);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'mode=0755,size=1m', 'captrap-test', mnt]);
+    let mounted = true;
+    try {
+      writeFileSync(`${mnt}/on-the-mount`, 'mounted\n');
+      chmodSync(`${mnt}/on-the-mount`, 0o644);
+      await primed(o);
+      execFileSync('umount', [mnt]);
+      mounted = false;
+      const r = await runSandboxed('cat', [`${mnt}/under-the-mount`, `${mnt}/on-the-mount`], { ...o, view: { readOnly: [mnt] } });
+      expect(r.warm).toBe(true);
+      // What the host shows now: the directory below, not the launcher's copy of the mount.
+      expect(r.stdout).toBe('underneath\n');
+      expect(r.stderr).toMatch(/on-the-mount: No such file/);
+    } finally {
+      await drainWarmPool();
+      if (mounted) execFileSync('umount', [mnt]);
       rmSync(mnt, { recursive: true, force: true });
     }
   });

@@ -767,6 +767,42 @@ static void warm_view_prepare(int own_pidns, const struct opts *pool)
 	warm_view_ready = 1;
 }
 
+/*
+ * A warm launcher's mount namespace is a copy of the host's table from when it started, and the
+ * host may mount or unmount something while it waits. It keeps the host's mountinfo open (poll
+ * reports POLLPRI once anything was mounted or unmounted there since the open) and the host's
+ * mount namespace: a request that finds the table changed gets a fresh copy and a view built
+ * from it as a cold launch builds one, so a view always shows the host as it is at the request.
+ */
+static int host_mountinfo = -1, host_mntns = -1;
+
+static void watch_host_mounts(void)
+{
+	host_mountinfo = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+	host_mntns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+	if (host_mountinfo < 0 || host_mntns < 0)
+		fail("cannot watch the host's mount table (/proc/self/mountinfo, /proc/self/ns/mnt)", NULL, errno);
+}
+
+static void renew_view_if_mounts_changed(void)
+{
+	struct pollfd p = { host_mountinfo, POLLPRI, 0 };
+
+	if (host_mountinfo < 0)
+		return;
+	if (poll(&p, 1, 0) < 0)
+		fail("cannot check the host's mount table", NULL, errno);
+	if (p.revents & (POLLPRI | POLLERR | POLLNVAL)) {
+		if (setns(host_mntns, CLONE_NEWNS) != 0 || unshare(CLONE_NEWNS) != 0)
+			fail("cannot copy the host's changed mount table afresh", NULL, errno);
+		warm_view_ready = 0;
+		prebuilt = NULL;
+	}
+	close(host_mountinfo);
+	close(host_mntns);
+	host_mountinfo = host_mntns = -1;
+}
+
 static int under(const char *path, const char *dir)
 {
 	size_t n = strlen(dir);
@@ -1410,6 +1446,7 @@ static void __attribute__((noreturn)) pool_init(const struct opts *pool, int sta
 	if (write_full(status_sock, &ready, 1) != 0 || read_spec(status_sock, &sp) != 0)
 		_exit(LAUNCH_FAILED); /* P0 is gone or retired us */
 	adopt_spec(&o, pool, &sp);
+	renew_view_if_mounts_changed();
 	fill_namespaces(&o);
 	init_command(&o, status_sock);
 }
@@ -1420,6 +1457,8 @@ static void __attribute__((noreturn)) pool_main(const struct opts *pool)
 	struct spec sp;
 	int capmax;
 
+	if (pool->ns & CLONE_NEWNS)
+		watch_host_mounts();
 	if (pool->ns & CLONE_NEWPID) {
 		int sv[2];
 		char ready = 0;
@@ -1437,6 +1476,10 @@ static void __attribute__((noreturn)) pool_main(const struct opts *pool)
 			pool_init(pool, sv[1]);
 		}
 		close(sv[1]);
+		if (host_mountinfo >= 0) {
+			close(host_mountinfo);
+			close(host_mntns);
+		}
 		if (read_full(sv[0], &ready, 1) != 0 || ready != 'R')
 			fail("the sandbox init failed before it was ready", NULL, 0);
 		signal_ready(CTL_FD);
@@ -1458,6 +1501,7 @@ static void __attribute__((noreturn)) pool_main(const struct opts *pool)
 		_exit(0);
 	adopt_spec(&o, pool, &sp);
 	close(CTL_FD);
+	renew_view_if_mounts_changed();
 	fill_namespaces(&o);
 	drop_identity(&o, capmax);
 	if (o.uid >= 0 || o.gid >= 0 || o.drop_caps) {
