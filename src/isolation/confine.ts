@@ -11,6 +11,7 @@ import type { Degradation } from './cgroup.js';
 import { SandboxOptionError } from './errors.js';
 import type { HostInfo } from './host.js';
 import type { LauncherChoice } from './launcher/launcher.js';
+import { RealPaths } from './realpaths.js';
 
 export type ConfineNamespace = 'pid' | 'mount' | 'net' | 'ipc' | 'uts' | 'cgroup';
 export const CONFINE_NAMESPACES: readonly ConfineNamespace[] = ['pid', 'mount', 'net', 'ipc', 'uts', 'cgroup'];
@@ -137,6 +138,8 @@ function real(p: string): string | undefined {
  */
 export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[], cwd: string | undefined): { args: string[]; bound: string[]; system: string[] } {
   const args: string[] = [];
+  const rp = new RealPaths();
+  const real = (p: string) => rp.real(p);
   // The system part (links, system binds, the hides inside them): the same for every request, so a warm launcher builds it ahead.
   const system: string[] = [];
   const binds: { path: string; rw: boolean; order: number; system?: true }[] = [];
@@ -148,6 +151,7 @@ export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[],
     } catch {
       continue;
     }
+    rp.noteLstat(p, st);
     if (st.isSymbolicLink()) {
       const target = readlinkSync(p);
       const r = real(p);

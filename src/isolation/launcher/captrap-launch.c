@@ -54,6 +54,8 @@
  * COMMAND...), and envc NAME=VALUE entries, the command's whole environment. The request must
  * name the same --ppid and --unshare and no --join (those are done); anything else about it is
  * exactly what the same command line would do cold. EOF instead of a request: exit 0 quietly.
+ * With a mount namespace, a request that finds the host's mount table changed since the launcher
+ * copied it gets a fresh copy and a view built whole, as cold (renew_view_if_mounts_changed).
  *
  * Exit status when the command never runs: 125 for a launch failure (bad arguments, parent
  * already gone, cgroup join refused, a namespace or mount refused), 127 if COMMAND does not

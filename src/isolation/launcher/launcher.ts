@@ -27,15 +27,24 @@ export function builtProgram(name: string): string {
   return fileURLToPath(new URL(`../../../build/${name}`, import.meta.url));
 }
 
-/** Path of a compiled helper if it is built and executable. Checked on every call: a build may land while captrap runs. */
+/**
+ * Path of a compiled helper if it is built and executable. Until it is found, checked on every
+ * call (a build may land while captrap runs); once found, not again (two syscalls on every
+ * launch's path): a helper removed later makes the spawn fail with its own clear error rather
+ * than a launch quietly falling back to the chain.
+ */
+const found = new Set<string>();
 export function builtProgramPath(name: string): string | undefined {
   const path = builtProgram(name);
+  if (found.has(path)) return path;
   try {
     accessSync(path, constants.X_OK);
-    return statSync(path).isFile() ? path : undefined;
+    if (!statSync(path).isFile()) return undefined;
   } catch {
     return undefined;
   }
+  found.add(path);
+  return path;
 }
 
 /** Path of the compiled launcher if it is built and executable. */
