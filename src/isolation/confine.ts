@@ -145,15 +145,11 @@ export function viewArgs(view: NormalizedView, extraReadOnly: readonly string[],
   const binds: { path: string; rw: boolean; order: number; system?: true }[] = [];
   let order = 0;
   for (const p of view.system) {
-    let st;
-    try {
-      st = lstatSync(p);
-    } catch {
-      continue;
-    }
-    rp.noteLstat(p, st);
+    const st = rp.lstat(p);
+    if (!st) continue;
     if (st.isSymbolicLink()) {
-      const target = readlinkSync(p);
+      const target = rp.readlink(p);
+      if (target === undefined) continue; // replaced since the lstat: as if it were not there
       const r = real(p);
       args.push('--symlink', target, p);
       if (!(view.tmp && within(p, '/tmp'))) system.push('--symlink', target, p);

@@ -37,6 +37,8 @@ export interface WarmShape {
   namespaces: readonly string[];
   /** The view's system part it builds ahead (launcher --ro/--symlink/--hide arguments; every request names them again). */
   view: readonly string[];
+  /** Every request drops all capabilities (confined): the launcher empties its bounding set ahead. */
+  dropCaps: boolean;
   launcherPath: string;
   /**
    * The group the launchers wait in (a sidecar agent's: every tool call of the agent runs there).
@@ -123,7 +125,7 @@ export async function drainWarmPool(): Promise<void> {
   await Promise.all(all.map((p) => p.drain()));
 }
 
-const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.group?.path ?? ''}|${s.namespaces.join(',')}|${s.launcherPath}|${s.view.join('\0')}`;
+const keyOf = (s: WarmShape) => `${s.backendName}|${s.base}|${s.group?.path ?? ''}|${s.namespaces.join(',')}|${s.dropCaps ? 'drop-caps' : ''}|${s.launcherPath}|${s.view.join('\0')}`;
 
 /**
  * A ready launcher of this shape, or undefined (the caller starts cold). The pool of this shape
@@ -319,6 +321,7 @@ class ShapePool {
       '--pool',
       ...cg.joinFiles.flatMap((f) => ['--join', f]),
       ...(namespaces.length > 0 ? ['--unshare', namespaces.join(',')] : []),
+      ...(this.shape.dropCaps ? ['--drop-caps'] : []),
       ...this.shape.view,
     ];
     let child: ChildProcess;

@@ -11,17 +11,42 @@ const MAX_LINKS = 40;
 export class RealPaths {
   /** `<real directory>/<name>` -> its real path, or null if it cannot be resolved. */
   private readonly known = new Map<string, string | null>();
+  private readonly stats = new Map<string, Stats | null>();
+  private readonly targets = new Map<string, string | null>();
+
+  /** lstat(2) of `p`, once per view; undefined if it is not there (or cannot be looked at). */
+  lstat(p: string): Stats | undefined {
+    let st = this.stats.get(p);
+    if (st === undefined) {
+      try {
+        st = lstatSync(p, { throwIfNoEntry: false }) ?? null;
+      } catch {
+        st = null; // ENOTDIR, EACCES: realpath fails the same way
+      }
+      this.stats.set(p, st);
+    }
+    return st ?? undefined;
+  }
+
+  /** readlink(2) of `p`, once per view; undefined if it is not a symlink (any more). */
+  readlink(p: string): string | undefined {
+    let t = this.targets.get(p);
+    if (t === undefined) {
+      try {
+        t = readlinkSync(p);
+      } catch {
+        t = null;
+      }
+      this.targets.set(p, t);
+    }
+    return t ?? undefined;
+  }
 
   /** The real path of `p`, or undefined where realpath(3) fails (missing, a loop, no access). */
   real(p: string): string | undefined {
     // A trailing slash asks for a directory: rare here, and left to realpath(3) itself.
     if (!p.startsWith('/') || (p.endsWith('/') && p !== '/')) return native(p);
     return this.walk('/', p, { left: MAX_LINKS }) ?? undefined;
-  }
-
-  /** An lstat the caller made of a top-level path (`/name`) already tells whether it is its own real path. */
-  noteLstat(p: string, st: Stats): void {
-    if (/^\/[^/]+$/.test(p) && p !== '/.' && p !== '/..' && !st.isSymbolicLink()) this.known.set(p, p);
   }
 
   /** Resolves `rest` from the real directory `cur`; null when a component is missing or the links loop. */
@@ -47,17 +72,12 @@ export class RealPaths {
   }
 
   private component(dir: string, path: string, links: { left: number }): string | null {
-    let st: Stats | undefined;
-    let target: string;
-    try {
-      st = lstatSync(path, { throwIfNoEntry: false });
-      if (st === undefined) return null;
-      if (!st.isSymbolicLink()) return path;
-      if (--links.left < 0) return null;
-      target = readlinkSync(path);
-    } catch {
-      return null; // ENOTDIR, EACCES: realpath fails the same way
-    }
+    const st = this.lstat(path);
+    if (st === undefined) return null;
+    if (!st.isSymbolicLink()) return path;
+    if (--links.left < 0) return null;
+    const target = this.readlink(path);
+    if (target === undefined) return null;
     // The link's text is resolved from its own directory, or from / if absolute.
     return this.walk(target.startsWith('/') ? '/' : dir, target, links);
   }

@@ -373,6 +373,7 @@ function warmShape(p: Plan, input: RunOptions | undefined, backend: CgroupBacken
     namespaces: confined ? p.confinement.namespaces : [],
     launcherPath: p.launcher.path!,
     view: p.systemViewArgs,
+    dropCaps: p.confineArgs.includes('--drop-caps'),
     ...(input?.group ? { group: input.group } : {}),
   };
 }

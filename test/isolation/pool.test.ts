@@ -12,6 +12,7 @@ import { cleanupStaleCgroups, hierarchyRoots, ownerPrefix, removeCgroupBase } fr
 import { probeHost } from '../../src/isolation/host.js';
 import { builtLauncherPath } from '../../src/isolation/launcher/launcher.js';
 import { isAlive } from '../../src/isolation/proc.js';
+import { encodeRequest } from '../../src/isolation/pool.js';
 import { configureWarmPool, createSandboxGroup, drainWarmPool, runSandboxed, warmPoolStats, type RunOptions } from '../../src/isolation/sandbox.js';
 
 const host = probeHost();
@@ -377,6 +378,37 @@ describe.skipIf(!usable)('warm launchers', () => {
     } finally {
       rmSync(sys, { recursive: true, force: true });
     }
+  });
+
+  it.skipIf(!host.isRoot || !host.namespaces.pid)('with --drop-caps a launcher empties its bounding set ahead, and refuses a request that would keep capabilities', async () => {
+    const bin = builtLauncherPath()!;
+    const run = (requestArgs: string[]) =>
+      new Promise<{ code: number | null; out: string; err: string; initBoundAhead: string }>((resolve) => {
+        const l = spawn(bin, ['--ppid', String(process.pid), '--pool', '--unshare', 'pid', '--drop-caps'], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+        let out = '';
+        let err = '';
+        let initBoundAhead = '';
+        l.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+        l.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+        const ctl = l.stdio[3] as import('node:net').Socket;
+        ctl.on('error', () => undefined);
+        ctl.once('data', () => {
+          // Ready: its init (the leader's only child) waits for the request with the bounding set already empty.
+          const init = readFileSync(`/proc/${l.pid}/task/${l.pid}/children`, 'utf8').trim();
+          initBoundAhead = /CapBnd:\s*(\S+)/.exec(readFileSync(`/proc/${init}/status`, 'utf8'))?.[1] ?? '';
+          ctl.end(encodeRequest([bin, '--ppid', String(process.pid), '--unshare', 'pid', ...requestArgs], {}, '/'));
+        });
+        l.once('close', (code) => resolve({ code, out, err, initBoundAhead }));
+      });
+    const status = ['--', '/bin/sh', '-c', 'grep -E "^Cap(Bnd|Prm|Eff)" /proc/self/status'];
+    const keeps = await run(['--uid', '65534', '--gid', '65534', ...status]);
+    expect(keeps.code).toBe(125);
+    expect(keeps.err).toMatch(/does not fit this warm launcher/);
+    expect(keeps.out).toBe('');
+    expect(keeps.initBoundAhead).toBe('0000000000000000');
+    const drops = await run(['--drop-caps', '--uid', '65534', '--gid', '65534', ...status]);
+    expect(drops).toMatchObject({ code: 0, err: '' });
+    expect(drops.out).toBe('CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\n');
   });
 
   it('a mount made on the host after the launchers started is seen: the launcher copies the table afresh', async () => {

@@ -43,7 +43,7 @@
  *     --                     end of options; COMMAND is looked up like execvp does
  *
  * Warm mode (a launcher waiting in captrap's pool, see src/isolation/pool.ts):
- *   captrap-launch --ppid PID --pool [--join PATH]... [--unshare LIST] [--ro PATH | --symlink T L | --hide PATH]...
+ *   captrap-launch --ppid PID --pool [--join PATH]... [--unshare LIST] [--drop-caps] [--ro PATH | --symlink T L | --hide PATH]...
  * does steps 1-3 above and creates the namespaces (with pid: forks the init, which creates the
  * others and brings up loopback) ahead of time, with a mount namespace also the view's /dev, /proc
  * and the system part given here (read-only binds, links, and the hides inside them; every
@@ -56,6 +56,8 @@
  * exactly what the same command line would do cold. EOF instead of a request: exit 0 quietly.
  * With a mount namespace, a request that finds the host's mount table changed since the launcher
  * copied it gets a fresh copy and a view built whole, as cold (renew_view_if_mounts_changed).
+ * With --drop-caps the bounding set is emptied ahead (effective capabilities stay until the
+ * request is done with them); the request must then drop capabilities too.
  *
  * Exit status when the command never runs: 125 for a launch failure (bad arguments, parent
  * already gone, cgroup join refused, a namespace or mount refused), 127 if COMMAND does not
@@ -234,9 +236,9 @@ static void parse(struct opts *o, int argc, char **argv)
 	}
 	if (o->pool) {
 		/* Only what is done before the request arrives may be given here. */
-		if (i < argc || o->view || o->uid >= 0 || o->gid >= 0 || o->drop_caps || o->no_new_privs || o->keep_pwd ||
+		if (i < argc || o->view || o->uid >= 0 || o->gid >= 0 || o->no_new_privs || o->keep_pwd ||
 		    o->chdir_to || o->hostname || o->proxy_path)
-			fail("--pool takes only --join, --unshare and the view's system part; the request brings the rest", NULL, 0);
+			fail("--pool takes only --join, --unshare, --drop-caps and the view's system part; the request brings the rest", NULL, 0);
 		for (int k = 0; k < o->nentries; k++)
 			if (o->entries[k].kind == E_RW)
 				fail("--pool: the view's system part is read-only", o->entries[k].path, 0);
@@ -928,12 +930,22 @@ static void limit_caps(uint32_t keep)
 }
 
 /* The command's identity: no groups, the given ids, no capabilities at all, no_new_privs. */
+/* Set once this process's bounding set is empty: what it forks inherits that, so nobody drops it again. */
+static int bset_empty;
+
+static void drop_bounding_set(int capmax)
+{
+	for (int c = 0; c <= capmax; c++)
+		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 && errno != EINVAL)
+			fail("cannot drop the capability bounding set", NULL, errno);
+	bset_empty = 1;
+}
+
 static void drop_identity(const struct opts *o, int capmax)
 {
 	if (o->drop_caps) {
-		for (int c = 0; c <= capmax; c++)
-			if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 && errno != EINVAL)
-				fail("cannot drop the capability bounding set", NULL, errno);
+		if (!bset_empty)
+			drop_bounding_set(capmax);
 		if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
 			fail("cannot clear ambient capabilities", NULL, errno);
 	}
@@ -1105,8 +1117,9 @@ static void __attribute__((noreturn)) init_command(const struct opts *o, int sta
 	wipe_argv(o);
 	/* Nothing in the sandbox may read this process's memory or signal it with effect. */
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-	for (int c = 0; c <= capmax; c++)
-		prctl(PR_CAPBSET_DROP, c, 0, 0, 0);
+	if (!bset_empty)
+		for (int c = 0; c <= capmax; c++)
+			prctl(PR_CAPBSET_DROP, c, 0, 0, 0);
 	/* Only what forwarding a signal to a command of another uid takes. */
 	limit_caps(1u << CAP_KILL);
 	for (;;) {
@@ -1419,8 +1432,8 @@ static void adopt_spec(struct opts *o, const struct opts *pool, struct spec *sp)
 	extern char **environ;
 
 	parse(o, sp->argc, sp->argv);
-	if (o->pool || o->ppid != pool->ppid || o->ns != pool->ns || o->njoin != 0)
-		fail("the request does not fit this warm launcher (--ppid, --unshare or --join differ)", NULL, 0);
+	if (o->pool || o->ppid != pool->ppid || o->ns != pool->ns || o->njoin != 0 || (pool->drop_caps && !o->drop_caps))
+		fail("the request does not fit this warm launcher (--ppid, --unshare, --join or --drop-caps differ)", NULL, 0);
 	/* What a sandbox can read as /proc/1/cmdline is our real command line. */
 	o->argv_start = pool->argv_start;
 	o->argv_end = pool->argv_end;
@@ -1445,6 +1458,9 @@ static void __attribute__((noreturn)) pool_init(const struct opts *pool, int sta
 	make_namespaces(pool->ns & ~CLONE_NEWPID);
 	if (pool->ns & CLONE_NEWNS)
 		warm_view_prepare(1, pool);
+	/* Ahead of the request: the mounts still to come need CAP_SYS_ADMIN in effect, not in the bounding set. */
+	if (pool->drop_caps)
+		drop_bounding_set(last_cap());
 	if (write_full(status_sock, &ready, 1) != 0 || read_spec(status_sock, &sp) != 0)
 		_exit(LAUNCH_FAILED); /* P0 is gone or retired us */
 	adopt_spec(&o, pool, &sp);
@@ -1498,6 +1514,8 @@ static void __attribute__((noreturn)) pool_main(const struct opts *pool)
 	make_namespaces(pool->ns);
 	if (pool->ns & CLONE_NEWNS)
 		warm_view_prepare(0, pool);
+	if (pool->drop_caps)
+		drop_bounding_set(capmax);
 	signal_ready(CTL_FD);
 	if (read_spec(CTL_FD, &sp) != 0)
 		_exit(0);
