@@ -79,7 +79,7 @@ describe.skipIf(!usable)('warm launchers', () => {
     writeFileSync(`${dir}/seen`, 'inside the view\n');
     chmodSync(`${dir}/seen`, 0o644);
     const o = opts({ memory: '64M', pids: 32, env: { GREETING: 'hi' }, cwd: dir, view: { readOnly: [dir] } });
-    const script = 'echo "$(id -u) $(id -g) $(hostname) $GREETING $PWD"; cat seen; ls /; grep -c . /proc/self/status >/dev/null; cat /proc/1/cmdline | tr -d "\\0"; echo; grep Cap[EPB] /proc/self/status; echo x > /etc/x 2>/dev/null || echo read-only; ls -a /dev; echo x > /dev/shm/t && echo shm-writable; echo x > /dev/null && echo null-ok; cat /proc/keys 2>/dev/null | wc -c; echo 1 > /proc/sys/kernel/hostname 2>/dev/null || echo proc-sys-read-only';
+    const script = 'echo "$(id -u) $(id -g) $(hostname) $GREETING $PWD"; cat seen; ls /; grep -c . /proc/self/status >/dev/null; cat /proc/1/cmdline | tr -d "\\0"; echo; grep Cap[EPB] /proc/self/status; echo x > /etc/x 2>/dev/null || echo read-only; ls -a /dev; echo x > /dev/shm/t && echo shm-writable; echo x > /dev/null && echo null-ok; cat /proc/keys 2>/dev/null | wc -c; echo 1 > /proc/sys/kernel/hostname 2>/dev/null || echo proc-sys-read-only; ls /proc/self/fd | tr "\\n" " "; echo';
     const cold = await runSandboxed('sh', ['-c', script], { ...o, warm: false });
     await primed(o);
     const warm = await runSandboxed('sh', ['-c', script], o);
@@ -89,6 +89,8 @@ describe.skipIf(!usable)('warm launchers', () => {
     expect(warm.stdout).toBe(cold.stdout);
     expect(warm.stdout).toContain(`65534 65534 captrap hi ${dir}\ninside the view\n`);
     expect(warm.stdout).toContain('shm-writable\nnull-ok\n0\nproc-sys-read-only\n');
+    // Nothing the launcher held ahead (the host's mountinfo and mount namespace, its request channel) reaches the command: ls sees 0-2 and its own directory.
+    expect(warm.stdout).toContain('\n0 1 2 3 \n');
     // The init's command line is wiped in both: no cgroup path or pid of the sidecar leaks.
     expect(warm.stdout).not.toContain(base);
     expect(warm.stderr).toBe(cold.stderr);
