@@ -929,7 +929,6 @@ static void limit_caps(uint32_t keep)
 		fail("cannot clear capabilities", NULL, errno);
 }
 
-/* The command's identity: no groups, the given ids, no capabilities at all, no_new_privs. */
 /* Set once this process's bounding set is empty: what it forks inherits that, so nobody drops it again. */
 static int bset_empty;
 
@@ -941,6 +940,7 @@ static void drop_bounding_set(int capmax)
 	bset_empty = 1;
 }
 
+/* The command's identity: no groups, the given ids, no capabilities at all, no_new_privs. */
 static void drop_identity(const struct opts *o, int capmax)
 {
 	if (o->drop_caps) {
