@@ -1,6 +1,7 @@
 // Compiles the sandbox launcher (src/isolation/launcher/captrap-launch.c) to build/captrap-launch,
 // and the early death notice helper (captrap-deathwatch.c, see src/isolation/deathwatch.ts) to
-// build/captrap-deathwatch.
+// build/captrap-deathwatch, and the process starter for warm launchers (captrap-spawn.c, see
+// src/isolation/spawner.ts) to build/captrap-spawn.
 // Static if the C library allows it (no dynamic loader on the hot path of every sandbox start),
 // else dynamic. Without a C compiler captrap still works through its setpriv + sh fallback, so a
 // missing compiler is a warning, not a build failure; a compile error in the source is a failure.
@@ -10,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const PROGRAMS = ['captrap-launch', 'captrap-deathwatch'];
+const PROGRAMS = ['captrap-launch', 'captrap-deathwatch', 'captrap-spawn'];
 const flags = ['-O2', '-std=c99', '-Wall', '-Wextra', '-Werror'];
 
 function findCompiler() {

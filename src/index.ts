@@ -20,6 +20,7 @@ export * from './kernel/tokens/index.js';
 export { compileWhen, evaluateWhen, toCelActivation, CelError, CEL_LIMITS, CEL_ERROR_CODES, type CelErrorCode, type CelRequest, type CompiledWhen } from './kernel/cel.js';
 
 export * from './isolation/sandbox.js';
+export type { LeaderProcess } from './isolation/spawner.js';
 export * from './isolation/errors.js';
 export { probeHost, type HostInfo } from './isolation/host.js';
 export { cleanupStaleCgroups, removeCgroupBase, type Degradation, type StaleCleanupResult } from './isolation/cgroup.js';

@@ -13,13 +13,14 @@
 // /bin/true` against `node -e 0`) and the time a sandbox holding a 100-process tree (half of it
 // setsid'd) takes from kill() until its cgroup is empty.
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { performance } from 'node:perf_hooks';
+import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import { execa } from 'execa';
 import { removeCgroupBase, waitUnifiedEmpty } from '../../src/isolation/cgroup.js';
-import { probeHost } from '../../src/isolation/host.js';
-import { builtLauncherPath } from '../../src/isolation/launcher/launcher.js';
+import { probeHost, type HostInfo } from '../../src/isolation/host.js';
+import { builtLauncherPath, builtProgramPath } from '../../src/isolation/launcher/launcher.js';
+import { getSpawner } from '../../src/isolation/spawner.js';
 import { configureWarmPool, drainWarmPool, runSandboxed, warmPoolStats, type RunOptions } from '../../src/isolation/sandbox.js';
 import { latencyRow, percentile, sampleInterleaved, type BenchRow, type BenchSection, type Variant } from './harness.js';
 
@@ -194,18 +195,65 @@ export async function bench(): Promise<BenchSection> {
     rows.push({ name: 'cli start', note: `skipped: ${existsSync(CLI) ? 'no sandbox on this host' : 'dist/runner/captrap.cjs is not built (npm run build)'}` });
   }
 
+  rows.push(...(await processStartRows()));
   if (host.layout === 'none') return { section: 'isolation', rows };
-  // Kill-tree latency: kill() (killGrace 0) until the cgroup reports populated 0.
+  rows.push(...(await killTreeRows(host, base)));
+  removeCgroupBase(host, base);
+  return { section: 'isolation', rows };
+}
+
+const TREE = 'for i in $(seq 1 50); do sleep 300 & done; for i in $(seq 1 49); do setsid sleep 300 & done; echo ready; wait';
+const TREE_SANDBOX = 'kill 100-process tree (49 setsid) until cgroup empty';
+const TREE_FLOOR = 'kernel floor: cgroup.kill of the same tree in a bare cgroup2 until empty';
+const TREE_FLOOR_PIDNS = 'kernel floor: the same, tree in a pid namespace of its own (unshare -pf)';
+
+function waitReady(c: { stdout: NodeJS.ReadableStream | null }): Promise<void> {
+  return new Promise<void>((r) => c.stdout!.on('data', (b: Buffer) => b.toString().includes('ready') && r()));
+}
+
+async function waitProcs(dir: string, n: number): Promise<void> {
+  while (readFileSync(`${dir}/cgroup.procs`, 'utf8').trim().split('\n').length < n) await new Promise((r) => setTimeout(r, 2));
+}
+
+/**
+ * The same tree killed three ways, interleaved: through a sandbox (kill(), killGrace 0, until its
+ * cgroup reports populated 0), and, as the kernel's own floor, by a bare cgroup.kill of a cgroup2
+ * directory holding it, without and with a pid namespace (the sandbox has one: its teardown is
+ * kernel work captrap cannot skip). Most of the time is 100 process exits on two cores.
+ */
+async function killTreeRows(host: HostInfo, base: string): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
   const killUs: number[] = [];
   const resolvedUs: number[] = [];
-  const tree = 'for i in $(seq 1 50); do sleep 300 & done; for i in $(seq 1 49); do setsid sleep 300 & done; echo ready; wait';
+  const floorUs: number[] = [];
+  const floorNsUs: number[] = [];
+  const unified = host.unifiedRoot && host.cgroupKill ? `${host.unifiedRoot}/${base}` : undefined;
+  const bare = async (i: number, pidns: boolean): Promise<number> => {
+    const dir = `${unified}/tree-floor-${process.pid}-${i}-${pidns ? 'ns' : 'plain'}`;
+    mkdirSync(dir);
+    try {
+      const inner = pidns ? `exec ${host.tools.unshare} -pf --mount-proc=/proc sh -c '${TREE}'` : `exec sh -c '${TREE}'`;
+      const c = spawn('sh', ['-c', `echo $$ > ${dir}/cgroup.procs && ${inner}`], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const exited = new Promise((r) => c.once('close', r));
+      await waitReady(c);
+      await waitProcs(dir, pidns ? 101 : 100);
+      const t0 = performance.now();
+      writeFileSync(`${dir}/cgroup.kill`, '1');
+      await waitUnifiedEmpty(dir, 5000);
+      const us = (performance.now() - t0) * 1000;
+      await exited;
+      return us;
+    } finally {
+      rmdirSync(dir);
+    }
+  };
   for (let i = 0; i < TREE_RUNS; i++) {
     // The default sandbox (confined, uid 65534): a root, unconfined one also scans /proc for
     // descendants that left the cgroup before killing (about 10 ms for this tree).
-    const s = runSandboxed('sh', ['-c', tree], { cgroupBase: base, killGrace: 0, pids: 512 });
-    await new Promise<void>((r) => s.stdout!.on('data', (c: Buffer) => c.toString().includes('ready') && r()));
-    const dir = host.unifiedRoot && host.cgroupKill ? `${host.unifiedRoot}/${base}/${s.cgroupName}` : undefined;
-    while (dir && readFileSync(`${dir}/cgroup.procs`, 'utf8').trim().split('\n').length < 100) await new Promise((r) => setTimeout(r, 2));
+    const s = runSandboxed('sh', ['-c', TREE], { cgroupBase: base, killGrace: 0, pids: 512 });
+    await waitReady(s);
+    const dir = unified ? `${unified}/${s.cgroupName}` : undefined;
+    if (dir) await waitProcs(dir, 100);
     const t0 = performance.now();
     s.kill();
     if (dir) {
@@ -214,13 +262,98 @@ export async function bench(): Promise<BenchSection> {
     }
     await s;
     resolvedUs.push((performance.now() - t0) * 1000);
+    if (unified) {
+      floorUs.push(await bare(i, false));
+      if (host.tools.unshare) floorNsUs.push(await bare(i, true));
+    }
   }
-  killUs.sort((a, b) => a - b);
-  resolvedUs.sort((a, b) => a - b);
+  for (const xs of [killUs, resolvedUs, floorUs, floorNsUs]) xs.sort((a, b) => a - b);
+  if (floorUs.length > 0) rows.push(latencyRow(TREE_FLOOR, floorUs, { note: `baseline; ${TREE_RUNS} runs, interleaved with the sandbox's` }));
+  if (floorNsUs.length > 0) rows.push(latencyRow(TREE_FLOOR_PIDNS, floorNsUs, { baseline: TREE_FLOOR, ratio: percentile(floorNsUs, 50) / percentile(floorUs, 50), p99Ratio: percentile(floorNsUs, 99) / percentile(floorUs, 99), note: 'attribution' }));
   if (killUs.length > 0) {
-    rows.push(latencyRow('kill 100-process tree (49 setsid) until cgroup empty', killUs, { target: 'p99 <= 20 ms', pass: percentile(killUs, 99) <= 20_000, note: `${TREE_RUNS} runs; cgroup.kill, watched via cgroup.events` }));
+    const vs = floorNsUs.length > 0 ? floorNsUs : floorUs;
+    rows.push(
+      latencyRow(TREE_SANDBOX, killUs, {
+        ...(vs.length > 0 ? { baseline: vs === floorNsUs ? TREE_FLOOR_PIDNS : TREE_FLOOR, ratio: percentile(killUs, 50) / percentile(vs, 50), p99Ratio: percentile(killUs, 99) / percentile(vs, 99) } : {}),
+        target: 'p99 <= 20 ms',
+        pass: percentile(killUs, 99) <= 20_000,
+        note: `${TREE_RUNS} runs; cgroup.kill, watched via cgroup.events`,
+      }),
+    );
   }
   rows.push(latencyRow('kill 100-process tree until result resolved (cgroups removed)', resolvedUs, { note: 'includes pipe close and rmdir of every hierarchy' }));
-  removeCgroupBase(host, base);
-  return { section: 'isolation', rows };
+  return rows;
+}
+
+const START_ROUNDS = 60;
+const BALLAST_MB = 256;
+
+/**
+ * What starting one process costs this process's event loop (its active time from the start to
+ * the exit, per start): a spawn from here, which forks this whole process and copies its page
+ * tables, against a request to captrap-spawn (how the warm pool refills: spawner.ts), which
+ * forks itself. Then both again with BALLAST_MB more of this process resident, as a sidecar holding
+ * many agents' state would be. Interleaved in random order per round.
+ */
+async function processStartRows(): Promise<BenchRow[]> {
+  const helper = builtProgramPath('captrap-spawn') ? getSpawner() : undefined;
+  if (!helper) return [{ name: 'process start on the event loop', note: 'skipped: build/captrap-spawn is not built (npm run build)' }];
+  const activeUs = async (start: () => Promise<void>): Promise<number> => {
+    const e0: EventLoopUtilization = performance.eventLoopUtilization();
+    await start();
+    return performance.eventLoopUtilization(e0).active * 1000;
+  };
+  const viaNode = () =>
+    new Promise<void>((resolve) => {
+      const c = spawn('/bin/true', [], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+      c.once('close', () => resolve());
+    });
+  const viaHelper = () =>
+    new Promise<void>((resolve) => {
+      const p = helper.spawn('/bin/true', ['/bin/true'])!;
+      p.once('spawn', () => {
+        for (const s of [p.stdout, p.stderr, p.ready]) s?.resume();
+        p.request?.end();
+      });
+      p.once('exit', () => resolve());
+    });
+  const measure = async (label: string): Promise<BenchRow[]> => {
+    const node: number[] = [];
+    const spawner: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      await viaNode();
+      await viaHelper();
+    }
+    for (let i = 0; i < START_ROUNDS; i++) {
+      if (Math.random() < 0.5) {
+        node.push(await activeUs(viaNode));
+        spawner.push(await activeUs(viaHelper));
+      } else {
+        spawner.push(await activeUs(viaHelper));
+        node.push(await activeUs(viaNode));
+      }
+    }
+    node.sort((a, b) => a - b);
+    spawner.sort((a, b) => a - b);
+    const rss = Math.round(process.memoryUsage().rss / 2 ** 20);
+    const baseName = `process start, event-loop time${label}: child_process.spawn /bin/true`;
+    return [
+      latencyRow(baseName, node, { note: `baseline; ${START_ROUNDS} starts, this process ${rss} MB resident; stdio as a warm launcher's` }),
+      latencyRow(`process start, event-loop time${label}: captrap-spawn /bin/true`, spawner, {
+        baseline: baseName,
+        ratio: percentile(spawner, 50) / percentile(node, 50),
+        p99Ratio: percentile(spawner, 99) / percentile(node, 99),
+        note: 'request, reply, four opens of its pipes through /proc, exit record: how the warm pool refills',
+      }),
+    ];
+  };
+  const rows = await measure('');
+  let ballast: Buffer[] | undefined = Array.from({ length: BALLAST_MB }, () => Buffer.alloc(2 ** 20, 1));
+  try {
+    rows.push(...(await measure(`, +${BALLAST_MB} MB`)));
+  } finally {
+    ballast.length = 0;
+    ballast = undefined;
+  }
+  return rows;
 }

@@ -16,6 +16,7 @@
 // Refills run after a hand-over, off the request's path. Pool cgroups are ordinary sandbox
 // cgroups (<ownerPid>.<ownerStart>.<seq> under the base), so the owner watchdog and stale
 // cleanup take them like any other; idle launchers die with captrap by their parent-death signal.
+// Refills go through captrap-spawn where it runs (spawner.ts), so they do not fork captrap.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
@@ -25,6 +26,7 @@ import { SandboxOptionError } from './errors.js';
 import type { HostInfo } from './host.js';
 import type { BackendName } from './limits.js';
 import { seatInGroup, type GroupSeat, type SandboxGroup } from './group.js';
+import { getSpawner, type LeaderProcess, type SpawnedProcess } from './spawner.js';
 import { ensureOwnerWatchdog } from './watchdog.js';
 
 /** What a warm launcher is made for; a request of another shape starts cold. */
@@ -67,7 +69,9 @@ export interface WarmPoolStats {
 /** A launcher taken from the pool, not yet started. */
 export interface WarmLauncher {
   readonly cg: SandboxCgroup;
-  readonly child: ChildProcess;
+  readonly child: LeaderProcess;
+  /** The launcher's parent, which its request must name as --ppid: captrap, or captrap-spawn. */
+  readonly ppid: number;
   /**
    * The cgroup's counters read when the launcher became ready, off the request's path: an idle
    * launcher forks nothing and allocates nothing, so they still hold at the hand-over. Undefined
@@ -157,8 +161,10 @@ export function takeWarmLauncher(shape: WarmShape): WarmLauncher | undefined {
 
 interface Entry {
   cg: SandboxCgroup;
-  child: ChildProcess;
-  ctl: Socket;
+  child: LeaderProcess;
+  ppid: number;
+  /** Where the request goes; undefined until captrap-spawn's launcher has its pipes open. */
+  ctl: Socket | undefined;
   ready: boolean;
   /** Handed over or retired: no longer the pool's. */
   gone: boolean;
@@ -170,7 +176,7 @@ interface Entry {
 
 /** Sockets and the process itself must not keep captrap's event loop alive while idle. */
 function setRef(e: Entry, on: boolean): void {
-  for (const s of [e.child.stdout, e.child.stderr, e.ctl] as (Socket | null)[]) {
+  for (const s of [e.child.stdout, e.child.stderr, e.ctl] as (Socket | null | undefined)[]) {
     if (on) s?.ref();
     else s?.unref();
   }
@@ -238,10 +244,11 @@ class ShapePool {
     return {
       cg: e.cg,
       child: e.child,
+      ppid: e.ppid,
       counters: e.counters,
       start: (argv, env, cwd) => {
         setRef(e, true);
-        e.ctl.end(encodeRequest(argv, env, cwd ?? ''));
+        e.ctl!.end(encodeRequest(argv, env, cwd ?? ''));
       },
       discard: () => {
         clearTimeout(t);
@@ -315,50 +322,74 @@ class ShapePool {
       return false;
     }
     installExitHook();
+    // Through captrap-spawn when it runs: no fork of this process on the refill.
+    const helper = getSpawner();
+    const ppid = helper?.pid ?? process.pid;
     const argv = [
       '--ppid',
-      String(process.pid),
+      String(ppid),
       '--pool',
+      ...(helper ? ['--split-ctl'] : []),
       ...cg.joinFiles.flatMap((f) => ['--join', f]),
       ...(namespaces.length > 0 ? ['--unshare', namespaces.join(',')] : []),
       ...(this.shape.dropCaps ? ['--drop-caps'] : []),
       ...this.shape.view,
     ];
-    let child: ChildProcess;
+    let child: LeaderProcess | undefined;
     try {
-      child = spawn(launcherPath, argv, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: {}, cwd: '/' });
+      child = helper ? helper.spawn(launcherPath, [launcherPath, ...argv]) : spawn(launcherPath, argv, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env: {}, cwd: '/' });
     } catch (err) {
       void removeWhenEmpty(cg, seat);
       this.fail(`cannot start a warm launcher: ${(err as Error).message}`);
       return false;
     }
-    const ctl = child.stdio[3] as Socket | null;
-    if (child.pid === undefined || !ctl) {
-      child.on('error', () => undefined);
+    child?.on('error', () => undefined);
+    if (!child || (!helper && (child.pid === undefined || !(child as ChildProcess).stdio[3]))) {
       void removeWhenEmpty(cg, seat);
       this.fail('cannot start a warm launcher: spawn failed');
       return false;
     }
-    const e: Entry = { cg, child, ctl, ready: false, gone: false, seat };
+    const e: Entry = { cg, child, ppid, ctl: undefined, ready: false, gone: false, seat };
     entry.e = e;
     this.entries.push(e);
     setRef(e, false);
-    ctl.on('error', () => undefined);
     const stderr: Buffer[] = [];
     const keepErr = (c: Buffer) => stderr.push(c);
-    child.stderr?.on('data', keepErr);
-    ctl.once('data', () => {
-      // Until the hand-over nothing else arrives here; what the command writes later is the sandbox's.
-      child.stderr?.off('data', keepErr);
-      try {
-        const c = cg.counters();
-        if (c.groupPidsMax === undefined) e.counters = c;
-      } catch {
-        // read at the hand-over instead
+    // `ctl` takes the request; 'R' arrives on `readyFrom` (the same socket when spawned here).
+    const attach = (ctl: Socket, readyFrom: Socket) => {
+      e.ctl = ctl;
+      ctl.on('error', () => undefined);
+      readyFrom.on('error', () => undefined);
+      if (e.gone) {
+        // Retired before its pipes were open: EOF instead of a request.
+        ctl.destroy();
+        readyFrom.destroy();
+        return;
       }
-      e.ready = true;
-      this.failures = 0;
-    });
+      setRef(e, false);
+      if (readyFrom !== ctl) readyFrom.unref();
+      child.stderr?.on('data', keepErr);
+      readyFrom.once('data', () => {
+        if (readyFrom !== ctl) readyFrom.destroy();
+        // Until the hand-over nothing else arrives here; what the command writes later is the sandbox's.
+        child.stderr?.off('data', keepErr);
+        try {
+          const c = cg.counters();
+          if (c.groupPidsMax === undefined) e.counters = c;
+        } catch {
+          // read at the hand-over instead
+        }
+        e.ready = true;
+        this.failures = 0;
+      });
+    };
+    if (helper) {
+      const sp = child as SpawnedProcess;
+      sp.once('spawn', () => attach(sp.request!, sp.ready!));
+    } else {
+      const ctl = (child as ChildProcess).stdio[3] as Socket;
+      attach(ctl, ctl);
+    }
     child.once('exit', (code, signal) => {
       const i = this.entries.indexOf(e);
       if (i >= 0) this.entries.splice(i, 1);
@@ -386,7 +417,8 @@ class ShapePool {
     if (e.gone) return Promise.resolve();
     e.gone = true;
     // EOF instead of a request: the launcher exits 0 and its init dies with it; the kill is the backstop.
-    e.ctl.destroy();
+    if (e.ctl) e.ctl.destroy();
+    else e.child.kill('SIGKILL'); // captrap-spawn has not opened its pipes yet
     try {
       e.cg.killAll();
     } catch {

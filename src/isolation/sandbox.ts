@@ -12,7 +12,7 @@
 // Either launcher arms the parent-death signal, checks its parent is still captrap (closing the
 // window before the signal was armed), writes its own pid into every cgroup.procs, then execs:
 // the command is in its cgroups before it runs anything, and everything it forks is born inside.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 import type { Readable, Writable } from 'node:stream';
@@ -27,6 +27,7 @@ import { chooseLauncher, launchArgv, type LauncherChoice, type LauncherKind } fr
 import { ensureOwnerWatchdog, ownerWatchdogPending } from './watchdog.js';
 import { renewCgroupMigrationPrime } from './migration-prime.js';
 import { takeWarmLauncher, type WarmLauncher, type WarmShape } from './pool.js';
+import type { LeaderProcess } from './spawner.js';
 import type { SystemdScopeCgroup } from './systemd-run.js';
 import { seatInGroup, type GroupSeat, type KillReason, type SandboxGroup } from './group.js';
 
@@ -98,7 +99,7 @@ export interface SandboxResult {
 export interface Sandbox extends Promise<SandboxResult> {
   readonly pid: number;
   readonly ref: ProcessRef | undefined;
-  readonly child: ChildProcess;
+  readonly child: LeaderProcess;
   readonly stdout: Readable | null;
   readonly stderr: Readable | null;
   readonly stdin: Writable | null;
@@ -399,7 +400,8 @@ function takeWarm(p: Plan, input: RunOptions | undefined, backend: CgroupBackend
   }
 }
 
-function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[] {
+/** `ownerPid`: the launcher's parent (a warm launcher's is captrap-spawn when that started it). */
+function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[], ownerPid = process.pid): string[] {
   const { options: o, host } = p;
   const tail: string[] = [];
   const confined = p.confineArgs.length > 0;
@@ -438,7 +440,7 @@ function buildArgv(p: Plan, cg: SandboxCgroup, args: readonly string[]): string[
   const scope = (cg as Partial<SystemdScopeCgroup>).prefix ?? [];
   if (p.launcher.kind === 'captrap-launch') {
     const extra = confined ? p.confineArgs : launcherSwitches ? [...(o.uid !== undefined ? ['--uid', String(o.uid)] : []), ...(o.gid !== undefined ? ['--gid', String(o.gid)] : [])] : [];
-    return [...scope, ...launchArgv(p.launcher.path!, { ownerPid: process.pid, noNewPrivs: o.noNewPrivs, keepPwd: o.env.PWD !== undefined, joinFiles: cg.joinFiles, extra }, tail)];
+    return [...scope, ...launchArgv(p.launcher.path!, { ownerPid, noNewPrivs: o.noNewPrivs, keepPwd: o.env.PWD !== undefined, joinFiles: cg.joinFiles, extra }, tail)];
   }
   const sh = host.tools.sh ?? '/bin/sh';
   const trampoline = [sh, '-c', TRAMPOLINE, 'captrap-trampoline', String(process.pid), ...cg.joinFiles, '--', o.env.PWD !== undefined ? 'keep-pwd' : 'drop-pwd', ...tail];
@@ -517,7 +519,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
   const p = plan(command, args, options);
   const o = p.options;
   const backend = cgroupBackend(p.backend, p.host);
-  let child: ChildProcess | undefined;
+  let child: LeaderProcess | undefined;
   const watchdog = armWatchdog(p);
   // Set once the sandbox exists; a group's killAll records its reason here before it kills.
   let groupKill: ((reason: KillReason) => void) | undefined;
@@ -543,7 +545,7 @@ export function runSandboxed(command: string, args: readonly string[] = [], opti
     if (warm) {
       // The same command line as cold, less the cgroup joins it has done already.
       // Without a cwd option a spawned command starts in captrap's own directory: so does this one.
-      warm.start(buildArgv(p, { ...cg, joinFiles: [] }, args), o.env, o.cwd ?? process.cwd());
+      warm.start(buildArgv(p, { ...cg, joinFiles: [] }, args, warm.ppid), o.env, o.cwd ?? process.cwd());
       child = warm.child;
     } else {
       const argv = buildArgv(p, cg, args);

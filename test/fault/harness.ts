@@ -798,8 +798,9 @@ export async function startHang(h: ServeHandle, agent: ProxyAgent, capability?: 
   }
   const cgroups = cgroupDirsOf(found.shell.pid, h.cgroupBase);
   const inCgroup = cgroups.length > 0 ? procsOf(cgroups[0]!) : [];
-  // The leader: the member the sidecar itself started.
-  const leader = inCgroup.filter((r) => readStat(r.pid)?.ppid === h.ref.pid);
+  // The leader: the member the sidecar started, itself or (a warm launcher) through its captrap-spawn.
+  const starters = new Set([h.ref.pid, ...childrenOf(h.ref).filter((c) => readStat(c.pid)?.comm === 'captrap-spawn').map((c) => c.pid)]);
+  const leader = inCgroup.filter((r) => starters.has(readStat(r.pid)?.ppid ?? -1));
   if (leader.length !== 1) throw new Error(`hang tool of ${agent.id}: expected one process of serve's in its cgroup ${cgroups[0]}, found ${JSON.stringify(leader)}`);
   const refs: ProcessRef[] = [];
   for (const r of [...leader, ...inCgroup, ...hangRefs(marker)]) if (!refs.some((x) => x.pid === r.pid)) refs.push(r);

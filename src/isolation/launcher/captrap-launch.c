@@ -58,6 +58,8 @@
  * copied it gets a fresh copy and a view built whole, as cold (renew_view_if_mounts_changed).
  * With --drop-caps the bounding set is emptied ahead (effective capabilities stay until the
  * request is done with them); the request must then drop capabilities too.
+ * With --split-ctl fd 3 is a pipe the request arrives on and 'R' goes to fd 4, another pipe
+ * (started by captrap-spawn, which cannot hand captrap a socket).
  *
  * Exit status when the command never runs: 125 for a launch failure (bad arguments, parent
  * already gone, cgroup join refused, a namespace or mount refused), 127 if COMMAND does not
@@ -144,7 +146,7 @@ struct entry {
 
 struct opts {
 	long ppid;
-	int keep_pwd, no_new_privs, drop_caps, view, no_tmp, pool;
+	int keep_pwd, no_new_privs, drop_caps, view, no_tmp, pool, split_ctl;
 	long uid, gid; /* -1: unchanged */
 	int ns;        /* CLONE_NEW* flags */
 	const char **joins;
@@ -210,6 +212,7 @@ static void parse(struct opts *o, int argc, char **argv)
 		else if (strcmp(a, "--view") == 0) o->view = 1;
 		else if (strcmp(a, "--no-tmp") == 0) o->no_tmp = 1;
 		else if (strcmp(a, "--pool") == 0) o->pool = 1;
+		else if (strcmp(a, "--split-ctl") == 0) o->split_ctl = 1;
 		else if (strcmp(a, "--join") == 0 && has1) o->joins[o->njoin++] = argv[++i];
 		else if (strcmp(a, "--uid") == 0 && has1) o->uid = parse_num("--uid", argv[++i], 0, 0x7fffffff);
 		else if (strcmp(a, "--gid") == 0 && has1) o->gid = parse_num("--gid", argv[++i], 0, 0x7fffffff);
@@ -246,6 +249,8 @@ static void parse(struct opts *o, int argc, char **argv)
 			fail("--pool: a view needs --unshare mount", NULL, 0);
 		return;
 	}
+	if (o->split_ctl)
+		fail("--split-ctl is a warm launcher's option (with --pool)", NULL, 0);
 	if (i + 1 >= argc)
 		fail("missing '-- COMMAND'", NULL, 0);
 	o->command = &argv[i + 1];
@@ -1345,6 +1350,15 @@ static void __attribute__((noreturn)) run_leader(const struct opts *o, pid_t ini
 /* Warm mode: made ahead, completed by a request (see the header comment) */
 
 #define CTL_FD 3
+/* Where 'R' goes: fd 3 itself (a socket), or with --split-ctl fd 4 (fd 3 is then a pipe we read). */
+static int ready_fd = CTL_FD;
+
+static void close_ctl(void)
+{
+	close(CTL_FD);
+	if (ready_fd != CTL_FD)
+		close(ready_fd);
+}
 #define SPEC_MAX (8u << 20)
 
 struct spec {
@@ -1490,7 +1504,7 @@ static void __attribute__((noreturn)) pool_main(const struct opts *pool)
 			fail("cannot fork the sandbox init", NULL, errno);
 		if (init == 0) {
 			close(sv[0]);
-			close(CTL_FD);
+			close_ctl();
 			pool_init(pool, sv[1]);
 		}
 		close(sv[1]);
@@ -1500,14 +1514,14 @@ static void __attribute__((noreturn)) pool_main(const struct opts *pool)
 		}
 		if (read_full(sv[0], &ready, 1) != 0 || ready != 'R')
 			fail("the sandbox init failed before it was ready", NULL, 0);
-		signal_ready(CTL_FD);
+		signal_ready(ready_fd);
 		if (read_spec(CTL_FD, &sp) != 0)
 			_exit(0); /* retired by captrap; the init dies with us */
 		/* Forwarded as received: parsing writes into the strings (the --unshare list). */
 		if (write_full(sv[0], sp.raw, sp.rawlen) != 0)
 			fail("cannot hand the request to the sandbox init", NULL, errno);
 		adopt_spec(&o, pool, &sp);
-		close(CTL_FD);
+		close_ctl();
 		run_leader(&o, init, sv[0]);
 	}
 	capmax = last_cap();
@@ -1516,11 +1530,11 @@ static void __attribute__((noreturn)) pool_main(const struct opts *pool)
 		warm_view_prepare(0, pool);
 	if (pool->drop_caps)
 		drop_bounding_set(capmax);
-	signal_ready(CTL_FD);
+	signal_ready(ready_fd);
 	if (read_spec(CTL_FD, &sp) != 0)
 		_exit(0);
 	adopt_spec(&o, pool, &sp);
-	close(CTL_FD);
+	close_ctl();
 	renew_view_if_mounts_changed();
 	fill_namespaces(&o);
 	drop_identity(&o, capmax);
@@ -1548,8 +1562,10 @@ int main(int argc, char **argv)
 	/* If captrap died before the signal was armed, we were reparented and nobody will kill us. */
 	if ((long)getppid() != o.ppid)
 		fail("captrap (the parent) is already gone; not starting the command", NULL, 0);
-	/* A warm launcher keeps its request channel (fd 3) until the request has been read. */
-	close_from(o.pool ? CTL_FD + 1 : 3);
+	/* A warm launcher keeps its request channel (fd 3, and with --split-ctl fd 4) until the request has been read. */
+	if (o.split_ctl)
+		ready_fd = CTL_FD + 1;
+	close_from(o.pool ? ready_fd + 1 : 3);
 
 	len = snprintf(line, sizeof line, "%ld\n", (long)getpid());
 	for (int j = 0; j < o.njoin; j++) {

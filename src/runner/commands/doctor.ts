@@ -5,6 +5,7 @@
 import { confinementStatus } from '../../isolation/confine-report.js';
 import { probeHost } from '../../isolation/host.js';
 import { DeathWatch, type DeathWatchStatus } from '../../isolation/deathwatch.js';
+import { spawnerStatus } from '../../isolation/spawner.js';
 import { chooseLauncher } from '../../isolation/launcher/launcher.js';
 import { BACKEND_NAMES, type BackendName } from '../../isolation/limits.js';
 import { GUARANTEE_NAMES, hostReport, type GuaranteeName } from '../../isolation/report.js';
@@ -100,12 +101,13 @@ export async function main(argv: string[]): Promise<number> {
   }
   const confinement = confinementStatus(host, launcher);
   const deathNotice = await probeDeathNotice();
+  const warmRefills = spawnerStatus();
   const failing: string[] = report.guarantees.filter((g) => required.includes(g.name) && !g.holds).map((g) => g.name);
   const unconfined = confinement.filter((p) => !p.holds && p.name !== 'seccomp');
   if (required.includes('confinement') && unconfined.length > 0) failing.push(`confinement (${unconfined.map((p) => p.name).join(', ')})`);
   if (revocations && !revocations.ok) failing.push('revocations (ct2 calls will be refused)');
   if (json) {
-    process.stdout.write(JSON.stringify({ ...report, confinement, deathNotice, ...(revocations ? { revocations } : {}), required, ok: failing.length === 0 }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ ...report, confinement, deathNotice, warmRefills, ...(revocations ? { revocations } : {}), required, ok: failing.length === 0 }, null, 2) + '\n');
   } else {
     const lines = [
       `backend:          ${report.backend}`,
@@ -118,6 +120,7 @@ export async function main(argv: string[]): Promise<number> {
       `unshare:          ${report.tools.unshare ?? 'missing'}   namespaces: ${Object.entries(report.namespaces).map(([k, v]) => `${k}=${v ? 'yes' : 'no'}`).join(' ')}`,
       `systemd-run:      ${report.systemdRun.available ? 'available' : 'unavailable'} (${report.systemdRun.reason})`,
       `bubblewrap:       ${report.tools.bwrap ?? 'not installed'}`,
+      `warm refills:     ${warmRefills.available ? `through captrap-spawn (${warmRefills.why}): a refill does not fork captrap` : `spawned by captrap itself (${warmRefills.why}): each refill forks captrap`}`,
       `death notice:     ${deathNotice.available ? `early (taskstats v${deathNotice.version}): an agent is revoked as it starts to exit` : `exit only (${deathNotice.reason}): an agent is revoked when its exit is seen`}`,
       '',
       'guarantees:',
