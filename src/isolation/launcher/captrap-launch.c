@@ -95,6 +95,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "close-from.h"
+
 #define LAUNCH_FAILED 125
 #define MAX_PAIRS 64
 #define RELAY_BUF 65536
@@ -337,21 +339,6 @@ static int pids_room(const char *procs, long tasks)
 		cur = strtol(buf, NULL, 10);
 		if (cur + tasks > max)
 			return 0;
-	}
-}
-
-static void close_from(int lowfd)
-{
-#ifdef SYS_close_range
-	if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0) == 0)
-		return;
-#endif
-	{
-		long max = sysconf(_SC_OPEN_MAX);
-		if (max < 0 || max > 1 << 20)
-			max = 1 << 20;
-		for (long fd = lowfd; fd < max; fd++)
-			close((int)fd);
 	}
 }
 

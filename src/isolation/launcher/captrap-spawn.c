@@ -43,6 +43,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "close-from.h"
+
 #define MAX_CHILDREN 4096
 #define MAX_PAYLOAD (1u << 20)
 #define CHILD_FDS 4
@@ -120,19 +122,6 @@ static void close_ends(struct child *c)
 			close(c->ends[i]);
 		c->ends[i] = -1;
 	}
-}
-
-static void close_from(int lowfd)
-{
-#ifdef SYS_close_range
-	if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0) == 0)
-		return;
-#endif
-	long max = sysconf(_SC_OPEN_MAX);
-	if (max < 0 || max > 1 << 20)
-		max = 1 << 20;
-	for (long fd = lowfd; fd < max; fd++)
-		close((int)fd);
 }
 
 /* In the child, before exec: a process as a plain fork + exec from captrap would give it. */
