@@ -215,11 +215,11 @@ export class Spawner {
         });
       } catch (err) {
         for (const fd of opened) closeSync(fd);
-        this.child.stdin!.write(header('KILL', id, osConstants.signals.SIGKILL, 0));
-        this.child.stdin!.write(header('CLOS', id, 0, 0));
-        log.warn({ err, pid }, 'captrap-spawn: cannot open a started process\'s pipes; killed it');
-        if (p) this.started = true;
-        return; // its EXIT follows
+        // Not a passing failure (this host's /proc refuses us): stop using the helper at all.
+        disabledBecause = `cannot open the pipes of a process it started through /proc/${this.pid}/fd: ${(err as Error).message}`;
+        log.warn({ err, pid }, 'captrap-spawn: cannot open a started process\'s pipes; warm launchers are spawned by captrap itself from now on');
+        this.child.kill('SIGKILL'); // what it started dies with it, and is reported so
+        return;
       }
       this.child.stdin!.write(header('CLOS', id, 0, 0));
       this.started = true;
@@ -250,6 +250,8 @@ export class Spawner {
 
 let current: Spawner | undefined;
 let failures = 0;
+/** Set when the helper cannot work on this host at all: it is not started again. */
+let disabledBecause: string | undefined;
 
 /**
  * The running helper, started on first use; undefined where it is not built, is turned off
@@ -259,7 +261,7 @@ export function getSpawner(): Spawner | undefined {
   if (process.env.CAPTRAP_SPAWNER === '0') return undefined;
   if (current && !current.dead) return current;
   current = undefined;
-  if (failures >= MAX_HELPER_FAILURES) return undefined;
+  if (failures >= MAX_HELPER_FAILURES || disabledBecause !== undefined) return undefined;
   const path = builtProgramPath('captrap-spawn');
   if (!path) return undefined;
   const s = Spawner.start(path, (early) => {
@@ -276,6 +278,7 @@ export function spawnerStatus(): { available: boolean; why: string } {
   if (process.env.CAPTRAP_SPAWNER === '0') return { available: false, why: 'CAPTRAP_SPAWNER=0' };
   const path = builtProgramPath('captrap-spawn');
   if (!path) return { available: false, why: 'build/captrap-spawn is not built (npm run build, with a C compiler)' };
+  if (disabledBecause !== undefined) return { available: false, why: disabledBecause };
   if (failures >= MAX_HELPER_FAILURES) return { available: false, why: `${path} kept exiting` };
   return { available: true, why: path };
 }
