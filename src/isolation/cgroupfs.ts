@@ -84,6 +84,13 @@ export function subtreePids(dir: string): number[] {
 export function rmdirTrees(dirs: readonly string[]): void {
   const busy: string[] = [];
   for (const top of [...dirs].reverse()) {
+    // Usually a leaf: one rmdir, without listing the directory first (half the cost on every sandbox's result path).
+    try {
+      rmdirSync(top);
+      continue;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+    }
     for (const d of subtreeDeepestFirst(top)) {
       try {
         rmdirSync(d);
