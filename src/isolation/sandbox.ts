@@ -10,7 +10,8 @@
 //   setpriv --pdeathsig KILL [--no-new-privs] -- sh -c TRAMPOLINE <captrap pid> <cgroup.procs...> --
 //     keep-pwd|drop-pwd [unshare ... --] [setpriv --reuid/--regid ... --] [prlimit ... --] command args
 // Either launcher arms the parent-death signal, checks its parent is still captrap (closing the
-// window before the signal was armed), writes its own pid into every cgroup.procs, then execs:
+// window before the signal was armed; a warm launcher's parent is captrap-spawn, which dies with
+// captrap the same way: spawner.ts), writes its own pid into every cgroup.procs, then execs:
 // the command is in its cgroups before it runs anything, and everything it forks is born inside.
 import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';

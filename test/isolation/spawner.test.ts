@@ -193,7 +193,7 @@ describe('captrap-spawn', () => {
     expect(cut.stderr.toString()).toContain('unterminated string');
   });
 
-  it('refills the warm pool: a warm launcher is its child, and the command runs as cold (CAPTRAP_SPAWNER=0: captrap\'s)', async () => {
+  it('refills the warm pool: a warm launcher is its child, the command runs as cold and sees nothing of the helper (CAPTRAP_SPAWNER=0: captrap\'s child)', async () => {
     if (!built()) return;
     if (host.layout === 'none' || !builtLauncherPath()) {
       if (process.env.CI) throw new Error('no cgroups or no launcher in CI');
@@ -203,7 +203,8 @@ describe('captrap-spawn', () => {
     configureWarmPool({ maxSize: 1 });
     const parentOfLeader = async (): Promise<{ parent: number | undefined; out: string; warm: boolean }> => {
       // A command that outlives its hand-over long enough to read its leader's parent.
-      const sb = runSandboxed('/bin/sh', ['-c', 'echo hi; sleep 0.3'], { cgroupBase: base, memory: '64M', pids: 16 });
+      // It also shows what a hostile command sees of the helper: no process (its pid namespace) and no descriptor.
+      const sb = runSandboxed('/bin/sh', ['-c', 'echo hi; cat /proc/[0-9]*/comm | sort -u | tr "\\n" " "; echo; ls /proc/self/fd | tr "\\n" " "; sleep 0.3'], { cgroupBase: base, memory: '64M', pids: 16 });
       const parent = readStat(sb.pid)?.ppid;
       const r = await sb;
       return { parent, out: r.stdout, warm: r.warm };
@@ -216,7 +217,14 @@ describe('captrap-spawn', () => {
         await new Promise((r) => setTimeout(r, 300));
         const r = await parentOfLeader();
         expect(r.warm).toBe(true);
-        expect(r.out).toBe('hi\n');
+        const [hi, comms, fds] = r.out.split('\n');
+        expect(hi).toBe('hi');
+        // Only the sandbox's init and the command's own processes.
+        const seen = comms!.trim().split(' ');
+        expect(seen).toContain('captrap-launch');
+        expect(seen.filter((c) => !['captrap-launch', 'sh', 'cat', 'sort', 'tr'].includes(c))).toEqual([]);
+        // ls's own directory is 3.
+        expect(fds!.trim()).toBe('0 1 2 3');
         expect(r.parent).toBe(off ? process.pid : getSpawner()!.pid);
       }
     } finally {

@@ -1,5 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { probeHost } from '../../src/isolation/host.js';
+import { builtProgramPath } from '../../src/isolation/launcher/launcher.js';
 import { main } from '../../src/runner/commands/doctor.js';
 
 const host = probeHost();
@@ -29,6 +30,19 @@ describe('captrap doctor', () => {
     for (const g of report.guarantees) expect(typeof g.mechanism).toBe('string');
     expect(report.systemdRun.available).toBe(host.systemdManager);
     expect(r.code).toBe(report.ok ? 0 : 1);
+  });
+
+  it('says how warm launchers are refilled, and CAPTRAP_SPAWNER=0 turns the helper off', async () => {
+    const built = builtProgramPath('captrap-spawn') !== undefined;
+    const on = JSON.parse((await doctor(['--json'])).out);
+    expect(on.warmRefills.available).toBe(built);
+    expect((await doctor([])).out).toMatch(built ? /warm refills: +through captrap-spawn/ : /warm refills: +spawned by captrap itself \(build\/captrap-spawn is not built/);
+    process.env.CAPTRAP_SPAWNER = '0';
+    try {
+      expect((await doctor([])).out).toMatch(/warm refills: +spawned by captrap itself \(CAPTRAP_SPAWNER=0\)/);
+    } finally {
+      delete process.env.CAPTRAP_SPAWNER;
+    }
   });
 
   it.skipIf(host.systemdManager)('says systemd-run is unavailable on a host without a systemd manager', async () => {
