@@ -5,6 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { removeCgroupBase } from '../../src/isolation/cgroup.js';
+import { pollUntil } from '../../src/isolation/cgroupfs.js';
 import { probeHost } from '../../src/isolation/host.js';
 import { builtLauncherPath, builtProgramPath } from '../../src/isolation/launcher/launcher.js';
 import { readStat } from '../../src/isolation/proc.js';
@@ -33,14 +34,7 @@ const alive = (pid: number) => {
   return st !== undefined && st.state !== 'Z';
 };
 
-async function waitFor(cond: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return cond();
-}
+const waitFor = (cond: () => boolean, ms = 5000) => pollUntil(cond, ms, 10);
 
 interface Ran {
   code: number | null;

@@ -12,7 +12,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { cleanupStaleCgroups, hierarchyRoots, removeCgroupBase } from '../../src/isolation/cgroup.js';
 import { probeHost } from '../../src/isolation/host.js';
 import { builtLauncherPath } from '../../src/isolation/launcher/launcher.js';
-import { subtreePids } from '../../src/isolation/cgroupfs.js';
+import { pollUntil, subtreePids } from '../../src/isolation/cgroupfs.js';
 
 const host = probeHost();
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -80,14 +80,7 @@ async function ownerKilledAtOnce(base: string, mode: 'pidns' | 'plain'): Promise
 const dirsOf = (base: string, name: string) => hierarchyRoots(host).map((h) => `${h.root}/${base}/${name}`).filter((d) => existsSync(d));
 const alive = (base: string, name: string) => dirsOf(base, name).flatMap((d) => subtreePids(d));
 
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) return cond();
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return true;
-}
+const waitFor = (cond: () => boolean, ms: number) => pollUntil(cond, ms, 10);
 
 const canConfine = builtLauncherPath() !== undefined && host.namespaces.pid && host.namespaces.mount && host.isRoot;
 
