@@ -93,28 +93,33 @@ describe.skipIf(!cgroups)('agent groups: an agent\'s limits bound the agent, its
       expect(agent.sandbox.cgroupName).not.toBe(group.name);
       if (host.v1.cpu) expect(readFileSync(`${host.v1.cpu}/${group.path}/cpu.cfs_quota_us`, 'utf8').trim()).toBe('25000');
 
+      const quickCap = await capOf(quick);
+      const echoes = async (): Promise<number[]> => {
+        const out: number[] = [];
+        for (let i = 0; i < 10; i++) {
+          const t0 = performance.now();
+          const r = (await quick.conn.call('tools.invoke', { tool: 'echo', args: { text: `hi ${i}` }, capability: quickCap })) as { stdout: string };
+          out.push(performance.now() - t0);
+          expect(r.stdout).toBe(`hi ${i}\n`);
+        }
+        return out;
+      };
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[5]!;
+      // The same calls before the spinners start: what the rest of the machine costs them right now.
+      const before = median(await echoes());
       const cap = await capOf(spinner);
       const spins = Array.from({ length: 6 }, () => spinner.conn.call('tools.invoke', { tool: 'spin', args: {}, capability: cap }) as Promise<{ reason: string }>);
+      // If an assertion below fails first, the stop closes these calls: not an unhandled rejection.
+      for (const p of spins) p.catch(() => {});
       await until(() => s.runner.runningIn(group) === 6);
       await sleep(300);
-      const quickCap = await capOf(quick);
-      const [share, rtts] = await Promise.all([
-        cpuShare(group, 2000),
-        (async () => {
-          const out: number[] = [];
-          for (let i = 0; i < 10; i++) {
-            const t0 = performance.now();
-            const r = (await quick.conn.call('tools.invoke', { tool: 'echo', args: { text: `hi ${i}` }, capability: quickCap })) as { stdout: string };
-            out.push(performance.now() - t0);
-            expect(r.stdout).toBe(`hi ${i}\n`);
-          }
-          return out;
-        })(),
-      ]);
-      const p50 = [...rtts].sort((a, b) => a - b)[5]!;
-      console.log(`6 spinning tools of an agent with cpu 0.25: ${share.toFixed(3)} cores; another agent's echo p50 ${p50.toFixed(1)} ms (${rtts.map((r) => r.toFixed(0)).join(' ')})`);
+      const [share, rtts] = await Promise.all([cpuShare(group, 2000), echoes()]);
+      const p50 = median(rtts);
+      console.log(`6 spinning tools of an agent with cpu 0.25: ${share.toFixed(3)} cores; another agent's echo p50 ${p50.toFixed(1)} ms (${rtts.map((r) => r.toFixed(0)).join(' ')}), before the spinners ${before.toFixed(1)} ms`);
       expect(share).toBeLessThanOrEqual(0.35);
-      expect(p50).toBeLessThan(100);
+      // Fast: under 100 ms, or (on a machine loaded by others, as the rest of the suite may load
+      // it) within 3x of the same calls without the spinners.
+      expect(p50).toBeLessThan(Math.max(100, 3 * before));
       const results = await Promise.all(spins);
       expect(results.map((r) => r.reason)).toEqual(Array(6).fill('timeout'));
 
